@@ -1,0 +1,3 @@
+from servecmp.cli import main
+
+main()

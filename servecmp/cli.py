@@ -1,0 +1,68 @@
+"""The `servecmp` command line. Each command family lives in its own module and registers here.
+
+All user-facing failures go through `main()`: a `UserError` becomes one line on stderr and a
+non-zero exit; Ctrl-C says where the finished work is and exits 130.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from servecmp.errors import UserError
+
+app = typer.Typer(
+    name="servecmp",
+    help="Tell whether a quantized LLM endpoint may replace its baseline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+err_console = Console(stderr=True)
+
+
+def _register() -> None:
+    # Imported here so a broken optional piece names itself instead of breaking every command.
+    from servecmp import mcq_cli
+
+    mcq_cli.register(app)
+    for modname in ("servecmp.serve_cli", "servecmp.mtbench.cli", "servecmp.shadow.cli"):
+        try:
+            module = __import__(modname, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:
+                continue  # not built yet
+            raise
+        module.register(app)
+
+
+def main() -> None:
+    _register()
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"[bold red]servecmp: error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("servecmp: interrupted; finished items are saved (resume with --resume RUN_DIR)")
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code or 0)
+    except Exception as exc:  # click's usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            err_console.print(f"[bold red]servecmp: error:[/] {exc.format_message()}", highlight=False)
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            err_console.print("servecmp: aborted")
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""A run directory on disk: manifest, append-only JSONL records, summary.
+
+Records are appended one line at a time and flushed + fsynced in small batches, so a Ctrl-C or a
+kill -9 loses at most the line being written; a torn last line is detected on load and cut off on
+resume, never parsed as data. Nothing here knows what a record means beyond its JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from servecmp.errors import UserError
+
+M = TypeVar("M", bound=BaseModel)
+
+MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_dir(root: Path, prefix: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = root / f"{prefix}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{prefix}-{stamp}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write via a temp file + rename so a crash never leaves half a manifest or summary."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UserError(f"{path} not found") from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+def read_model(path: Path, model: type[M]) -> M:
+    try:
+        return model.model_validate(read_json(path))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{path}: not a servecmp file ({loc}: {first['msg']})") from exc
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Complete JSON lines of a file; a torn final line (a crash mid-write) is skipped."""
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                return  # torn tail: the process died while writing this line
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def repair_tail(path: Path) -> None:
+    """Cut a torn last line so the next append starts on a fresh line."""
+    if not path.exists():
+        return
+    with path.open("rb+") as fh:
+        data = fh.read()
+        if not data or data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        fh.truncate(cut)
+
+
+class JsonlAppender:
+    """Appends JSON lines; fsyncs every `sync_every` lines and on close."""
+
+    def __init__(self, path: Path, sync_every: int = 1) -> None:
+        repair_tail(path)
+        self.path = path
+        self._fh: IO[str] = path.open("a", encoding="utf-8")
+        self._sync_every = max(1, sync_every)
+        self._pending = 0
+
+    def append(self, obj: BaseModel | dict[str, Any]) -> None:
+        line = obj.model_dump_json() if isinstance(obj, BaseModel) else json.dumps(obj, ensure_ascii=False)
+        self._fh.write(line + "\n")
+        self._pending += 1
+        if self._pending >= self._sync_every:
+            self.sync()
+
+    def sync(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._pending = 0
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self.sync()
+            self._fh.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_records(path: Path, model: type[M]) -> list[M]:
+    out: list[M] = []
+    for n, obj in enumerate(iter_jsonl(path), 1):
+        try:
+            out.append(model.model_validate(obj))
+        except ValidationError as exc:
+            raise UserError(f"{path}: line {n} is not a valid record ({exc.errors()[0]['msg']})") from exc
+    return out

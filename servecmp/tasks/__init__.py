@@ -1,0 +1,1 @@
+"""servecmp package."""
