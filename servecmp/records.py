@@ -49,6 +49,10 @@ class McqItem(BaseModel):
 class McqRecord(BaseModel):
     """What one endpoint answered for one item: everything the metrics need, nothing they don't."""
 
+    # An option that cannot be scored at all is -inf; JSON has no such number, so write it as
+    # -Infinity (Python's json reads it back) rather than null, which would lose the meaning.
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
     item_id: str
     endpoint: EndpointRole
     task: str

@@ -1,0 +1,150 @@
+"""Turn one (item, endpoint) into one `McqRecord`: the requests, and parsing their logprobs.
+
+Letter tasks (MMLU): one completion request with `max_tokens=1, logprobs=k` reads the top-k
+next-token logprobs at the answer position; each option's logprob is that of its token (" A", ...).
+An option whose token is not in the top-k is scored in one extra batched `echo` request, so the
+common case costs one request per item instead of lm-eval's one request per option.
+
+Continuation tasks (ARC, HellaSwag, ...): one request per item carrying every option as an element
+of a prompt list (`echo=True`), so vLLM's prefix cache computes the shared context once; an option's
+score is the sum of the logprobs of the tokens that start at or after the end of its context.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from servecmp.client import EndpointClient
+from servecmp.records import EndpointRole, McqItem, McqRecord
+
+
+@dataclass
+class EchoScore:
+    logprob: float
+    n_tokens: int
+
+
+def continuation_logprob(logprobs: Any, context_len: int, text_len: int) -> EchoScore:
+    """Sum the echoed logprobs of tokens whose text starts in [context_len, text_len).
+
+    `text_len` excludes the generated token vLLM appends after the prompt (max_tokens=1). The
+    first prompt token has no logprob (None); it never belongs to a continuation.
+    """
+    total = 0.0
+    n = 0
+    for offset, lp in zip(logprobs.text_offset, logprobs.token_logprobs, strict=False):
+        if offset < context_len or offset >= text_len:
+            continue
+        if lp is None:
+            continue
+        total += float(lp)
+        n += 1
+    if n == 0:
+        # The continuation merged into the context's last token: no token starts inside it.
+        return EchoScore(-math.inf, 0)
+    return EchoScore(total, n)
+
+
+def _usage(resp: Any) -> tuple[int, int]:
+    usage = getattr(resp, "usage", None)
+    if usage is None:
+        return 0, 0
+    return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)
+
+
+def parse_topk(resp: Any) -> list[tuple[str, float]]:
+    """The top-k (token, logprob) pairs at the first generated position, most likely first."""
+    choice = resp.choices[0]
+    top = choice.logprobs.top_logprobs[0] if choice.logprobs and choice.logprobs.top_logprobs else None
+    if not top:
+        return []
+    return sorted(((str(t), float(lp)) for t, lp in top.items()), key=lambda kv: -kv[1])
+
+
+def argmax(values: list[float]) -> int:
+    # Ties go to the lowest index, the same rule as numpy.argmax in the metrics.
+    best = 0
+    for i, v in enumerate(values):
+        if v > values[best]:
+            best = i
+    return best
+
+
+async def _echo_scores(client: EndpointClient, item: McqItem, options: list[int]) -> tuple[list[EchoScore], Any]:
+    texts = [item.context_for(i) + item.continuations[i] for i in options]
+    resp, _ = await client.completion(texts, max_tokens=1, logprobs=1, echo=True)
+    by_index = {c.index: c for c in resp.choices}
+    scores = []
+    for j, i in enumerate(options):
+        ctx = item.context_for(i)
+        scores.append(continuation_logprob(by_index[j].logprobs, len(ctx), len(texts[j])))
+    return scores, resp
+
+
+async def score_item(client: EndpointClient, item: McqItem, role: EndpointRole, top_k: int) -> McqRecord:
+    if item.kind == "letter":
+        return await _score_letter(client, item, role, top_k)
+    return await _score_continuation(client, item, role)
+
+
+async def _score_letter(client: EndpointClient, item: McqItem, role: EndpointRole, top_k: int) -> McqRecord:
+    resp, latency = await client.completion(item.prompt, max_tokens=1, logprobs=top_k)
+    topk = parse_topk(resp)
+    top = dict(topk)
+    option_lp: list[float] = [top.get(c, math.nan) for c in item.continuations]
+    prompt_tokens, completion_tokens = _usage(resp)
+    n_requests = 1
+    missing = [i for i, lp in enumerate(option_lp) if math.isnan(lp)]
+    if missing:
+        scores, resp2 = await _echo_scores(client, item, missing)
+        for i, s in zip(missing, scores, strict=True):
+            option_lp[i] = s.logprob
+        p2, c2 = _usage(resp2)
+        prompt_tokens += p2
+        completion_tokens += c2
+        n_requests += 1
+    return McqRecord(
+        item_id=item.item_id,
+        endpoint=role,
+        task=item.task,
+        subject=item.subject,
+        category=item.category,
+        gold=item.gold,
+        option_logprobs=option_lp,
+        option_lengths=[len(c) for c in item.continuations],
+        chosen=argmax(option_lp),
+        topk=topk,
+        latency_s=latency,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        n_requests=n_requests,
+    )
+
+
+async def _score_continuation(client: EndpointClient, item: McqItem, role: EndpointRole) -> McqRecord:
+    options = list(range(len(item.continuations)))
+    texts = [item.context_for(i) + item.continuations[i] for i in options]
+    resp, latency = await client.completion(texts, max_tokens=1, logprobs=1, echo=True)
+    by_index = {c.index: c for c in resp.choices}
+    option_lp = [
+        continuation_logprob(by_index[i].logprobs, len(item.context_for(i)), len(texts[i])).logprob
+        for i in options
+    ]
+    prompt_tokens, completion_tokens = _usage(resp)
+    return McqRecord(
+        item_id=item.item_id,
+        endpoint=role,
+        task=item.task,
+        subject=item.subject,
+        category=item.category,
+        gold=item.gold,
+        option_logprobs=option_lp,
+        option_lengths=[len(c) for c in item.continuations],
+        chosen=argmax(option_lp),
+        latency_s=latency,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        n_requests=1,
+    )
