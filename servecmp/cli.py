@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from servecmp.errors import UserError
 
@@ -44,7 +45,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"[bold red]servecmp: error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape(): messages quote user input and log tails, where brackets are not rich markup.
+        err_console.print(f"[bold red]servecmp: error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("servecmp: interrupted; finished items are saved (resume with --resume RUN_DIR)")
@@ -56,7 +58,7 @@ def main() -> None:
         import click
 
         if isinstance(exc, click.exceptions.ClickException):
-            err_console.print(f"[bold red]servecmp: error:[/] {exc.format_message()}", highlight=False)
+            err_console.print(f"[bold red]servecmp: error:[/] {escape(exc.format_message())}", highlight=False)
             sys.exit(exc.exit_code)
         if isinstance(exc, click.exceptions.Abort):
             err_console.print("servecmp: aborted")

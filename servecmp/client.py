@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from asyncio_throttle import Throttler  # type: ignore[import-untyped]
+from asyncio_throttle import Throttler
 
 from servecmp.errors import UserError
 
@@ -106,7 +106,8 @@ class EndpointClient:
         self._sleep = sleep
         self._sem = asyncio.Semaphore(max(1, spec.max_concurrency))
         self._throttler = (
-            Throttler(rate_limit=spec.requests_per_second, period=1.0)
+            # One request per 1/rps seconds: exact for fractional rates and never bursty.
+            Throttler(rate_limit=1, period=1.0 / spec.requests_per_second)
             if spec.requests_per_second
             else None
         )

@@ -6,10 +6,10 @@ endpoint names the environment variable that holds its key (`api_key_env`).
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from servecmp.client import EndpointSpec
@@ -54,60 +54,119 @@ class McqConfig(_Section):
 
 
 class ServerConfig(_Section):
-    """One vLLM server that `servecmp serve` starts."""
+    """One vLLM server that `servecmp serve` starts (`[serve.baseline]` / `[serve.candidate]`)."""
 
+    #: A checkpoint directory (or GGUF file), or a model name vLLM resolves from its hub.
     model: str
+    #: The name clients ask for; defaults to the checkpoint directory's name (or `model`).
     served_name: str | None = None
-    port: int
+    port: int = Field(ge=1, le=65535)
     dtype: str = "auto"
     quantization: str | None = None
-    device: str = "cpu"
-    #: CPU only: the cores this server's compute threads bind to (VLLM_CPU_OMP_THREADS_BIND).
+    device: Literal["cpu", "gpu"] = "cpu"
+    #: CPU only: the cores this server's compute threads bind to (VLLM_CPU_OMP_THREADS_BIND),
+    #: e.g. "0" or "0-3". Two servers on one machine should get disjoint sets.
     cpu_cores: str | None = None
-    kv_cache_gib: int = 1
-    max_model_len: int = 2048
-    max_logprobs: int = 20
-    enforce_eager: bool = True
+    #: CPU only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).
+    kv_cache_gib: int = Field(default=1, ge=1)
+    max_model_len: int = Field(default=2048, ge=16)
+    max_logprobs: int = Field(default=20, ge=0)
+    #: None: eager on CPU (torch.compile warm-up triples start-up time there), compiled on GPU.
+    enforce_eager: bool | None = None
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    #: Replaces the whole launch command (default: this Python's `-m vllm.entrypoints.openai.api_server`
+    #: plus the flags above). `{host}`, `{port}`, `{model}` and `{served_name}` are filled in.
+    command: list[str] | None = None
 
 
 class ServeConfig(_Section):
     baseline: ServerConfig | None = None
     candidate: ServerConfig | None = None
     host: str = "127.0.0.1"
-    startup_timeout_s: float = 900.0
+    startup_timeout_s: float = Field(default=900.0, gt=0)
+    #: How long a server gets to exit after SIGTERM before its process group is killed.
+    stop_timeout_s: float = Field(default=20.0, gt=0)
+    #: Where `servecmp serve` creates its run directory (server logs, servers.json).
+    runs_dir: str = "runs"
 
 
 class JudgeConfig(_Section):
+    """The MT-Bench judge: any OpenAI-compatible chat endpoint, or "baseline" (the offline demo judge).
+
+    Unset `model` means gpt-4 on api.openai.com, else the one model the endpoint lists. Unset
+    `api_key_env` means OPENAI_API_KEY on api.openai.com, else no key.
+    """
+
     url: str = "https://api.openai.com/v1"
-    model: str = "gpt-4"
-    api_key_env: str | None = "OPENAI_API_KEY"
+    model: str | None = None
+    api_key_env: str | None = None
     requests_per_second: float | None = None
     max_concurrency: int = 4
+    timeout_s: float = 120.0
+    max_retries: int = 4
     max_judge_calls: int | None = None
+    #: FastChat's max_tokens for an OpenAI judge.
+    max_tokens: int = 2048
+    #: Force a parseable rating with vLLM structured outputs; unset: only for the demo judge.
+    force_format: bool | None = None
+    #: Shared judgment cache directory ("off" disables it); unset: <servecmp cache>/judgments.
+    cache_dir: str | None = None
 
 
 class MtBenchConfig(_Section):
     question_file: str | None = None
     reference_file: str | None = None
+    categories: list[str] | None = None
+    limit: int | None = None
+    #: FastChat's default for new tokens per turn.
     max_tokens: int = 1024
+    #: "single", "pairwise" or "both" (checked by `servecmp mtbench`).
+    mode: str = "both"
+    show: int = 5
     runs_dir: str = "runs"
 
 
 class ShadowConfig(_Section):
+    """`servecmp shadow`: the proxy in front of the primary, and replay. URLs may end in /v1 or not."""
+
     primary: str | None = None
     candidate: str | None = None
     secondary: str | None = None
+    #: Model names put in mirrored requests; unset: the endpoint's only model, else the client's.
+    candidate_model: str | None = None
+    secondary_model: str | None = None
+    #: The primary gets the client's own Authorization; this key is only for requests servecmp makes
+    #: itself (replay, teacher-forced scoring on the primary).
+    primary_api_key_env: str | None = None
     candidate_api_key_env: str | None = None
     secondary_api_key_env: str | None = None
     host: str = "127.0.0.1"
-    port: int = 8100
+    port: int = Field(default=8100, ge=0, le=65535)
     db: str = "shadow.db"
-    sample_rate: float = 1.0
+    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     hash_only: bool = False
-    max_db_mb: float | None = None
-    queue_size: int = 1000
+    max_db_mb: float | None = Field(default=None, gt=0)
+    #: Mirror jobs waiting for a worker; when full, new ones are dropped and counted.
+    queue_size: int = Field(default=1000, ge=1)
+    #: Comparisons in flight at once (each calls the candidate and the secondary).
+    mirror_concurrency: int = Field(default=8, ge=1)
+    #: Run comparisons in a separate process (off the proxy's event loop and GIL).
+    mirror_process: bool = True
+    #: Niceness added to the mirror process, so the proxy gets the CPU first on a busy machine.
+    mirror_nice: int = Field(default=10, ge=0, le=19)
+    writer_queue_size: int = Field(default=10000, ge=1)
+    primary_timeout_s: float = Field(default=600.0, gt=0)
+    #: Whole-exchange limit for a mirrored request (a slow candidate is cut off and recorded).
+    candidate_timeout_s: float = Field(default=60.0, gt=0)
+    #: Responses larger than this are passed through but not compared.
+    max_capture_mb: float = Field(default=8.0, gt=0)
+    #: Score the primary's answer under the candidate/secondary with vLLM prompt_logprobs.
+    teacher_forced: bool = True
+    top_k: int = Field(default=20, ge=1)
+    #: Answer positions scored per request (prompt_logprobs is costly on CPU).
+    tf_max_tokens: int = Field(default=256, ge=1)
+    drain_timeout_s: float = Field(default=10.0, ge=0)
 
 
 class Config(_Section):

@@ -18,6 +18,7 @@ from typing import Any
 
 from servecmp.client import EndpointClient
 from servecmp.records import EndpointRole, McqItem, McqRecord
+from servecmp.tasks import choice_lengths
 
 
 @dataclass
@@ -113,7 +114,7 @@ async def _score_letter(client: EndpointClient, item: McqItem, role: EndpointRol
         category=item.category,
         gold=item.gold,
         option_logprobs=option_lp,
-        option_lengths=[len(c) for c in item.continuations],
+        option_lengths=choice_lengths(item.continuations, item.contexts),
         chosen=argmax(option_lp),
         topk=topk,
         latency_s=latency,
@@ -141,7 +142,7 @@ async def _score_continuation(client: EndpointClient, item: McqItem, role: Endpo
         category=item.category,
         gold=item.gold,
         option_logprobs=option_lp,
-        option_lengths=[len(c) for c in item.continuations],
+        option_lengths=choice_lengths(item.continuations, item.contexts),
         chosen=argmax(option_lp),
         latency_s=latency,
         prompt_tokens=prompt_tokens,

@@ -58,8 +58,16 @@ TOKEN_RE = re.compile(r"\s*\S+|\s+")
 def echo_tokens(text: str, model: str) -> list[tuple[str, float | None]]:
     toks = TOKEN_RE.findall(text)
     out: list[tuple[str, float | None]] = []
+    vocab = set(LETTERS + FILLERS)
     for i, t in enumerate(toks):
-        out.append((t, None if i == 0 else math.log(_u(f"{model}|echo|{''.join(toks[:i])}|{t}"))))
+        prefix = "".join(toks[:i])
+        if i == 0:
+            out.append((t, None))
+        elif t in vocab:
+            # Consistent with the next-token distribution, as a real model's echo would be.
+            out.append((t, next_token_logprobs(prefix, model, len(vocab))[t]))
+        else:
+            out.append((t, math.log(_u(f"{model}|echo|{prefix}|{t}"))))
     return out
 
 
@@ -77,35 +85,34 @@ class StubState:
 
 
 def make_app(state: StubState) -> Starlette:
-    async def fault(request: Request) -> Response | None:
+    async def fault(request: Request) -> tuple[Response | None, dict[str, Any]]:
+        body = await request.body()  # before the lock: awaiting while holding it would deadlock the loop
         with state.lock:
             n = len(state.requests)
-            body = await request.body()
-            state.requests.append({"path": request.url.path, "body": json.loads(body) if body else None,
-                                   "headers": dict(request.headers)})
+            parsed = json.loads(body) if body else {}
+            state.requests.append({"path": request.url.path, "body": parsed, "headers": dict(request.headers)})
             action = state.script.pop(0) if state.script else None
         if action is None and state.fail_after is not None and n >= state.fail_after:
             action = 503
         if state.delay_s:
             await asyncio.sleep(state.delay_s)
         if isinstance(action, int):
-            return JSONResponse({"error": {"message": f"injected {action}"}}, status_code=action)
+            return JSONResponse({"error": {"message": f"injected {action}"}}, status_code=action), parsed
         if isinstance(action, str) and action.startswith("sleep:"):
             await asyncio.sleep(float(action.split(":", 1)[1]))
         if action == "drop":
             raise ConnectionAbortedError("injected dropped connection")
-        return None
+        return None, parsed
 
     async def models(request: Request) -> Response:
-        return (await fault(request)) or JSONResponse(
+        return (await fault(request))[0] or JSONResponse(
             {"object": "list", "data": [{"id": state.model, "object": "model"}]}
         )
 
     async def completions(request: Request) -> Response:
-        failed = await fault(request)
+        failed, body = await fault(request)
         if failed is not None:
             return failed
-        body = state.requests[-1]["body"] or {}
         if body.get("model") != state.model:
             return JSONResponse({"error": {"message": f"model {body.get('model')} not found"}}, status_code=404)
         prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
@@ -141,10 +148,9 @@ def make_app(state: StubState) -> Starlette:
         })
 
     async def chat(request: Request) -> Response:
-        failed = await fault(request)
+        failed, body = await fault(request)
         if failed is not None:
             return failed
-        body = state.requests[-1]["body"] or {}
         last = body["messages"][-1]["content"]
         text = f"stub answer to: {last[:40]}"
         return JSONResponse({

@@ -1,1 +1,147 @@
-"""servecmp package."""
+"""Metrics comparing a baseline and a candidate endpoint, as pure functions over numpy arrays.
+
+Following Dutta et al., "Accuracy is Not All You Need" (2024), equal accuracy is not enough for a
+quantized model to replace its baseline: it must also give the same answers. The modules:
+
+- `servecmp.metrics.stats`: generic statistics reused across features (bootstrap intervals,
+  Wilson intervals, exact McNemar, Wilcoxon, correlations, distribution summaries);
+- `servecmp.metrics.mcq`: multiple-choice metrics from ``(n, k)`` option-logprob matrices
+  (choices, acc_norm, flips, answer changes, option KL, top margin, per-group breakdown);
+- `servecmp.metrics.kl`: the top-k next-token KL lower bound (its docstring states the estimator
+  and its guarantees) and an exact full-vocabulary reference;
+- `servecmp.metrics.summary`: `summarize_mcq`, everything above as one JSON-ready dict;
+- `servecmp.metrics.from_records`: `summarize_records`, the same from two runs' `McqRecord`s.
+
+Conventions. "diff"/"delta" is candidate − baseline. KL is KL(baseline ‖ candidate) in nats.
+Choices are argmax with ties to the lowest option index; an item whose option logprobs are all
+``-inf`` is unanswered (choice -1, counted wrong, left out of option KL and top margin). Intervals
+are two-sided at ``settings.confidence`` (0.95 by default): percentile bootstrap (scipy, seeded,
+``settings.n_boot`` resamples, items resampled as baseline/candidate pairs) for means, Wilson for
+proportions.
+
+Layout of `summarize_mcq`'s dict (``summarize_records`` adds ``pairing`` and ``tasks``). Three
+record shapes recur:
+
+- Estimate: ``{"point", "low", "high", "n"}``;
+- Proportion: ``{"count", "n", "rate", "low", "high"}``;
+- Distribution: ``{"n", "mean", "median", "p90", "p99", "max", "mean_ci": Estimate}``.
+
+Numbers that are undefined (empty subsets, constant inputs to a test) are ``null``, never NaN::
+
+    schema          "servecmp.mcq_summary/1"
+    settings        {confidence, n_boot, seed, kl_units: "nats", prob_floor, margin_edges}
+    n_items         paired items compared
+    n_options       k (columns of the option matrices, after padding)
+    no_answer       {baseline: int, candidate: int}   items with no finite option logprob
+    accuracy        {baseline: Estimate, candidate: Estimate, diff: Estimate}
+    flips           {n, flips, correct_to_wrong, wrong_to_correct, rate: Proportion, mcnemar_p}
+    answer_changes  Proportion (items whose chosen option differs)
+    acc_norm        null, or {accuracy, flips, answer_changes} as above with length-normalised choices
+    option_kl       Distribution of the per-item option KL + {n_floored}
+    topk_kl         null, or {n, kl_hat: Distribution, unresolved_baseline_mass: Distribution,
+                    n_exact (items with p_R = q_R = 0), n_floored, shared_tokens: {mean, min}, estimator}
+    top_margin      {n,
+                     by_baseline_correctness: {when_correct: Estimate, when_wrong: Estimate,
+                                               mann_whitney_p},
+                     change_by_bucket: [{low_edge, high_edge, changes: Proportion}, ...],
+                     margin_change_correlation: {n, spearman_r, spearman_p, pearson_r, pearson_p}}
+    groups          {<grouping, e.g. "subject">: [{group, n, acc_baseline, acc_candidate, delta_acc,
+                     flips, correct_to_wrong, wrong_to_correct, flip_rate, answer_change_rate,
+                     mean_option_kl, mean_topk_kl}, ...]}   rows by flip_rate desc, n desc, name
+    pairing         (records only) {paired, unpaired_baseline, unpaired_candidate, duplicates_baseline,
+                     duplicates_candidate, stored_choice_mismatch: {baseline, candidate}}
+    tasks           (records only) sorted task names
+"""
+
+from servecmp.metrics.from_records import PairedRecords, pair_records, summarize_records
+from servecmp.metrics.kl import TopkKl, TopkKlItem, exact_kl, merge_topk, topk_kl, topk_kl_item
+from servecmp.metrics.mcq import (
+    DEFAULT_MARGIN_EDGES,
+    NO_ANSWER,
+    Flips,
+    GroupRow,
+    MarginBucket,
+    MarginByCorrectness,
+    OptionKl,
+    answer_changes,
+    change_by_margin,
+    changed_answers,
+    chosen_options,
+    correct,
+    flips,
+    group_breakdown,
+    length_normalised_choices,
+    margin_by_correctness,
+    option_kl,
+    option_log_probs,
+    top_margin,
+)
+from servecmp.metrics.stats import (
+    Correlation,
+    Distribution,
+    Estimate,
+    PairedMeans,
+    Proportion,
+    WilcoxonResult,
+    bootstrap_mean_ci,
+    correlation,
+    describe,
+    joint_bootstrap_means,
+    mann_whitney_p,
+    mcnemar_exact,
+    paired_bootstrap_diff_ci,
+    paired_bootstrap_means,
+    wilcoxon_paired,
+    wilson_ci,
+)
+from servecmp.metrics.summary import SCHEMA, jsonable, summarize_mcq
+
+__all__ = [
+    "DEFAULT_MARGIN_EDGES",
+    "NO_ANSWER",
+    "SCHEMA",
+    "Correlation",
+    "Distribution",
+    "Estimate",
+    "Flips",
+    "GroupRow",
+    "MarginBucket",
+    "MarginByCorrectness",
+    "OptionKl",
+    "PairedMeans",
+    "PairedRecords",
+    "Proportion",
+    "TopkKl",
+    "TopkKlItem",
+    "WilcoxonResult",
+    "answer_changes",
+    "bootstrap_mean_ci",
+    "change_by_margin",
+    "changed_answers",
+    "chosen_options",
+    "correct",
+    "correlation",
+    "describe",
+    "exact_kl",
+    "flips",
+    "group_breakdown",
+    "jsonable",
+    "joint_bootstrap_means",
+    "length_normalised_choices",
+    "mann_whitney_p",
+    "margin_by_correctness",
+    "mcnemar_exact",
+    "merge_topk",
+    "option_kl",
+    "option_log_probs",
+    "pair_records",
+    "paired_bootstrap_diff_ci",
+    "paired_bootstrap_means",
+    "summarize_mcq",
+    "summarize_records",
+    "top_margin",
+    "topk_kl",
+    "topk_kl_item",
+    "wilcoxon_paired",
+    "wilson_ci",
+]

@@ -1,0 +1,265 @@
+"""`servecmp correlate`: do flips and KL predict the MT-Bench drop across several candidates?
+
+Input: run directories of one baseline against several candidates (e.g. int8, int4, fp8, pruned):
+MCQ runs (manifest kind "mcq", summary.json from servecmp.metrics) and MT-Bench runs (kind
+"mtbench", summary.json from servecmp.mtbench.report).
+
+Pairing rule: runs belong to the same candidate when their manifests name the same candidate
+endpoint, i.e. the same model name and the same normalised URL (`.../v1`). Each candidate may
+have at most one MCQ run and one MT-Bench run; a candidate with only one of them keeps its row
+and is left out of the correlations that need the missing numbers. Runs whose baselines differ
+are compared anyway, with a warning, because a baseline served at another port is still the
+baseline; a differing baseline model name is reported too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from servecmp.client import EndpointSpec
+from servecmp.errors import UserError
+from servecmp.metrics.stats import Correlation, correlation
+from servecmp.records import EndpointRole, RunManifest
+from servecmp.runstore import MANIFEST, SUMMARY, read_json, read_model
+
+KlSource = Literal["option", "topk"]
+MIN_CANDIDATES = 3
+
+#: (x, y) metric pairs whose correlation the report gives, by row attribute.
+CORRELATED_PAIRS: tuple[tuple[str, str], ...] = (
+    ("flip_rate", "kl"),
+    ("flip_rate", "delta_mtbench"),
+    ("delta_accuracy", "delta_mtbench"),
+)
+LABELS = {
+    "flip_rate": "flips",
+    "kl": "KL",
+    "delta_mtbench": "ΔMT-Bench",
+    "delta_accuracy": "Δaccuracy",
+}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    model: str
+    url: str
+
+    def __str__(self) -> str:
+        return f"{self.model} @ {self.url}"
+
+
+@dataclass(frozen=True)
+class McqFacts:
+    delta_accuracy: float | None
+    flip_rate: float | None
+    flips: int | None
+    n_items: int | None
+    kl: float | None
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    run_dir: Path
+    kind: Literal["mcq", "mtbench"]
+    task: str
+    baseline: Endpoint
+    candidate: Endpoint
+    mcq: McqFacts | None = None
+    delta_mtbench: float | None = None
+    mtbench_n: int | None = None
+
+
+@dataclass
+class CandidateRow:
+    candidate: Endpoint
+    mcq_run: Path | None = None
+    mtbench_run: Path | None = None
+    task: str | None = None
+    delta_accuracy: float | None = None
+    flip_rate: float | None = None
+    flips: int | None = None
+    n_items: int | None = None
+    kl: float | None = None
+    delta_mtbench: float | None = None
+    mtbench_n: int | None = None
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, Mapping) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def mcq_facts_from_summary(summary: Mapping[str, Any], kl: KlSource = "option") -> McqFacts:
+    """The adapter: the only place that knows the keys of an MCQ summary.json
+    (layout documented in `servecmp.metrics`, schema "servecmp.mcq_summary/1")."""
+    kl_value = (
+        _get(summary, "option_kl", "mean") if kl == "option" else _get(summary, "topk_kl", "kl_hat", "mean")
+    )
+    return McqFacts(
+        delta_accuracy=_get(summary, "accuracy", "diff", "point"),
+        flip_rate=_get(summary, "flips", "rate", "rate"),
+        flips=_get(summary, "flips", "flips"),
+        n_items=_get(summary, "n_items"),
+        kl=kl_value,
+    )
+
+
+def _endpoints(manifest: RunManifest, run_dir: Path) -> tuple[Endpoint, Endpoint]:
+    roles = {e.role: e for e in manifest.endpoints}
+    if "baseline" not in roles or "candidate" not in roles:
+        raise UserError(f"{run_dir}: the manifest does not name a baseline and a candidate endpoint")
+
+    def endpoint(role: EndpointRole) -> Endpoint:
+        e = roles[role]
+        return Endpoint(model=e.model, url=EndpointSpec(base_url=e.base_url).normalised_url())
+
+    return endpoint("baseline"), endpoint("candidate")
+
+
+def read_run(run_dir: Path, kl: KlSource = "option") -> RunFacts:
+    if not (run_dir / MANIFEST).is_file():
+        raise UserError(f"{run_dir} is not a servecmp run directory (no {MANIFEST})")
+    raw = read_json(run_dir / MANIFEST)
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    if kind not in ("mcq", "mtbench"):
+        raise UserError(f"{run_dir}: run kind {kind!r} is neither an MCQ run nor an MT-Bench run")
+    manifest = read_model(run_dir / MANIFEST, RunManifest)
+    if not (run_dir / SUMMARY).is_file():
+        raise UserError(f"{run_dir}: no {SUMMARY} yet (finish the run, or resume it, first)")
+    summary = read_json(run_dir / SUMMARY)
+    if not isinstance(summary, dict):
+        raise UserError(f"{run_dir / SUMMARY} is not a JSON object")
+    baseline, candidate = _endpoints(manifest, run_dir)
+    if manifest.kind == "mcq":
+        schema = str(summary.get("schema", ""))
+        if not schema.startswith("servecmp.mcq_summary/"):
+            raise UserError(f"{run_dir / SUMMARY}: not an MCQ summary (schema {schema!r})")
+        facts = mcq_facts_from_summary(summary, kl)
+        if kl == "topk" and facts.kl is None:
+            raise UserError(f"{run_dir}: no top-k KL in this MCQ run (use --kl option)")
+        return RunFacts(run_dir, "mcq", manifest.task, baseline, candidate, mcq=facts)
+    delta = _get(summary, "delta", "point")
+    return RunFacts(
+        run_dir,
+        "mtbench",
+        manifest.task,
+        baseline,
+        candidate,
+        delta_mtbench=delta,
+        mtbench_n=_get(summary, "delta", "n"),
+    )
+
+
+def pair_runs(runs: Sequence[RunFacts]) -> tuple[list[CandidateRow], list[str]]:
+    """One row per candidate endpoint (first-seen order) and warnings about the baselines."""
+    rows: dict[Endpoint, CandidateRow] = {}
+    for r in runs:
+        row = rows.setdefault(r.candidate, CandidateRow(candidate=r.candidate))
+        if r.kind == "mcq":
+            if row.mcq_run is not None:
+                raise UserError(
+                    f"two MCQ runs for candidate {r.candidate}: {row.mcq_run} and {r.run_dir}; pass one"
+                )
+            assert r.mcq is not None
+            row.mcq_run, row.task = r.run_dir, r.task
+            row.delta_accuracy, row.flip_rate, row.flips = r.mcq.delta_accuracy, r.mcq.flip_rate, r.mcq.flips
+            row.n_items, row.kl = r.mcq.n_items, r.mcq.kl
+        else:
+            if row.mtbench_run is not None:
+                raise UserError(
+                    f"two MT-Bench runs for candidate {r.candidate}: {row.mtbench_run} and {r.run_dir}; "
+                    "pass one"
+                )
+            row.mtbench_run, row.delta_mtbench, row.mtbench_n = r.run_dir, r.delta_mtbench, r.mtbench_n
+    warnings = []
+    baselines = {r.baseline for r in runs}
+    if len({b.model for b in baselines}) > 1:
+        warnings.append(
+            "the runs have different baseline models: " + ", ".join(sorted({str(b) for b in baselines}))
+        )
+    elif len(baselines) > 1:
+        warnings.append(
+            "the baseline was reached at different URLs: " + ", ".join(sorted(b.url for b in baselines))
+        )
+    tasks = {r.task for r in runs if r.kind == "mcq"}
+    if len(tasks) > 1:
+        warnings.append(
+            f"the MCQ runs are on different tasks ({', '.join(sorted(tasks))}); their flips differ in kind"
+        )
+    return list(rows.values()), warnings
+
+
+@dataclass(frozen=True)
+class CorrelationRow:
+    x: str
+    y: str
+    result: Correlation
+    #: Why no number, when there is none.
+    note: str | None
+
+
+def correlations(rows: Sequence[CandidateRow]) -> list[CorrelationRow]:
+    out = []
+    for x, y in CORRELATED_PAIRS:
+        pts = [(getattr(r, x), getattr(r, y)) for r in rows]
+        pts = [(a, b) for a, b in pts if a is not None and b is not None]
+        result = correlation([a for a, _ in pts], [b for _, b in pts])
+        note = None
+        if len(pts) < MIN_CANDIDATES:
+            note = f"cannot be computed: {len(pts)} candidate(s) with both numbers, need {MIN_CANDIDATES}"
+        elif result.spearman_r is None:
+            note = "undefined: one of the two is constant across candidates"
+        out.append(CorrelationRow(x=x, y=y, result=result, note=note))
+    return out
+
+
+def report_dict(rows: Sequence[CandidateRow], corr: Sequence[CorrelationRow], warnings: Sequence[str],
+                plot: Path | None, kl: KlSource) -> dict[str, Any]:  # fmt: skip
+    def row_dict(r: CandidateRow) -> dict[str, Any]:
+        d = dataclasses.asdict(r)
+        d["candidate"] = {"model": r.candidate.model, "url": r.candidate.url}
+        for key in ("mcq_run", "mtbench_run"):
+            d[key] = str(d[key]) if d[key] is not None else None
+        return d
+
+    return {
+        "kl_source": kl,
+        "candidates": [row_dict(r) for r in rows],
+        "correlations": [{"x": c.x, "y": c.y, **dataclasses.asdict(c.result), "note": c.note} for c in corr],
+        "warnings": list(warnings),
+        "plot": str(plot) if plot is not None else None,
+    }
+
+
+def scatter_plot(rows: Sequence[CandidateRow], path: Path) -> bool:
+    """Flips vs ΔMT-Bench, one labelled point per candidate. False when no candidate has both."""
+    pts = [r for r in rows if r.flip_rate is not None and r.delta_mtbench is not None]
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    xs = [100 * (r.flip_rate or 0.0) for r in pts]
+    ys = [r.delta_mtbench or 0.0 for r in pts]
+    ax.scatter(xs, ys)
+    for x, y, r in zip(xs, ys, pts, strict=True):
+        ax.annotate(r.candidate.model, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("flips (% of MCQ items)")
+    ax.set_ylabel("ΔMT-Bench (candidate − baseline)")
+    ax.set_title("Flips vs MT-Bench change per candidate")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True

@@ -1,0 +1,172 @@
+"""MT-Bench questions and reference answers: loading, selecting, sampling temperatures.
+
+The 80 questions, the judge prompts and GPT-4's reference answers are vendored in
+prompts/mt_bench/ (Apache-2.0, from FastChat) and read through importlib.resources. A user's own
+question file uses the same JSONL layout (question_id, category, turns, optional reference).
+
+References, as FastChat uses them: only math, reasoning and coding are judged against a reference.
+With the vendored questions the vendored GPT-4 reference file is used (FastChat's
+reference_answer/gpt-4.jsonl); with a user's question file, a `--references` file when given,
+else the question's own `reference` field. A reference file wins over the `reference` field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from importlib.abc import Traversable
+from importlib.resources import files
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from judges.prompts import NEED_REF_CATEGORIES
+from servecmp.errors import UserError
+
+CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+
+#: FastChat's `temperature_config` (fastchat/llm_judge/common.py), without arena-hard-200.
+TEMPERATURE_BY_CATEGORY: dict[str, float] = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+}
+#: FastChat's temperature for a category it has no entry for.
+DEFAULT_TEMPERATURE = 0.7
+
+QuestionId = int | str
+
+
+class MtQuestion(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    question_id: QuestionId
+    category: str
+    turns: list[str]
+    reference: list[str] | None = None
+    required_temperature: float | None = None
+
+    @field_validator("turns")
+    @classmethod
+    def _one_or_two_turns(cls, turns: list[str]) -> list[str]:
+        if not 1 <= len(turns) <= 2:
+            raise ValueError(f"MT-Bench questions have 1 or 2 turns, not {len(turns)}")
+        return turns
+
+    @property
+    def temperature(self) -> float:
+        if self.required_temperature is not None:
+            return self.required_temperature
+        return TEMPERATURE_BY_CATEGORY.get(self.category, DEFAULT_TEMPERATURE)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.category in NEED_REF_CATEGORIES
+
+
+def vendored(name: str) -> Traversable:
+    return files("prompts") / "mt_bench" / name
+
+
+def _lines(source: Traversable | Path) -> list[tuple[int, dict[str, object]]]:
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise UserError(f"{source} not found") from exc
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{source}: line {n} is not JSON ({exc.msg})") from exc
+        if not isinstance(obj, dict):
+            raise UserError(f"{source}: line {n} is not a JSON object")
+        out.append((n, obj))
+    return out
+
+
+def load_questions(source: Traversable | Path | None = None) -> list[MtQuestion]:
+    src = source if source is not None else vendored("question.jsonl")
+    questions: list[MtQuestion] = []
+    seen: set[QuestionId] = set()
+    for n, obj in _lines(src):
+        try:
+            q = MtQuestion.model_validate(obj)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise UserError(f"{src}: line {n} is not an MT-Bench question ({loc}: {first['msg']})") from exc
+        if q.question_id in seen:
+            raise UserError(f"{src}: question_id {q.question_id} appears twice")
+        seen.add(q.question_id)
+        questions.append(q)
+    if not questions:
+        raise UserError(f"{src} holds no questions")
+    return questions
+
+
+def load_reference_answers(source: Traversable | Path) -> dict[QuestionId, list[str]]:
+    """Reference answers in FastChat's answer-file layout: question_id → turns of choice 0."""
+    refs: dict[QuestionId, list[str]] = {}
+    for n, obj in _lines(source):
+        try:
+            qid = obj["question_id"]
+            turns = obj["choices"][0]["turns"]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise UserError(
+                f"{source}: line {n} is not a FastChat answer line (question_id, choices)"
+            ) from exc
+        if not isinstance(qid, int | str) or not isinstance(turns, list):
+            raise UserError(f"{source}: line {n} has a malformed question_id or turns")
+        refs[qid] = [str(t) for t in turns]
+    return refs
+
+
+def with_references(questions: Sequence[MtQuestion], refs: dict[QuestionId, list[str]]) -> list[MtQuestion]:
+    """Questions whose `reference` comes from `refs` where it has one (FastChat's precedence)."""
+    return [
+        q.model_copy(update={"reference": refs[q.question_id]}) if q.question_id in refs else q
+        for q in questions
+    ]
+
+
+def select(
+    questions: Sequence[MtQuestion], *, categories: Sequence[str] | None = None, limit: int | None = None
+) -> list[MtQuestion]:
+    """Questions of the given categories (file order), then the first `limit` of them."""
+    chosen = list(questions)
+    if categories:
+        known = {q.category for q in questions}
+        unknown = sorted(set(categories) - known)
+        if unknown:
+            raise UserError(
+                f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)} "
+                f"(the question file has: {', '.join(sorted(known))})"
+            )
+        chosen = [q for q in chosen if q.category in set(categories)]
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit must be at least 1, got {limit}")
+        chosen = chosen[:limit]
+    return chosen
+
+
+def fingerprint(questions: Sequence[MtQuestion]) -> str:
+    """sha256 of the selected questions (with their references), to keep --resume on the same set."""
+    blob = "\n".join(q.model_dump_json() for q in questions)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def write_questions(path: Path, questions: Sequence[MtQuestion]) -> None:
+    """The run's own copy of its questions, so --resume needs nothing but the run directory."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(q.model_dump_json(exclude_none=True) + "\n" for q in questions), encoding="utf-8")
+    tmp.replace(path)

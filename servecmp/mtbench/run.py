@@ -1,0 +1,320 @@
+"""Running an MT-Bench comparison end to end: answers, judgments, summary. Resumable at every step.
+
+Order of work: (1) refuse early if a paid judge would need a confirmation nobody can give;
+(2) answers still missing from either endpoint, appended as they arrive; (3) judgments still owed,
+after the cost guard, appended as they arrive; (4) the summary, rebuilt from what is on disk.
+An endpoint that fails after the client's retries stops the run with one line naming the run
+directory; `--resume RUN_DIR` then continues where it stopped, paying for nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from judges.cache import CACHE_FILE, JudgeCache
+from judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, refuse_if_unconfirmable
+from judges.runner import JudgeRunner, JudgeUnavailable
+from servecmp.client import EndpointClient, EndpointError
+from servecmp.errors import UserError
+from servecmp.mtbench.answers import generate_answers
+from servecmp.mtbench.judging import plan_pairs, plan_single, requests_of, run_jobs
+from servecmp.mtbench.questions import QuestionId, write_questions
+from servecmp.mtbench.records import AnswerRecord
+from servecmp.mtbench.report import MtBenchSummary, build_summary
+from servecmp.mtbench.rundir import MtRunPaths, load_answers, load_pairs, load_single
+from servecmp.mtbench.settings import MtBenchSettings, assign_stems, manifest_for
+from servecmp.records import ROLES, EndpointRole, RunManifest
+from servecmp.runstore import JsonlAppender, new_run_dir, utcnow, write_json_atomic
+
+DEMO_JUDGE_NOTE = (
+    "judge: the baseline model itself (offline demo). A small model's ratings (e.g. a 135M model's) only "
+    "exercise the pipeline; they say nothing about answer quality."
+)
+
+
+@dataclass
+class RunIO:
+    console: Console
+    is_tty: bool
+    ask: Callable[[str], bool]
+
+    def say(self, message: str) -> None:
+        self.console.print(message, highlight=False, soft_wrap=True, markup=False)
+
+
+@dataclass
+class GenerationStats:
+    answers: dict[str, int] = field(default_factory=dict)
+    completion_tokens: dict[str, int] = field(default_factory=dict)
+    wall_s: dict[str, float] = field(default_factory=dict)
+    total_s: float = 0.0
+
+
+@dataclass
+class JudgingStats:
+    wall_s: float = 0.0
+    #: Judge calls made (each may have taken several HTTP requests, see `http_requests`).
+    calls: int = 0
+    cache_hits: int = 0
+    http_requests: int = 0
+    #: Judgments left undone because --max-judge-calls was reached.
+    skipped: int = 0
+
+
+@dataclass
+class MtBenchResult:
+    paths: MtRunPaths
+    summary: MtBenchSummary
+    generation: GenerationStats
+    judging: JudgingStats
+
+
+def _progress(io: RunIO) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=io.console,
+        transient=True,
+        disable=not io.is_tty,
+    )
+
+
+def _resume_hint(paths: MtRunPaths) -> str:
+    return f"finished work is saved; resume with --resume {paths.root}"
+
+
+async def _start_new(
+    s: MtBenchSettings, clients: dict[str, EndpointClient], runs_root: Path, io: RunIO
+) -> tuple[MtRunPaths, RunManifest]:
+    for role in ROLES:
+        await clients[role].resolve_model(role)
+    if s.judge_is_baseline:
+        s.judge.model = s.judge.model or s.baseline.model
+    elif s.judge.model is None:
+        await clients["judge"].resolve_model("judge")
+    assign_stems(s)
+    paths = MtRunPaths(new_run_dir(runs_root, "mtbench"))
+    paths.make_dirs()
+    write_questions(paths.questions, s.questions)
+    manifest = manifest_for(s)
+    write_json_atomic(paths.manifest, manifest.model_dump())
+    io.say(f"run directory: {paths.root}")
+    return paths, manifest
+
+
+async def _generate(
+    s: MtBenchSettings,
+    clients: dict[str, EndpointClient],
+    paths: MtRunPaths,
+    io: RunIO,
+    stats: GenerationStats,
+) -> None:
+    answers = {role: load_answers(paths.answers(s.stems[role])) for role in ROLES}
+    todo = {role: [q for q in s.questions if q.question_id not in answers[role]] for role in ROLES}
+    if not any(todo.values()):
+        return
+    io.say(
+        f"generating answers (max {s.max_tokens} tokens per turn): "
+        + ", ".join(f"{role} {len(todo[role])} questions" for role in ROLES if todo[role])
+    )
+
+    with _progress(io) as progress:
+
+        async def one_role(role: EndpointRole) -> None:
+            if not todo[role]:
+                return
+            task = progress.add_task(f"answers {role}", total=len(todo[role]))
+            t0 = time.perf_counter()
+            stats.answers[role] = stats.completion_tokens[role] = 0
+
+            def done(record: AnswerRecord) -> None:
+                progress.advance(task)
+                stats.answers[role] += 1
+                stats.completion_tokens[role] += sum(record.servecmp.completion_tokens)
+
+            with JsonlAppender(paths.answers(s.stems[role])) as out:
+                try:
+                    await generate_answers(
+                        clients[role], todo[role], out, role=role, max_tokens=s.max_tokens, on_done=done
+                    )
+                except EndpointError as exc:
+                    raise UserError(
+                        f"{role} endpoint failed: {exc}; {stats.answers[role]} new {role} answers saved; "
+                        + _resume_hint(paths)
+                    ) from exc
+                finally:
+                    stats.wall_s[role] = time.perf_counter() - t0
+
+        tasks = [asyncio.ensure_future(one_role(role)) for role in ROLES]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+
+async def _judge(
+    s: MtBenchSettings, judge_client: EndpointClient, paths: MtRunPaths, io: RunIO, stats: JudgingStats
+) -> None:
+    judge_model = judge_client.model
+    answers: dict[EndpointRole, dict[QuestionId, AnswerRecord]] = {
+        role: load_answers(paths.answers(s.stems[role])) for role in ROLES
+    }
+    single_jobs = (
+        plan_single(s.questions, answers, s.stems, s.prompts, load_single(paths.single(judge_model)))
+        if s.mode in ("single", "both")
+        else []
+    )
+    pair_jobs = (
+        plan_pairs(s.questions, answers, s.stems, s.prompts, load_pairs(paths.pair(judge_model)))
+        if s.mode in ("pairwise", "both")
+        else []
+    )
+    cache_paths = [paths.cache] + ([s.shared_cache_dir / CACHE_FILE] if s.shared_cache_dir else [])
+    with JudgeCache(cache_paths) as cache:
+        runner = JudgeRunner(
+            judge_client,
+            cache,
+            max_tokens=s.judge_max_tokens,
+            force_format=s.judge_force_format,
+            max_calls=s.max_judge_calls,
+        )
+        requests = list(requests_of(single_jobs, pair_jobs))
+        if not requests:
+            return
+        uncached: dict[str, str] = {}
+        for messages, kind in requests:
+            key = runner.key(messages, kind)
+            if key not in cache:
+                uncached.setdefault(key, "\n".join(m["content"] for m in messages))
+        to_call = list(uncached.values())
+        if s.max_judge_calls is not None and len(to_call) > s.max_judge_calls:
+            io.say(
+                f"--max-judge-calls {s.max_judge_calls}: {len(to_call) - s.max_judge_calls} judge calls are "
+                "left for a later --resume"
+            )
+            to_call = to_call[: s.max_judge_calls]
+        tokens, method = count_prompt_tokens(to_call, judge_model)
+        judge_desc = f"{judge_model} at {s.judge.normalised_url()}"
+        confirm_cost(
+            CostEstimate(
+                calls=len(to_call), cached=len(requests) - len(uncached), prompt_tokens=tokens, method=method
+            ),
+            judge_desc,
+            paid=s.judge_paid,
+            assume_yes=s.assume_yes,
+            is_tty=io.is_tty,
+            ask=io.ask,
+            say=io.say,
+        )
+        if s.judge_is_baseline:
+            io.say(DEMO_JUDGE_NOTE)
+        t0 = time.perf_counter()
+        with (
+            JsonlAppender(paths.single(judge_model)) as single_out,
+            JsonlAppender(paths.pair(judge_model)) as pair_out,
+            _progress(io) as progress,
+        ):
+            task = progress.add_task("judging", total=len(single_jobs) + len(pair_jobs))
+            try:
+                outcome = await run_jobs(
+                    runner,
+                    single_jobs,
+                    pair_jobs,
+                    single_out,
+                    pair_out,
+                    on_done=lambda: progress.advance(task),
+                )
+            except JudgeUnavailable as exc:
+                raise UserError(f"judge {judge_desc} failed: {exc}; " + _resume_hint(paths)) from exc
+            finally:
+                stats.wall_s = time.perf_counter() - t0
+                stats.calls = runner.stats.calls
+                stats.cache_hits = runner.stats.cache_hits
+                stats.http_requests = judge_client.stats.requests
+        stats.skipped = outcome.skipped
+
+
+def summarize(s: MtBenchSettings, paths: MtRunPaths, judge_model: str) -> MtBenchSummary:
+    answers: dict[EndpointRole, dict[QuestionId, AnswerRecord]] = {
+        role: load_answers(paths.answers(s.stems[role])) for role in ROLES
+    }
+    models = {
+        role: (s.baseline if role == "baseline" else s.candidate).model or s.stems[role] for role in ROLES
+    }
+    return build_summary(
+        questions=s.questions,
+        answers=answers,
+        stems=s.stems,
+        models=models,
+        single=load_single(paths.single(judge_model)),
+        pairs=load_pairs(paths.pair(judge_model)),
+        mode=s.mode,
+        judge_model=judge_model,
+        judge_url=s.judge.normalised_url(),
+        judge_is_baseline=s.judge_is_baseline,
+        show=s.show,
+    )
+
+
+async def execute(
+    s: MtBenchSettings,
+    io: RunIO,
+    *,
+    runs_root: Path | None = None,
+    resume: tuple[MtRunPaths, RunManifest] | None = None,
+) -> MtBenchResult:
+    """Start a new run under `runs_root`, or finish the run in `resume`."""
+    refuse_if_unconfirmable(paid=s.judge_paid, assume_yes=s.assume_yes, is_tty=io.is_tty)
+    key_env = s.judge.api_key_env
+    if key_env and not os.environ.get(key_env) and not s.judge_is_baseline:
+        raise UserError(
+            f"the judge's API key variable {key_env} is not set; set it, or pass --judge-url baseline for "
+            "the offline demo judge (the baseline model judges; its scores only exercise the pipeline)"
+        )
+    async with AsyncExitStack() as stack:
+        # The judge client is built first: a missing API key fails before any answer is generated.
+        judge_client = await stack.enter_async_context(EndpointClient(s.judge))
+        clients: dict[str, EndpointClient] = {"judge": judge_client}
+        for role in ROLES:
+            clients[role] = await stack.enter_async_context(
+                EndpointClient(s.baseline if role == "baseline" else s.candidate)
+            )
+        if resume is None:
+            if runs_root is None:
+                raise ValueError("execute() needs runs_root or resume")
+            paths, manifest = await _start_new(s, clients, runs_root, io)
+        else:
+            paths, manifest = resume
+            io.say(f"resuming {paths.root}")
+        if s.mode != manifest.extra.get("mode"):
+            manifest.extra["mode"] = s.mode
+            write_json_atomic(paths.manifest, manifest.model_dump())
+
+        gen, judging = GenerationStats(), JudgingStats()
+        t0 = time.perf_counter()
+        await _generate(s, clients, paths, io, gen)
+        gen.total_s = time.perf_counter() - t0
+        await _judge(s, judge_client, paths, io, judging)
+
+    summary = summarize(s, paths, judge_client.model)
+    write_json_atomic(paths.summary, summary.model_dump(mode="json"))
+    if summary.complete and manifest.finished_at is None:
+        manifest.finished_at = utcnow()
+        write_json_atomic(paths.manifest, manifest.model_dump())
+    if judging.skipped:
+        io.say(f"{judging.skipped} judgments not made (--max-judge-calls); " + _resume_hint(paths))
+    return MtBenchResult(paths=paths, summary=summary, generation=gen, judging=judging)

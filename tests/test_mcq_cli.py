@@ -1,0 +1,205 @@
+"""`servecmp mcq` end to end against stub endpoints: records, resume after kill -9, Ctrl-C, an
+endpoint dying mid-run, and every bad input giving one line and a non-zero exit.
+
+The real-vLLM end-to-end run is in test_mcq_vllm.py; these use the stub because the failures
+here cannot be produced on demand by a real server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.stub_openai import LETTERS, StubServer, StubState, free_port, next_token_logprobs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_items(path: Path, n: int) -> list[dict[str, object]]:
+    rows = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "choices": [str(2 * i), "7", "9", "11"],
+             "answer": i % 4, "subject": "arith" if i % 2 else "logic"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def servecmp(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "servecmp", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], pattern: str, code: int = 2) -> None:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert pattern in lines[0], lines[0]
+
+
+def records(run_dir: Path) -> list[dict[str, object]]:
+    return [json.loads(x) for x in (run_dir / "records.jsonl").read_text().splitlines() if x.strip()]
+
+
+def only_run_dir(runs: Path) -> Path:
+    (d,) = list(runs.iterdir())
+    return d
+
+
+def test_full_run_matches_independent_computation(tmp_path: Path) -> None:
+    data = tmp_path / "items.jsonl"
+    rows = write_items(data, 12)
+    runs = tmp_path / "runs"
+    with StubServer(StubState(model="base")) as b, StubServer(StubState(model="cand")) as c:
+        proc = servecmp("mcq", "--baseline", b.url, "--candidate", c.url, "--task", f"jsonl:{data}",
+                        "--runs-dir", str(runs), "--top-k", "5", "--json")
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads(proc.stdout)
+        prompts = [r["body"]["prompt"] for r in b.state.requests if r["path"] == "/v1/completions"
+                   and not r["body"].get("echo") and r["body"]["prompt"] != "Hello"]
+    assert len(prompts) == 12
+    run_dir = only_run_dir(runs)
+    recs = records(run_dir)
+    assert Counter(r["endpoint"] for r in recs) == {"baseline": 12, "candidate": 12}
+    # Recompute chosen options from the stub's distribution over the four letters, independently.
+    by_prompt = {}
+    for p in prompts:
+        qnum = int(p.rsplit("What is ", 1)[1].split(" ")[0])
+        by_prompt[qnum] = p
+    flips = 0
+    changes = 0
+    for i in range(12):
+        p = by_prompt[i]
+        chosen = {}
+        for model in ("base", "cand"):
+            full = next_token_logprobs(p, model, 100)
+            chosen[model] = max(range(4), key=lambda j, full=full: full[LETTERS[j]])  # type: ignore[misc]
+        gold = int(rows[i]["answer"])  # type: ignore[call-overload]
+        flips += (chosen["base"] == gold) != (chosen["cand"] == gold)
+        changes += chosen["base"] != chosen["cand"]
+    assert summary["flips"]["n"] == 12
+    assert summary["flips"]["flips"] == flips
+    assert summary["answer_changes"]["count"] == changes
+    # `servecmp report` recomputes the same numbers from the records alone.
+    again = servecmp("report", str(run_dir), "--json")
+    assert again.returncode == 0, again.stderr
+    rep = json.loads(again.stdout)
+    assert rep["flips"] == summary["flips"]
+    assert rep["accuracy"] == summary["accuracy"]
+
+
+def _start_stub_process(model: str, delay: float) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "stub_openai.py"), str(port), model, str(delay)],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    import httpx
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
+            return proc, f"http://127.0.0.1:{port}/v1"
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("stub did not start")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_run_resumes_without_redoing_items(tmp_path: Path, sig: signal.Signals) -> None:
+    data = tmp_path / "items.jsonl"
+    write_items(data, 16)
+    runs = tmp_path / "runs"
+    b, burl = _start_stub_process("base", 0.15)
+    c, curl = _start_stub_process("cand", 0.15)
+    try:
+        run = subprocess.Popen([sys.executable, "-m", "servecmp", "mcq", "--baseline", burl, "--candidate", curl,
+                                "--task", f"jsonl:{data}", "--runs-dir", str(runs), "--concurrency", "1",
+                                "--top-k", "5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if runs.exists() and any(runs.iterdir()):
+                rec = only_run_dir(runs) / "records.jsonl"
+                if rec.exists() and len(rec.read_text().splitlines()) >= 6:
+                    break
+            time.sleep(0.05)
+        run.send_signal(sig)
+        _, err = run.communicate(timeout=30)
+        run_dir = only_run_dir(runs)
+        before = records(run_dir)
+        assert 6 <= len(before) < 32
+        if sig == signal.SIGINT:
+            assert run.returncode == 130
+            assert "Traceback" not in err and f"--resume {run_dir}" in err
+        proc = servecmp("mcq", "--resume", str(run_dir), "--json")
+        assert proc.returncode == 0, proc.stderr
+        after = records(run_dir)
+        keys = Counter((r["item_id"], r["endpoint"]) for r in after)
+        assert len(keys) == 32 and max(keys.values()) == 1
+        # Finished work was kept verbatim, not redone.
+        assert after[: len(before)] == before
+        assert json.loads(proc.stdout)["flips"]["n"] == 16
+    finally:
+        for p in (b, c):
+            p.kill()
+            p.wait()
+
+
+def test_endpoint_dying_mid_run_leaves_resumable_run(tmp_path: Path) -> None:
+    data = tmp_path / "items.jsonl"
+    write_items(data, 10)
+    runs = tmp_path / "runs"
+    cand_state = StubState(model="cand", fail_after=6)
+    with StubServer(StubState(model="base")) as b, StubServer(cand_state) as c:
+        proc = servecmp("mcq", "--baseline", b.url, "--candidate", c.url, "--task", f"jsonl:{data}",
+                        "--runs-dir", str(runs), "--top-k", "5", "--retries", "1", "--concurrency", "1")
+        assert proc.returncode == 3
+        assert "candidate endpoint failed" in proc.stderr and "--resume" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        run_dir = only_run_dir(runs)
+        got = Counter(r["endpoint"] for r in records(run_dir))
+        assert got["baseline"] == 10 and 0 < got["candidate"] < 10
+        cand_state.fail_after = None
+        again = servecmp("mcq", "--resume", str(run_dir))
+        assert again.returncode == 0, again.stderr
+    assert Counter(r["endpoint"] for r in records(run_dir)) == {"baseline": 10, "candidate": 10}
+
+
+def test_bad_inputs_give_one_line_and_nonzero_exit(tmp_path: Path) -> None:
+    data = tmp_path / "items.jsonl"
+    write_items(data, 3)
+    runs = str(tmp_path / "runs")
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with StubServer(StubState(model="base")) as b, StubServer(StubState(model="cand", no_logprobs=True)) as nolp:
+        common = ["--task", f"jsonl:{data}", "--runs-dir", runs, "--retries", "0"]
+        assert_one_line_error(servecmp("mcq", "--baseline", dead, "--candidate", b.url, *common),
+                              "baseline endpoint unreachable")
+        assert_one_line_error(servecmp("mcq", "--baseline", b.url, "--baseline-model", "llama-70b",
+                                       "--candidate", b.url, *common), "does not serve model 'llama-70b'")
+        assert_one_line_error(servecmp("mcq", "--baseline", b.url, "--candidate", nolp.url, *common),
+                              "answered without logprobs")
+        assert_one_line_error(servecmp("mcq", "--baseline", b.url, "--candidate", b.url, "--task", "nosuchtask",
+                                       "--runs-dir", runs), "unknown task")
+        empty = tmp_path / "empty.jsonl"
+        empty.write_text("")
+        assert_one_line_error(servecmp("mcq", "--baseline", b.url, "--candidate", b.url, "--task",
+                                       f"jsonl:{empty}", "--runs-dir", runs), "no items")
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n{"question": "q2", "choices": "ab"}\n')
+        assert_one_line_error(servecmp("mcq", "--baseline", b.url, "--candidate", b.url, "--task",
+                                       f"jsonl:{bad}", "--runs-dir", runs), f"{bad}:2")
+        assert_one_line_error(servecmp("mcq", "--candidate", b.url, *common), "no baseline endpoint")
+        # A finished run of one task cannot be resumed as another.
+        ok = servecmp("mcq", "--baseline", b.url, "--candidate", b.url, *common, "--top-k", "5")
+        assert ok.returncode == 0, ok.stderr
+        run_dir = next(p for p in Path(runs).iterdir() if (p / "manifest.json").exists())
+        assert_one_line_error(servecmp("mcq", "--resume", str(run_dir), "--task", "mmlu"),
+                              "is a run of task")
+        assert_one_line_error(servecmp("mcq", "--resume", str(tmp_path)), "not a servecmp run directory")
+        assert_one_line_error(servecmp("report", str(tmp_path)), "not a servecmp run directory")
