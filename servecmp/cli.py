@@ -30,7 +30,7 @@ def _register() -> None:
     from servecmp import mcq_cli
 
     mcq_cli.register(app)
-    for modname in ("servecmp.serve_cli", "servecmp.mtbench.cli", "servecmp.shadow.cli"):
+    for modname in ("servecmp.serve_cli", "servecmp.demo", "servecmp.mtbench.cli", "servecmp.shadow.cli"):
         try:
             module = __import__(modname, fromlist=["register"])
         except ModuleNotFoundError as exc:

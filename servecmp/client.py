@@ -67,7 +67,18 @@ class CallStats:
 
 
 class EndpointError(Exception):
-    """A request that still failed after every retry. Carries a one-line reason."""
+    """A request that still failed after every retry. Carries a one-line reason and, when the
+    server answered, its HTTP status (a 4xx is about this request, not the endpoint's health)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def is_request_error(self) -> bool:
+        # 400/413/422: this input was refused (e.g. a prompt longer than the model's context);
+        # other items may well succeed. 401/403/404 are about the endpoint and stop the run.
+        return self.status in (400, 413, 422)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -154,7 +165,8 @@ class EndpointClient:
                         self.stats.failures += 1
                         raise EndpointError(
                             f"{self.spec.normalised_url()}: {describe_error(exc)}"
-                            + (f" (after {attempt} retries)" if attempt else "")
+                            + (f" (after {attempt} retries)" if attempt else ""),
+                            status=exc.status_code if isinstance(exc, openai.APIStatusError) else None,
                         ) from exc
             attempt += 1
             self.stats.retries += 1

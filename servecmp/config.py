@@ -69,7 +69,9 @@ class ServerConfig(_Section):
     cpu_cores: str | None = None
     #: CPU only: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).
     kv_cache_gib: int = Field(default=1, ge=1)
-    max_model_len: int = Field(default=2048, ge=16)
+    # 4096 holds every MMLU 5-shot prompt (the longest, high_school_european_history, is ~3,150
+    # SmolLM2 tokens); 2048 would refuse a few percent of them.
+    max_model_len: int = Field(default=4096, ge=16)
     max_logprobs: int = Field(default=20, ge=0)
     #: None: eager on CPU (torch.compile warm-up triples start-up time there), compiled on GPU.
     enforce_eager: bool | None = None

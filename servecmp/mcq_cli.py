@@ -15,12 +15,13 @@ from servecmp import __version__
 from servecmp.client import EndpointClient, EndpointSpec
 from servecmp.config import Config, EndpointConfig, load_config
 from servecmp.errors import UserError
-from servecmp.mcq_run import RECORDS, failure_message, make_progress, prepare_clients, run_items
+from servecmp.mcq_run import ITEM_ERRORS, RECORDS, failure_message, make_progress, prepare_clients, run_items
 from servecmp.metrics.from_records import summarize_records
 from servecmp.records import ROLES, EndpointInfo, EndpointRole, McqRecord, RunManifest
 from servecmp.report import render_mcq_report
 from servecmp.runstore import (
     MANIFEST,
+    iter_jsonl,
     SUMMARY,
     load_records,
     new_run_dir,
@@ -86,9 +87,24 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
         "complete": manifest.finished_at is not None,
         "endpoints": {e.role: {"url": e.base_url, "model": e.model} for e in manifest.endpoints},
         "requests_per_item": _requests_per_item(records),
+        "item_errors": _item_errors(run_dir, records),
     }
     write_json_atomic(run_dir / SUMMARY, summary)
     return summary
+
+
+def _item_errors(run_dir: Path, records: list[McqRecord]) -> dict[str, dict[str, Any]]:
+    """Items an endpoint refused and that no later attempt (resume) answered."""
+    answered = {(r.item_id, r.endpoint) for r in records}
+    out: dict[str, dict[str, Any]] = {}
+    for e in iter_jsonl(run_dir / ITEM_ERRORS):
+        if (e["item_id"], e["endpoint"]) in answered:
+            continue
+        slot = out.setdefault(e["endpoint"], {"count": 0, "items": set(), "example": e["error"]})
+        slot["items"].add(e["item_id"])
+    for slot in out.values():
+        slot["count"] = len(slot.pop("items"))
+    return out
 
 
 def _requests_per_item(records: list[McqRecord]) -> dict[str, float]:

@@ -29,12 +29,17 @@ from servecmp.runstore import JsonlAppender, iter_jsonl
 from servecmp.scoring import score_item
 
 RECORDS = "records.jsonl"
+#: Items an endpoint refused (HTTP 400/413/422, e.g. a prompt over its context length). Kept apart
+#: from records so the metrics never see them; a resume tries them again (say, after a server
+#: restart with a longer --max-model-len).
+ITEM_ERRORS = "item_errors.jsonl"
 
 
 @dataclass
 class RunOutcome:
     done: int = 0
     failed: dict[EndpointRole, str] = field(default_factory=dict)
+    item_errors: dict[EndpointRole, int] = field(default_factory=dict)
 
 
 def done_keys(run_dir: Path) -> set[tuple[str, str]]:
@@ -72,16 +77,18 @@ async def run_items(
     done = done_keys(run_dir)
     outcome = RunOutcome()
     appender = JsonlAppender(run_dir / RECORDS)
+    errors = JsonlAppender(run_dir / ITEM_ERRORS, sync_every=1)
     try:
         await asyncio.gather(
             *(
                 _run_role(role, [it for it in items if (it.item_id, role) not in done], clients[role],
-                          appender, top_k, progress, len(items), outcome)
+                          appender, errors, top_k, progress, len(items), outcome)
                 for role in ROLES
             )
         )
     finally:
         appender.close()
+        errors.close()
     return outcome
 
 
@@ -90,6 +97,7 @@ async def _run_role(
     pending: list[McqItem],
     client: EndpointClient,
     appender: JsonlAppender,
+    errors: JsonlAppender,
     top_k: int,
     progress: Progress | None,
     total: int,
@@ -115,9 +123,14 @@ async def _run_role(
             try:
                 record: McqRecord = await score_item(client, item, role, top_k)
             except EndpointError as exc:
-                outcome.failed.setdefault(role, str(exc))
-                return
-            appender.append(record)
+                if not exc.is_request_error:
+                    outcome.failed.setdefault(role, str(exc))
+                    return
+                errors.append({"item_id": item.item_id, "endpoint": role, "status": exc.status,
+                               "error": str(exc)[:500]})
+                outcome.item_errors[role] = outcome.item_errors.get(role, 0) + 1
+            else:
+                appender.append(record)
             outcome.done += 1
             finished += 1
             if progress is not None and task_id is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 SIGNIFICANCE = 0.05
@@ -87,6 +88,9 @@ def render_mcq_report(s: dict[str, Any], console: Console) -> None:
     if rpi:
         line += "; requests/item: " + ", ".join(f"{k} {v:.2f}" for k, v in rpi.items())
     console.print(line, highlight=False)
+    for role, err in (run.get("item_errors") or {}).items():
+        console.print(f"[yellow]{role} refused {err['count']} item(s), left out of every metric; "
+                      f"e.g. {escape(err['example'][:200])}[/]", highlight=False)
 
     t = Table(title="Accuracy and flips (95% intervals)", title_justify="left")
     t.add_column("measure")

@@ -203,3 +203,21 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(tmp_path: Path) -> None:
                               "is a run of task")
         assert_one_line_error(servecmp("mcq", "--resume", str(tmp_path)), "not a servecmp run directory")
         assert_one_line_error(servecmp("report", str(tmp_path)), "not a servecmp run directory")
+
+
+def test_an_item_the_endpoint_refuses_is_counted_not_fatal(tmp_path: Path) -> None:
+    data = tmp_path / "items.jsonl"
+    write_items(data, 5)
+    runs = tmp_path / "runs"
+    # Requests: /v1/models, the probe, then items one at a time: the second item gets a 400, as vLLM
+    # answers a prompt longer than --max-model-len.
+    with StubServer(StubState(model="base")) as b, \
+            StubServer(StubState(model="cand", script=[None, None, None, 400])) as c:
+        proc = servecmp("mcq", "--baseline", b.url, "--candidate", c.url, "--task", f"jsonl:{data}",
+                        "--runs-dir", str(runs), "--top-k", "5", "--concurrency", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["n_items"] == 4
+    assert summary["run"]["item_errors"]["candidate"]["count"] == 1
+    assert "HTTP 400" in summary["run"]["item_errors"]["candidate"]["example"]
+    assert summary["pairing"]["unpaired_baseline"] == 1

@@ -26,7 +26,7 @@ def test_cpu_server_command_is_the_module_form_with_eager_and_logprobs(tmp_path:
         "--host", "127.0.0.1",
         "--port", "8001",
         "--dtype", "float32",
-        "--max-model-len", "2048",
+        "--max-model-len", "4096",
         "--max-logprobs", "20",
         "--enforce-eager",
         "--seed", "1",

@@ -113,6 +113,16 @@ class Correlation:
     spearman_p: float | None
     pearson_r: float | None
     pearson_p: float | None
+    #: How the p-values were computed: "exact permutation", "permutation (N resamples)" or "asymptotic".
+    p_method: str = "asymptotic"
+
+
+#: Up to this many pairs the p-values come from all n! pairings (8! = 40,320): correlations across
+#: a handful of candidates are where the large-sample approximations are worst.
+EXACT_PERMUTATION_MAX_N = 8
+#: Up to this many pairs, a seeded Monte Carlo permutation test; beyond it the t approximation is fine.
+PERMUTATION_MAX_N = 50
+PERMUTATION_RESAMPLES = 20_000
 
 
 def as_float_array(x: npt.ArrayLike, name: str = "x") -> FloatArray:
@@ -300,10 +310,19 @@ def correlation(x: npt.ArrayLike, y: npt.ArrayLike) -> Correlation:
     n = int(xa.size)
     if n < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
         return Correlation(n=n, spearman_r=None, spearman_p=None, pearson_r=None, pearson_p=None)
-    sp = stats.spearmanr(xa, ya)
-    pe = stats.pearsonr(xa, ya)
+    if n <= EXACT_PERMUTATION_MAX_N:
+        method: stats.PermutationMethod | None = stats.PermutationMethod(n_resamples=math.factorial(n))
+        p_method = "exact permutation"
+    elif n <= PERMUTATION_MAX_N:
+        method = stats.PermutationMethod(n_resamples=PERMUTATION_RESAMPLES, rng=np.random.default_rng(0))
+        p_method = f"permutation ({PERMUTATION_RESAMPLES} resamples)"
+    else:
+        method, p_method = None, "asymptotic"
+    # Spearman is Pearson on ranks, so one permutation machinery serves both.
+    sp = stats.pearsonr(stats.rankdata(xa), stats.rankdata(ya), method=method)
+    pe = stats.pearsonr(xa, ya, method=method)
     return Correlation(n=n, spearman_r=_finite(sp.statistic), spearman_p=_finite(sp.pvalue),
-                       pearson_r=_finite(pe.statistic), pearson_p=_finite(pe.pvalue))
+                       pearson_r=_finite(pe.statistic), pearson_p=_finite(pe.pvalue), p_method=p_method)
 
 
 def describe(x: npt.ArrayLike, *, confidence: float = DEFAULT_CONFIDENCE, n_boot: int = DEFAULT_N_BOOT,

@@ -204,9 +204,9 @@ def register(app: typer.Typer) -> None:
             ctable.add_row(label, str(res.n), _fmt(res.spearman_r, "+.3f"), _fmt(res.spearman_p, ".3g"),
                            _fmt(res.pearson_r, "+.3f"), _fmt(res.pearson_p, ".3g"))  # fmt: skip
         out.print(ctable)
-        out.print(
-            "p-values: two-sided, scipy's large-sample approximations; with few candidates they are rough."
-        )
+        methods = sorted({c.result.p_method for c in results if not c.note})
+        if methods:
+            out.print(f"p-values: two-sided, {', '.join(methods)} (exact over all pairings up to 8 candidates).")
         if len(rows) < corr.MIN_CANDIDATES:
             out.print(f"{len(rows)} candidate(s): a correlation needs at least {corr.MIN_CANDIDATES}.")
         out.print(

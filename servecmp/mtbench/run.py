@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from judges.cache import CACHE_FILE, JudgeCache
 from judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, refuse_if_unconfirmable
@@ -84,6 +91,8 @@ def _progress(io: RunIO) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=io.console,
         transient=True,
         disable=not io.is_tty,

@@ -1,0 +1,124 @@
+"""`servecmp demo`: the whole method on this machine, with no GPU, key or model hub.
+
+Serves the embedded pair (SmolLM2-135M-Instruct baseline and its int8 W8A8 quantization), compares
+them on the vendored MMLU sample and on a few MT-Bench questions judged by the local baseline, prints
+both reports, and stops the servers. Every step is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from servecmp.client import EndpointSpec
+from servecmp.config import Config
+from servecmp.errors import UserError
+from servecmp.mcq_cli import McqOptions, run_mcq
+from servecmp.modelpair import DEFAULT_PORTS, embedded_servers, ensure_embedded_pair
+from servecmp.report import render_mcq_report
+from servecmp.runstore import new_run_dir
+from servecmp.serve import ServerPair
+
+if TYPE_CHECKING:
+    from servecmp.mtbench.run import MtBenchResult
+
+
+@contextmanager
+def _step(console: Console, name: str, timings: list[tuple[str, float]]) -> Iterator[None]:
+    console.rule(f"[bold]{name}")
+    t0 = time.monotonic()
+    yield
+    dt = time.monotonic() - t0
+    timings.append((name, dt))
+    console.print(f"[dim]{name}: {dt:.0f} s[/]")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        limit: Annotated[int | None, typer.Option(
+            help="MMLU items to compare (default: all 228 of the vendored sample).")] = None,
+        mtbench_questions: Annotated[int, typer.Option(
+            help="MT-Bench questions to answer and judge (0 skips MT-Bench).")] = 4,
+        max_tokens: Annotated[int, typer.Option(help="New tokens per MT-Bench answer turn.")] = 128,
+        runs_dir: Annotated[Path, typer.Option(help="Where run directories are created.")] = Path("runs"),
+        baseline_port: Annotated[int, typer.Option()] = DEFAULT_PORTS["baseline"],
+        candidate_port: Annotated[int, typer.Option()] = DEFAULT_PORTS["candidate"],
+    ) -> None:
+        """Serve the embedded bf16/int8 pair locally and compare them (MMLU sample + short MT-Bench)."""
+        console = Console()
+        timings: list[tuple[str, float]] = []
+        t_start = time.monotonic()
+        if mtbench_questions < 0:
+            raise UserError("--mtbench-questions must be 0 or more")
+
+        with _step(console, "1/4 embedded model pair", timings), console.status(
+            "building the pair on first use (GGUF → checkpoint → int8), then cached"
+        ):
+            pair = ensure_embedded_pair(log=lambda m: console.print(f"  {m}", highlight=False))
+        console.print(f"  baseline : {pair.baseline_dir}\n  candidate: {pair.candidate_dir}", highlight=False)
+
+        servers = embedded_servers(pair, baseline_port=baseline_port, candidate_port=candidate_port)
+        server_dir = new_run_dir(runs_dir, "demo-servers")
+        with _step(console, "2/4 start both vLLM servers", timings):
+            pair_ctx = ServerPair(servers, run_dir=server_dir, console=console)
+            pair_ctx.__enter__()
+        try:
+            urls = {role: h.url for role, h in pair_ctx.handles.items()}
+            names = {role: h.served_name for role, h in pair_ctx.handles.items()}
+            for role in ("baseline", "candidate"):
+                console.print(f"  {role:>9}: {names[role]} at {urls[role]} "
+                              f"({servers[role].dtype}, log {pair_ctx.handles[role].log_path})", highlight=False)
+
+            with _step(console, "3/4 MMLU 5-shot: accuracy, flips, KL, top margin", timings):
+                opts = McqOptions(
+                    baseline=EndpointSpec(urls["baseline"], names["baseline"]),
+                    candidate=EndpointSpec(urls["candidate"], names["candidate"]),
+                    task="mmlu-sample", limit=limit, runs_dir=runs_dir,
+                )
+                mcq_dir, summary = run_mcq(opts, console)
+
+            mt_result = None
+            if mtbench_questions:
+                with _step(console, "4/4 MT-Bench (answers + local judge)", timings):
+                    mt_result = _run_mtbench(urls, names, mtbench_questions, max_tokens, runs_dir, console)
+        finally:
+            pair_ctx.__exit__(None, None, None)
+
+        console.rule("[bold]Results")
+        render_mcq_report(summary, console)
+        console.print(f"MCQ run directory: {mcq_dir}", highlight=False)
+        if mt_result is not None:
+            from servecmp.mtbench.render import render
+
+            render(console, mt_result.summary, show=2)
+            console.print(f"MT-Bench run directory: {mt_result.paths.root}", highlight=False)
+            console.print("[yellow]The MT-Bench judge here is the 135M baseline itself: its scores only "
+                          "exercise the pipeline. Use GPT-4 or a strong open judge for real verdicts.[/]")
+        total = time.monotonic() - t_start
+        console.print("timings: " + ", ".join(f"{n.split(' ', 1)[1]} {t:.0f} s" for n, t in timings)
+                      + f"; total {total / 60:.1f} min", highlight=False)
+
+
+def _run_mtbench(urls: dict[str, str], names: dict[str, str], n: int, max_tokens: int, runs_dir: Path,
+                 console: Console) -> MtBenchResult:
+    from servecmp.mtbench.run import RunIO, execute
+    from servecmp.mtbench.settings import MtBenchOptions, new_settings
+
+    opts = MtBenchOptions(
+        limit=n, max_tokens=max_tokens,
+        baseline=urls["baseline"], baseline_model=names["baseline"],
+        candidate=urls["candidate"], candidate_model=names["candidate"],
+        judge_url="baseline", mode="single", runs_dir=runs_dir, yes=True,
+    )
+    settings = new_settings(opts, Config())
+    io = RunIO(console=console, is_tty=sys.stdout.isatty(), ask=lambda _: True)
+    return asyncio.run(execute(settings, io, runs_root=runs_dir))
