@@ -21,8 +21,8 @@ from servecmp.records import ROLES, EndpointInfo, EndpointRole, McqRecord, RunMa
 from servecmp.report import render_mcq_report
 from servecmp.runstore import (
     MANIFEST,
-    iter_jsonl,
     SUMMARY,
+    iter_jsonl,
     load_records,
     new_run_dir,
     read_model,
