@@ -73,15 +73,17 @@ def argmax(values: list[float]) -> int:
     return best
 
 
-async def _echo_scores(client: EndpointClient, item: McqItem, options: list[int]) -> tuple[list[EchoScore], Any]:
+async def _echo_scores(client: EndpointClient, item: McqItem,
+                       options: list[int]) -> tuple[list[EchoScore], Any, float]:
+    """Score `options` in one request (a prompt list); returns (scores, response, latency)."""
     texts = [item.context_for(i) + item.continuations[i] for i in options]
-    resp, _ = await client.completion(texts, max_tokens=1, logprobs=1, echo=True)
+    resp, latency = await client.completion(texts, max_tokens=1, logprobs=1, echo=True)
     by_index = {c.index: c for c in resp.choices}
     scores = []
     for j, i in enumerate(options):
         ctx = item.context_for(i)
         scores.append(continuation_logprob(by_index[j].logprobs, len(ctx), len(texts[j])))
-    return scores, resp
+    return scores, resp, latency
 
 
 async def score_item(client: EndpointClient, item: McqItem, role: EndpointRole, top_k: int) -> McqRecord:
@@ -90,22 +92,8 @@ async def score_item(client: EndpointClient, item: McqItem, role: EndpointRole, 
     return await _score_continuation(client, item, role)
 
 
-async def _score_letter(client: EndpointClient, item: McqItem, role: EndpointRole, top_k: int) -> McqRecord:
-    resp, latency = await client.completion(item.prompt, max_tokens=1, logprobs=top_k)
-    topk = parse_topk(resp)
-    top = dict(topk)
-    option_lp: list[float] = [top.get(c, math.nan) for c in item.continuations]
-    prompt_tokens, completion_tokens = _usage(resp)
-    n_requests = 1
-    missing = [i for i, lp in enumerate(option_lp) if math.isnan(lp)]
-    if missing:
-        scores, resp2 = await _echo_scores(client, item, missing)
-        for i, s in zip(missing, scores, strict=True):
-            option_lp[i] = s.logprob
-        p2, c2 = _usage(resp2)
-        prompt_tokens += p2
-        completion_tokens += c2
-        n_requests += 1
+def _record(item: McqItem, role: EndpointRole, option_lp: list[float], *, topk: list[tuple[str, float]],
+            latency: float, usage: tuple[int, int], n_requests: int) -> McqRecord:
     return McqRecord(
         item_id=item.item_id,
         endpoint=role,
@@ -118,34 +106,33 @@ async def _score_letter(client: EndpointClient, item: McqItem, role: EndpointRol
         chosen=argmax(option_lp),
         topk=topk,
         latency_s=latency,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
+        prompt_tokens=usage[0],
+        completion_tokens=usage[1],
         n_requests=n_requests,
     )
 
 
-async def _score_continuation(client: EndpointClient, item: McqItem, role: EndpointRole) -> McqRecord:
-    options = list(range(len(item.continuations)))
-    texts = [item.context_for(i) + item.continuations[i] for i in options]
-    resp, latency = await client.completion(texts, max_tokens=1, logprobs=1, echo=True)
-    by_index = {c.index: c for c in resp.choices}
-    option_lp = [
-        continuation_logprob(by_index[i].logprobs, len(item.context_for(i)), len(texts[i])).logprob
-        for i in options
-    ]
+async def _score_letter(client: EndpointClient, item: McqItem, role: EndpointRole, top_k: int) -> McqRecord:
+    resp, latency = await client.completion(item.prompt, max_tokens=1, logprobs=top_k)
+    topk = parse_topk(resp)
+    top = dict(topk)
+    option_lp: list[float] = [top.get(c, math.nan) for c in item.continuations]
     prompt_tokens, completion_tokens = _usage(resp)
-    return McqRecord(
-        item_id=item.item_id,
-        endpoint=role,
-        task=item.task,
-        subject=item.subject,
-        category=item.category,
-        gold=item.gold,
-        option_logprobs=option_lp,
-        option_lengths=choice_lengths(item.continuations, item.contexts),
-        chosen=argmax(option_lp),
-        latency_s=latency,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        n_requests=1,
-    )
+    n_requests = 1
+    missing = [i for i, lp in enumerate(option_lp) if math.isnan(lp)]
+    if missing:
+        scores, resp2, _ = await _echo_scores(client, item, missing)
+        for i, s in zip(missing, scores, strict=True):
+            option_lp[i] = s.logprob
+        p2, c2 = _usage(resp2)
+        prompt_tokens += p2
+        completion_tokens += c2
+        n_requests += 1
+    return _record(item, role, option_lp, topk=topk, latency=latency,
+                   usage=(prompt_tokens, completion_tokens), n_requests=n_requests)
+
+
+async def _score_continuation(client: EndpointClient, item: McqItem, role: EndpointRole) -> McqRecord:
+    scores, resp, latency = await _echo_scores(client, item, list(range(len(item.continuations))))
+    return _record(item, role, [sc.logprob for sc in scores], topk=[], latency=latency, usage=_usage(resp),
+                   n_requests=1)

@@ -221,3 +221,34 @@ def test_an_item_the_endpoint_refuses_is_counted_not_fatal(tmp_path: Path) -> No
     assert summary["run"]["item_errors"]["candidate"]["count"] == 1
     assert "HTTP 400" in summary["run"]["item_errors"]["candidate"]["example"]
     assert summary["pairing"]["unpaired_baseline"] == 1
+
+
+def test_continuation_task_scores_each_choice_from_one_echo_request(tmp_path: Path) -> None:
+    """ARC-Easy from a local copy: one request per item carrying every choice, each choice scored by
+    the summed echo logprobs of its own tokens (the stub's, recomputed here independently)."""
+    from tests.stub_openai import echo_tokens
+    from tests.test_tasks_continuation import ARC_DOCS, write_parquet
+
+    write_parquet(tmp_path / "arc" / "ARC-Easy" / "test-00000-of-00001.parquet", ARC_DOCS)
+    runs = tmp_path / "runs"
+    with StubServer(StubState(model="base")) as b, StubServer(StubState(model="cand")) as c:
+        proc = servecmp("mcq", "--baseline", b.url, "--candidate", c.url, "--task", "arc_easy",
+                        "--data-dir", str(tmp_path / "arc"), "--runs-dir", str(runs), "--json")
+        assert proc.returncode == 0, proc.stderr
+        item_requests = [r["body"] for r in b.state.requests
+                         if r["path"] == "/v1/completions" and isinstance(r["body"]["prompt"], list)]
+    assert [len(body["prompt"]) for body in item_requests] == [3, 4]  # one request per item, all choices
+    recs = {r["item_id"]: r for r in records(only_run_dir(runs)) if r["endpoint"] == "baseline"}
+    first = recs["0"]  # item ids are row indices, as lm-eval's doc_id
+    ctx = "Question: Which of these is a gas at room temperature?\nAnswer:"
+    for choice, got in zip(["iron", "oxygen", "salt"], first["option_logprobs"], strict=True):
+        # Tokens of the continuation " <choice>" start at or after len(ctx); the stub tokenises on spaces.
+        toks = echo_tokens(ctx + " " + choice, "base")
+        pos, want = 0, 0.0
+        for tok, lp in toks:
+            if pos >= len(ctx) and lp is not None:
+                want += lp
+            pos += len(tok)
+        assert got == pytest.approx(want, abs=1e-12)
+    assert first["option_lengths"] == [4, 6, 4]
+    assert json.loads(proc.stdout)["acc_norm"] is not None
