@@ -100,9 +100,8 @@ def register(app: typer.Typer) -> None:
             from servecmp.mtbench.render import render
 
             render(console, mt_result.summary, show=2)
+            # render() itself says that the 135M demo judge's scores only exercise the pipeline.
             console.print(f"MT-Bench run directory: {mt_result.paths.root}", highlight=False)
-            console.print("[yellow]The MT-Bench judge here is the 135M baseline itself: its scores only "
-                          "exercise the pipeline. Use GPT-4 or a strong open judge for real verdicts.[/]")
         total = time.monotonic() - t_start
         console.print("timings: " + ", ".join(f"{n.split(' ', 1)[1]} {t:.0f} s" for n, t in timings)
                       + f"; total {total / 60:.1f} min", highlight=False)
