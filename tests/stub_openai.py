@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 from starlette.applications import Starlette
@@ -166,19 +166,17 @@ def make_app(state: StubState) -> Starlette:
     ])
 
 
-class StubServer:
-    """`with StubServer(StubState(...)) as s: s.url` — uvicorn in a daemon thread."""
+class ThreadedApp:
+    """`with ThreadedApp(asgi_app) as s: s.url` — uvicorn in a daemon thread on 127.0.0.1, free port."""
 
-    def __init__(self, state: StubState | None = None) -> None:
-        self.state = state or StubState()
+    def __init__(self, app: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        config = uvicorn.Config(make_app(self.state), host="127.0.0.1", port=self.port,
-                                log_level="critical", lifespan="off")
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    def __enter__(self) -> StubServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         deadline = time.time() + 10
         while not self._server.started:
@@ -190,6 +188,14 @@ class StubServer:
     def __exit__(self, *exc: object) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=5)
+
+
+class StubServer(ThreadedApp):
+    """The completions/chat stub above, with its state reachable as `.state`."""
+
+    def __init__(self, state: StubState | None = None) -> None:
+        self.state = state or StubState()
+        super().__init__(make_app(self.state))
 
 
 def run_forever(state_factory: Callable[[], StubState], port: int) -> None:

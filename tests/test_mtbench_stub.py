@@ -21,13 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.stub_openai import free_port
+from tests.stub_openai import ThreadedApp
 
 
 def judge_text(system: str, user: str, *, biased: bool = False) -> str:
@@ -112,28 +111,9 @@ def make_chat_app(state: ChatStubState) -> Starlette:
     )
 
 
-class ChatStub:
+class ChatStub(ThreadedApp):
     """`with ChatStub(ChatStubState(...)) as s: s.url` — uvicorn in a daemon thread on 127.0.0.1."""
 
     def __init__(self, state: ChatStubState) -> None:
         self.state = state
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        config = uvicorn.Config(
-            make_chat_app(state), host="127.0.0.1", port=self.port, log_level="critical", lifespan="off"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def __enter__(self) -> ChatStub:
-        self._thread.start()
-        deadline = time.time() + 10
-        while not self._server.started:
-            if time.time() > deadline:
-                raise RuntimeError("stub server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
+        super().__init__(make_chat_app(state))
