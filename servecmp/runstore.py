@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -99,13 +100,17 @@ def repair_tail(path: Path) -> None:
 
 class JsonlAppender:
     """Appends JSON lines, flushed to the OS at once (a killed process loses nothing written);
-    fsynced every `sync_every` lines and on close (bounds what a power cut can lose)."""
+    fsynced every `sync_every` lines or `sync_seconds`, whichever comes later, and on close (bounds
+    what a power cut can lose). fsync blocks the event loop (~0.1 s on some disks), hence the
+    time floor."""
 
-    def __init__(self, path: Path, sync_every: int = 16) -> None:
+    def __init__(self, path: Path, sync_every: int = 16, sync_seconds: float = 5.0) -> None:
         repair_tail(path)
         self.path = path
         self._fh: IO[str] = path.open("a", encoding="utf-8")
         self._sync_every = max(1, sync_every)
+        self._sync_seconds = sync_seconds
+        self._last_sync = time.monotonic()
         self._pending = 0
 
     def append(self, obj: BaseModel | dict[str, Any]) -> None:
@@ -113,13 +118,14 @@ class JsonlAppender:
         self._fh.write(line + "\n")
         self._fh.flush()
         self._pending += 1
-        if self._pending >= self._sync_every:
+        if self._pending >= self._sync_every and time.monotonic() - self._last_sync >= self._sync_seconds:
             self.sync()
 
     def sync(self) -> None:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._pending = 0
+        self._last_sync = time.monotonic()
 
     def close(self) -> None:
         if not self._fh.closed:

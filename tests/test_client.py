@@ -30,8 +30,11 @@ def test_retries_then_succeeds(failure: object) -> None:
                 assert len(resp.choices[0].logprobs.top_logprobs[0]) == 5
                 return c.stats.requests, c.stats.retries
         requests, retries = asyncio.run(go())
-    assert (requests, retries) == (3, 2)
+    # The server saw the two failures and the success. After a dropped connection the client may
+    # also find the next pooled socket dead before it reaches the server: one more retry, no more.
     assert len(s.state.requests) == 3
+    assert requests == retries + 1
+    assert retries == 2 or (failure == "drop" and retries == 3)
 
 
 def test_gives_up_after_max_retries_with_reason() -> None:
