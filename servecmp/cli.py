@@ -7,6 +7,7 @@ non-zero exit; Ctrl-C says where the finished work is and exits 130.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -20,6 +21,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help texts quote URLs like http://host[/v1]; rich markup would read the brackets as tags.
+    rich_markup_mode=None,
 )
 
 err_console = Console(stderr=True)
@@ -54,16 +57,26 @@ def main() -> None:
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)
-    except Exception as exc:  # click's usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            err_console.print(f"[bold red]servecmp: error:[/] {escape(exc.format_message())}", highlight=False)
+    except Exception as exc:  # usage errors arrive here in standalone_mode=False
+        ex = _click_exceptions()
+        if isinstance(exc, ex.ClickException):
+            hint = " (see --help)" if isinstance(exc, ex.UsageError) else ""
+            err_console.print(f"[bold red]servecmp: error:[/] {escape(' '.join(exc.format_message().split()))}{hint}",
+                              highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, ex.Abort):
             err_console.print("servecmp: aborted")
             sys.exit(130)
         raise
+
+
+def _click_exceptions() -> Any:
+    # Recent typer vendors click as typer._click; older ones use click itself.
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import exceptions  # type: ignore[no-redef]
+    return exceptions
 
 
 if __name__ == "__main__":
