@@ -168,6 +168,9 @@ class ShadowConfig(_Section):
     top_k: int = Field(default=20, ge=1)
     #: Answer positions scored per request (prompt_logprobs is costly on CPU).
     tf_max_tokens: int = Field(default=256, ge=1)
+    #: Ask the primary for prompt_logprobs when the client asked for no logprobs (an extra prefill
+    #: on the primary per compared request); off: score only requests that carry logprobs.
+    tf_score_primary: bool = True
     drain_timeout_s: float = Field(default=10.0, ge=0)
 
 

@@ -1,0 +1,311 @@
+#!/usr/bin/env python
+"""Benchmark the shadow proxy's added latency and memory on loopback (prints figures; not a test).
+
+For each candidate case (healthy, down, slow) and each rate, an open-loop load generator sends chat
+completions (a mix of streamed and not) for ``--duration`` seconds at that rate straight to a fast
+local stub primary and, interleaved in the same schedule, at that rate through ``servecmp shadow
+serve`` (so the primary stub sees twice the rate); it prints p50/p99 latency of both and the
+difference, primary errors seen by the client, the proxy's counters, and the resident memory of the
+proxy (and its mirror process) sampled every second.
+
+Everything binds to 127.0.0.1. Each piece is its own process: primary stub, candidate stub, proxy
+(+ mirror process), load generator. On a small machine they share the cores, so say what else ran.
+
+    .venv/bin/python scripts/bench_shadow.py                      # 50 and 200 rps, 3 cases, 20 s each
+    .venv/bin/python scripts/bench_shadow.py --cases slow --rates 200 --duration 300   # the RSS run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PY = sys.executable
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/v1/models", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+def start_stub(port: int, *, delay_s: float = 0.0, variant: int = 0, nice: int = 0) -> subprocess.Popen[Any]:
+    cmd = [PY, "-m", "servecmp.shadow.stub", "--port", str(port), "--delay-s", str(delay_s),
+           "--variant", str(variant)]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    proc = subprocess.Popen(cmd)
+    wait_ready(f"http://127.0.0.1:{port}")
+    return proc
+
+
+def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---- load generator (run in its own process) ---------------------------------------------------
+
+
+async def _load(urls: list[str], rps: float, duration: float, stream_share: float) -> list[dict[str, Any]]:
+    """Open-loop load: request i goes to ``urls[i % len(urls)]``, each URL at ``rps``.
+
+    Interleaving direct and proxied requests in one schedule makes both see the same background
+    load (other processes, the stubs' GC), so their difference is the proxy's, not the machine's.
+    """
+    import aiohttp
+
+    n = int(rps * duration) * len(urls)
+    latencies: list[list[float]] = [[] for _ in urls]
+    errors: list[dict[str, int]] = [{} for _ in urls]
+    every = max(1, round(1 / stream_share)) if stream_share > 0 else 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4000)) as session:
+
+        async def one(i: int) -> None:
+            k = i % len(urls)
+            j = i // len(urls)
+            stream = bool(every) and j % every == 0
+            body = {"model": "stub-model", "messages": [{"role": "user", "content": f"question {j % 97}"}],
+                    "stream": stream, "max_tokens": 16}
+            t0 = time.perf_counter()
+            try:
+                async with session.post(urls[k] + "/v1/chat/completions", json=body) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors[k][f"HTTP {resp.status}"] = errors[k].get(f"HTTP {resp.status}", 0) + 1
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                errors[k][type(exc).__name__] = errors[k].get(type(exc).__name__, 0) + 1
+                return
+            latencies[k].append(time.perf_counter() - t0)
+
+        t_start = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            delay = t_start + i / (rps * len(urls)) - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    out = []
+    for lat, err in zip(latencies, errors, strict=True):
+        ms = np.asarray(lat) * 1000
+        out.append({"sent": n // len(urls), "ok": len(lat), "errors": sum(err.values()), "error_kinds": err,
+                    "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+                    "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None})
+    return out
+
+
+def run_load(urls: list[str], rps: float, duration: float, stream_share: float) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [PY, __file__, "--_load", ",".join(urls), str(rps), str(duration), str(stream_share)],
+        check=True, capture_output=True, text=True,
+    )
+    return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+# ---- memory --------------------------------------------------------------------------------------
+
+
+class RssSampler:
+    """Sums the RSS of a process and its children once a second, in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss_mb(self) -> float:
+        import psutil
+
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total / 2**20
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.wait(1.0):
+            self.samples.append((time.monotonic() - t0, self._rss_mb()))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float | None]:
+        if len(self.samples) < 3:
+            return {"start_mb": None, "end_mb": None, "max_mb": None, "slope_mb_per_min": None}
+        t = np.array([s[0] for s in self.samples])
+        m = np.array([s[1] for s in self.samples])
+        # Ignore the first 20% (warm-up: pools, queues and caches filling) for the trend.
+        k = len(t) // 5
+        slope = float(np.polyfit(t[k:], m[k:], 1)[0] * 60) if len(t) - k >= 3 else None
+        return {"start_mb": float(m[0]), "end_mb": float(m[-1]), "max_mb": float(m.max()),
+                "slope_mb_per_min": slope}
+
+
+# ---- orchestration -------------------------------------------------------------------------------
+
+
+def read_counters(db: Path) -> dict[str, int]:
+    conn = sqlite3.connect(db)
+    try:
+        return {k: int(v) for k, v in conn.execute("SELECT name, SUM(value) FROM counters GROUP BY name")}
+    finally:
+        conn.close()
+
+
+def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: Path) -> list[dict[str, Any]]:
+    cand_port = free_port()
+    cand: subprocess.Popen[Any] | None = None
+    if case == "healthy":
+        cand = start_stub(cand_port, variant=1, nice=args.candidate_nice)
+    elif case == "slow":
+        cand = start_stub(cand_port, variant=1, delay_s=args.slow_delay, nice=args.candidate_nice)
+    proxy_port = free_port()
+    db = workdir / f"shadow-{case}.db"
+    cmd = [PY, "-m", "servecmp", "shadow", "serve", "--primary", primary_url,
+           "--candidate", f"http://127.0.0.1:{cand_port}", "--port", str(proxy_port), "--db", str(db),
+           "--no-teacher-forced" if args.no_teacher_forced else "--teacher-forced"]
+    if args.in_process:
+        cmd.append("--in-process")
+    log = (workdir / f"proxy-{case}.log").open("wb")
+    proxy = subprocess.Popen(cmd, stderr=log)
+    proxy_url = f"http://127.0.0.1:{proxy_port}"
+    results = []
+    try:
+        wait_ready(proxy_url)
+        for rps in args.rates:
+            with RssSampler(proxy.pid) as rss:
+                direct, proxied = run_load([primary_url, proxy_url], rps, args.duration, args.stream_share)
+            results.append({"case": case, "rps": rps, "direct": direct, "proxied": proxied,
+                            "rss": rss.summary()})
+    finally:
+        stop(proxy)
+        log.close()
+        if cand is not None:
+            stop(cand)
+    errors = [line for line in (workdir / f"proxy-{case}.log").read_text().splitlines() if "ERROR" in line]
+    if errors:
+        print(f"proxy log ({case}), error lines:", *errors[:10], sep="\n  ")
+    counters = read_counters(db)
+    for r in results:
+        r["counters"] = counters  # per case (both rates together)
+    return results
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_load":
+        urls, rps, duration, share = sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+        print(json.dumps(asyncio.run(_load(urls.split(","), rps, duration, share))))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="50,200", help="Requests per second, comma-separated.")
+    ap.add_argument("--duration", type=float, default=20.0, help="Seconds per load phase (direct, proxied).")
+    ap.add_argument("--cases", default="healthy,down,slow")
+    ap.add_argument("--slow-delay", type=float, default=2.0, help="Seconds the slow candidate adds.")
+    ap.add_argument("--stream-share", type=float, default=0.5, help="Share of streamed requests.")
+    ap.add_argument("--in-process", action="store_true", help="Compare in the proxy process.")
+    ap.add_argument("--no-teacher-forced", action="store_true")
+    ap.add_argument("--candidate-nice", type=int, default=0,
+                    help="Niceness of the candidate stub (it stands for another machine).")
+    ap.add_argument("--json", type=Path, help="Also write the figures here.")
+    args = ap.parse_args()
+    args.rates = [float(r) for r in args.rates.split(",")]
+    cases = args.cases.split(",")
+    if args.duration * len(args.rates) * len(cases) > 3600:
+        sys.exit("refusing to run for more than an hour; lower --duration, --rates or --cases")
+
+    with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp:
+        primary_port = free_port()
+        primary = start_stub(primary_port)
+        try:
+            results = []
+            for case in cases:
+                results.extend(bench_case(case, args, f"http://127.0.0.1:{primary_port}", Path(tmp)))
+        finally:
+            stop(primary)
+
+    load = os.getloadavg()
+    print(f"\nshadow proxy benchmark: {len(os.sched_getaffinity(0))} cores, load average "
+          f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, {args.duration:g} s per rate, "
+          f"stream share {args.stream_share:g}, mirror {'in-process' if args.in_process else 'process'}, "
+          f"teacher forcing {'off' if args.no_teacher_forced else 'on'}")
+    head = (f"{'case':8} {'rps':>5} {'direct p50':>10} {'proxy p50':>9} {'+p50':>6} {'direct p99':>10} "
+            f"{'proxy p99':>9} {'+p99':>7} {'errors':>6} {'RSS start→end MB':>17} {'MB/min':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        d, p, m = r["direct"], r["proxied"], r["rss"]
+        add50 = p["p50_ms"] - d["p50_ms"] if p["p50_ms"] is not None and d["p50_ms"] is not None else None
+        add99 = p["p99_ms"] - d["p99_ms"] if p["p99_ms"] is not None and d["p99_ms"] is not None else None
+        print(f"{r['case']:8} {r['rps']:5.0f} {fmt(d['p50_ms']):>10} {fmt(p['p50_ms']):>9} {fmt(add50):>6} "
+              f"{fmt(d['p99_ms']):>10} {fmt(p['p99_ms']):>9} {fmt(add99):>7} {p['errors']:>6} "
+              f"{fmt(m['start_mb'], 0):>8}→{fmt(m['end_mb'], 0):<8} {fmt(m['slope_mb_per_min']):>7}")
+    for r in results:
+        for side in ("direct", "proxied"):
+            if r[side]["errors"]:
+                print(f"{r['case']} {r['rps']:g} rps {side} errors: {r[side]['error_kinds']}")
+    print("\ncounters per case (both rates):")
+    seen = set()
+    for r in results:
+        if r["case"] in seen:
+            continue
+        seen.add(r["case"])
+        c = {k: v for k, v in r["counters"].items() if v}
+        print(f"  {r['case']}: {c}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

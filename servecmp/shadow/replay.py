@@ -1,0 +1,184 @@
+"""`servecmp shadow replay`: send recorded or exported requests to the primary and the candidate (and
+the secondary) at a chosen rate, and record the same measures as the live proxy.
+
+Input: OpenAI request JSONL, one request body per line (the endpoint is /v1/chat/completions when
+the body has ``messages``, else /v1/completions), or ``{"url": "/v1/chat/completions", "body": {...}}``
+per line; or a shadow database recorded without ``--hash-only`` (its request bodies are replayed).
+Requests start on a fixed schedule (``rps``), at most ``max_in_flight`` at a time; the sampling rate
+does not apply (every request is compared).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from servecmp.config import ShadowConfig
+from servecmp.errors import UserError
+from servecmp.shadow.mirror import MirrorJob
+from servecmp.shadow.payloads import PATH_KINDS
+from servecmp.shadow.store import Counters
+from servecmp.shadow.upstream import UPSTREAM_ERRORS, Upstream
+from servecmp.shadow.wiring import ComparisonParts, build_comparison, start_run
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    path: str
+    body: bytes
+
+
+def _path_of(url: str | None, body: dict[str, Any], where: str) -> str:
+    if url is None:
+        return "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    for path in PATH_KINDS:
+        if url.rstrip("/").endswith(path) or url.rstrip("/").endswith(path.removeprefix("/v1")):
+            return path
+    raise UserError(f"{where}: url {url!r} is not /v1/chat/completions or /v1/completions")
+
+
+def parse_request_line(line: str, where: str) -> ReplayRequest:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not JSON ({exc.msg})") from exc
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object (a request body)")
+    url = None
+    if isinstance(obj.get("body"), dict):
+        url = obj.get("url")
+        if url is not None and not isinstance(url, str):
+            raise UserError(f"{where}: url must be a string")
+        obj = obj["body"]
+    if "messages" not in obj and "prompt" not in obj:
+        raise UserError(f"{where}: a request body needs messages (chat) or prompt (completions)")
+    return ReplayRequest(_path_of(url, obj, where), json.dumps(obj).encode())
+
+
+def _from_db(path: Path, limit: int | None) -> list[ReplayRequest]:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        rows = conn.execute(
+            "SELECT endpoint, request_json FROM pairs WHERE target = 'candidate' ORDER BY ts, id"
+        ).fetchall()
+        conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise UserError(f"{path}: not a shadow database ({exc})") from exc
+    if rows and all(r[1] is None for r in rows):
+        raise UserError(f"{path} was recorded with --hash-only: it holds no requests to replay")
+    out = [
+        ReplayRequest("/v1/chat/completions" if kind == "chat" else "/v1/completions", body.encode())
+        for kind, body in rows
+        if body is not None
+    ]
+    return out[:limit] if limit is not None else out
+
+
+def load_requests(path: Path, limit: int | None = None) -> list[ReplayRequest]:
+    """The requests of a JSONL file or a shadow database, at most ``limit``."""
+    if not path.is_file():
+        raise UserError(f"replay file {path} not found")
+    with path.open("rb") as fh:
+        if fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+            return _from_db(path, limit)
+    out: list[ReplayRequest] = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if limit is not None and len(out) >= limit:
+                break
+            if line.strip():
+                out.append(parse_request_line(line, f"{path}:{n}"))
+    if not out:
+        raise UserError(f"{path} holds no requests")
+    return out
+
+
+@dataclass
+class ReplayOutcome:
+    sent: int
+    compared: int
+    primary_failed: int
+    run_id: str
+    seconds: float
+
+
+async def _send_primary(primary: Upstream, req: ReplayRequest) -> MirrorJob:
+    t0 = time.perf_counter()
+    async with asyncio.timeout(primary.timeout_s):
+        async with primary.session.post(f"{primary.url}{req.path}", data=req.body,
+                                        headers=primary.own_headers()) as resp:
+            body = await resp.read()
+            return MirrorJob(
+                request_id=uuid.uuid4().hex,
+                ts=time.time(),
+                kind=PATH_KINDS[req.path],
+                path=req.path,
+                body=req.body,
+                primary_status=resp.status,
+                primary_body=body,
+                primary_content_type=resp.headers.get("Content-Type"),
+                primary_content_encoding=resp.headers.get("Content-Encoding"),
+                primary_latency_s=time.perf_counter() - t0,
+                source="replay",
+            )
+
+
+async def replay(
+    cfg: ShadowConfig,
+    requests: list[ReplayRequest],
+    *,
+    rps: float,
+    max_in_flight: int = 8,
+) -> ReplayOutcome:
+    """Replay ``requests`` against the configured endpoints and store the comparisons in ``cfg.db``."""
+    if rps <= 0:
+        raise UserError("--rps must be positive")
+    run = start_run(cfg, mode="replay")
+    counters = Counters()
+    parts: ComparisonParts = build_comparison(cfg, run, counters)
+    parts.writer.start()
+    slots = asyncio.Semaphore(max(1, max_in_flight))
+    failed = compared = 0
+
+    async def one(req: ReplayRequest) -> None:
+        nonlocal failed, compared
+        try:
+            try:
+                job = await _send_primary(parts.primary, req)
+            except UPSTREAM_ERRORS:
+                failed += 1
+                counters.inc("primary_unreachable")
+                return
+            records = await parts.comparer.compare(job)
+            counters.inc("mirrored")
+            parts.writer.submit(records)
+            compared += 1
+        finally:
+            slots.release()
+
+    t_start = time.perf_counter()
+    tasks = []
+    try:
+        for i, req in enumerate(requests):
+            delay = t_start + i / rps - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await slots.acquire()  # a slow endpoint slows the schedule rather than piling up requests
+            counters.inc("requests")
+            tasks.append(asyncio.create_task(one(req)))
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(parts.writer.close)
+        await parts.aclose()
+    return ReplayOutcome(len(tasks), compared, failed, run.run_id, time.perf_counter() - t_start)

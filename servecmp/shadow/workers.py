@@ -1,0 +1,253 @@
+"""Where comparisons run: in the proxy's event loop (`LocalMirror`) or in a separate, lower-priority
+process (`ProcessMirror`, the default of `shadow serve`).
+
+Both take finished exchanges through ``submit(job) -> bool``, which never waits: a full queue drops
+the job and counts it (``dropped_queue_full``). Process mode keeps all comparison work (candidate and
+secondary calls, SSE parsing, edit distances, teacher-forced scoring, SQLite writes) off the proxy's
+event loop and its GIL, and ``nice`` makes the OS run the proxy first when the cores are busy: the
+primary's latency then depends on the mirror only through the non-blocking queue put.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import sqlite3
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Protocol
+
+from servecmp.config import ShadowConfig
+from servecmp.shadow.mirror import MirrorJob
+from servecmp.shadow.store import COUNTER_NAMES, Counters, RunInfo, save_counters
+from servecmp.shadow.wiring import ComparisonParts, build_comparison
+
+log = logging.getLogger("servecmp.shadow")
+
+
+class MirrorSink(Protocol):
+    def start(self) -> None: ...
+
+    def submit(self, job: MirrorJob) -> bool: ...
+
+    async def stop(self, drain_timeout_s: float) -> None: ...
+
+
+def describe_failure(exc: BaseException) -> str:
+    """Exception type and where it was raised, without its message: a message can quote the payload
+    (prompt or answer text), which must never reach the logs."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-4:]))
+    return f"{type(exc).__name__} at {where}" if where else type(exc).__name__
+
+
+async def _compare_and_store(parts: ComparisonParts, counters: Counters, job: MirrorJob) -> None:
+    try:
+        records = await parts.comparer.compare(job)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        counters.inc("mirror_failures")
+        log.error("shadow: comparison failed (request %s): %s", job.request_id, describe_failure(exc))
+        return
+    counters.inc("mirrored")
+    parts.writer.submit(records)
+
+
+class LocalMirror:
+    """Bounded asyncio queue + worker tasks in the current event loop (replay, tests, small setups)."""
+
+    def __init__(self, parts: ComparisonParts, counters: Counters, *, queue_size: int = 1000,
+                 workers: int = 8) -> None:
+        self.parts = parts
+        self.counters = counters
+        self._queue: asyncio.Queue[MirrorJob] = asyncio.Queue(maxsize=max(1, queue_size))
+        self._n_workers = max(1, workers)
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Jobs accepted and not yet finished (queued or being compared).
+        self.pending = 0
+
+    def start(self) -> None:
+        self.parts.writer.start()
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._n_workers)]
+
+    def submit(self, job: MirrorJob) -> bool:
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.counters.inc("dropped_queue_full")
+            return False
+        self.pending += 1
+        return True
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await _compare_and_store(self.parts, self.counters, job)
+            finally:
+                self.pending -= 1
+                self._queue.task_done()
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Let queued comparisons finish (up to the timeout), cancel the rest, close the database."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), drain_timeout_s)
+        if self.pending:
+            self.counters.inc("dropped_shutdown", self.pending)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await asyncio.to_thread(self.parts.writer.close)
+        await self.parts.aclose()
+
+
+class ProcessMirror:
+    """Comparisons in a child process fed through a bounded ``multiprocessing`` queue."""
+
+    def __init__(self, cfg: ShadowConfig, run: RunInfo) -> None:
+        ctx = multiprocessing.get_context("spawn")  # fork is unsafe in a process with threads
+        self.shared = ctx.RawArray("q", len(COUNTER_NAMES))
+        self.counters = Counters(self.shared)
+        #: Jobs the child has taken off the queue (written by the child only).
+        self._taken = ctx.RawValue("q", 0)
+        #: Jobs put on the queue (proxy side): at the end, accepted - taken were never compared.
+        self.accepted = 0
+        self._queue: Any = ctx.Queue(maxsize=max(1, cfg.queue_size))
+        self._stop_now = ctx.Event()
+        self._db = Path(cfg.db)
+        self._run_id = run.run_id
+        self._proc = ctx.Process(
+            target=child_main,
+            args=(cfg, run, self._queue, self.shared, self._taken, self._stop_now),
+            name="servecmp-shadow-mirror",
+            daemon=True,
+        )
+        self._warned_dead = False
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def submit(self, job: MirrorJob) -> bool:
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self.counters.inc("dropped_queue_full")
+            if not self._warned_dead and not self._proc.is_alive():
+                self._warned_dead = True
+                log.error("shadow: the mirror process has exited; comparisons are being dropped")
+            return False
+        self.accepted += 1
+        return True
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        await asyncio.to_thread(self._stop_blocking, drain_timeout_s)
+
+    def _stop_blocking(self, drain_timeout_s: float) -> None:
+        deadline = time.monotonic() + drain_timeout_s
+        if self._proc.is_alive():
+            # The end marker queues behind the jobs, so the child compares what is queued first.
+            with contextlib.suppress(queue.Full):
+                self._queue.put(None, timeout=max(0.01, drain_timeout_s))
+            self._proc.join(max(0.0, deadline - time.monotonic()))
+        if self._proc.is_alive():
+            self._stop_now.set()  # out of time: the child cancels what it compares and closes the database
+            self._proc.join(15)
+        if self._proc.is_alive():
+            log.error("shadow: the mirror process did not stop; terminating it")
+            self._proc.terminate()
+            self._proc.join(5)
+        self._queue.cancel_join_thread()
+        self._queue.close()
+        # Jobs still in the pipe (or not yet written to it) when the child stopped were accepted
+        # and never compared; the child counted the ones it cancelled mid-comparison.
+        never_taken = self.accepted - int(self._taken.value)
+        if never_taken > 0:
+            self.counters.inc("dropped_shutdown", never_taken)
+        # The child stored the counters last time it wrote; if it died early, these are the only
+        # ones (the proxy's own counts are all in shared memory).
+        try:
+            save_counters(self._db, self._run_id, self.counters.snapshot())
+        except sqlite3.Error:
+            log.exception("shadow: could not store the final counters")
+
+
+def child_main(cfg: ShadowConfig, run: RunInfo, jobs: Any, shared: Any, taken: Any, stop_now: Any) -> None:
+    """Entry point of the mirror process."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Ctrl-C reaches the whole process group; the parent's shutdown (end marker, then the stop
+    # event) decides when this process stops, so queued comparisons can finish.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if cfg.mirror_nice:
+        with contextlib.suppress(OSError):
+            os.nice(cfg.mirror_nice)
+    asyncio.run(_child(cfg, run, jobs, Counters(shared), taken, stop_now, os.getppid()))
+
+
+async def _child(
+    cfg: ShadowConfig, run: RunInfo, jobs: Any, counters: Counters, taken: Any, stop_now: Any, parent_pid: int
+) -> None:
+    parts = build_comparison(cfg, run, counters)
+    parts.writer.start()
+    loop = asyncio.get_running_loop()
+    slots = threading.Semaphore(cfg.mirror_concurrency)
+    finished = asyncio.Event()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run_one(job: MirrorJob) -> None:
+        try:
+            await _compare_and_store(parts, counters, job)
+        finally:
+            slots.release()
+
+    def launch(job: MirrorJob) -> None:
+        task = loop.create_task(run_one(job))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def stopping() -> bool:
+        if os.getppid() != parent_pid:  # the proxy died without stopping us
+            stop_now.set()
+        return bool(stop_now.is_set())
+
+    def reader() -> None:
+        # Takes a job only when a comparison slot is free, so the backlog stays in the bounded
+        # queue (where the proxy sees it as full) instead of piling up here.
+        while not stopping():
+            if not slots.acquire(timeout=0.2):
+                continue
+            job = None
+            while not stopping():
+                try:
+                    job = jobs.get(timeout=0.2)
+                    break
+                except queue.Empty:
+                    continue
+            if job is None:
+                break
+            taken.value += 1
+            loop.call_soon_threadsafe(launch, job)
+        loop.call_soon_threadsafe(finished.set)
+
+    threading.Thread(target=reader, name="shadow-mirror-reader", daemon=True).start()
+    await finished.wait()
+    while tasks and not stop_now.is_set():
+        await asyncio.wait(set(tasks), timeout=0.2)
+    left = sum(1 for t in tasks if not t.done())
+    for t in list(tasks):
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if left:
+        counters.inc("dropped_shutdown", left)  # what is still queued, the proxy counts
+    await asyncio.to_thread(parts.writer.close)
+    await parts.aclose()
