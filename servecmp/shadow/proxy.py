@@ -3,8 +3,8 @@ hands a copy of each exchange to the mirror after the response has been sent.
 
 Path of a request (the only work the client waits for): read the body, send it with the client's
 headers (minus hop-by-hop ones) to the primary on a pooled keep-alive connection, and pass status,
-headers and raw body bytes back as they arrive (``aiter_raw``: no decoding, so content-encoding and
-bytes are the primary's). While passing through, the bytes are also kept (up to a cap) for the
+headers and raw body bytes back as they arrive (aiohttp with decompression off, so content-encoding
+and bytes are the primary's). While passing through, the bytes are also kept (up to a cap) for the
 comparison. Mirroring, parsing, measuring and storing all happen after the response, in the mirror
 (by default a separate lower-priority process, see `workers`); the proxy's only extra step is a
 non-blocking queue put.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 import time
 import uuid
@@ -35,8 +34,6 @@ from servecmp.shadow.store import Counters
 from servecmp.shadow.upstream import HOP_BY_HOP, REQUEST_DROP, UPSTREAM_ERRORS, Upstream
 from servecmp.shadow.wiring import build_comparison, capture_bytes, primary_upstream, start_run
 from servecmp.shadow.workers import LocalMirror, MirrorSink, ProcessMirror
-
-log = logging.getLogger("servecmp.shadow")
 
 #: Non-streamed bodies up to this size are read whole and sent in one piece; larger or unknown
 #: lengths are streamed through chunk by chunk.
@@ -72,6 +69,7 @@ class _Exchange:
     body: bytes
     t0: float
     capture_limit: int
+    ts: float = field(default_factory=time.time)
     status: int = 0
     content_type: str | None = None
     content_encoding: str | None = None
@@ -122,7 +120,7 @@ class ShadowProxy:
         self.mirror.submit(
             MirrorJob(
                 request_id=uuid.uuid4().hex,
-                ts=time.time(),
+                ts=ex.ts,
                 kind=ex.kind,
                 path=ex.path,
                 body=ex.body,
