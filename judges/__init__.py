@@ -4,12 +4,12 @@ A judge is any OpenAI-compatible chat endpoint (GPT-4-class through OpenAI's API
 behind vLLM), reached through servecmp's EndpointClient.
 """
 
-from judges.cache import JudgeCache, cache_key
-from judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, is_paid_judge
-from judges.pairwise import PairOutcome, PairTally, combine_games, tally, winner_of
-from judges.parsing import Rating, parse_rating, parse_verdict
-from judges.prompts import JudgePrompts, load_judge_prompts, render_pair, render_single
-from judges.runner import JudgeBudgetExhausted, JudgeReply, JudgeRunner, JudgeUnavailable
+from servecmp.judges.cache import JudgeCache, cache_key
+from servecmp.judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, is_paid_judge
+from servecmp.judges.pairwise import PairOutcome, PairTally, combine_games, tally, winner_of
+from servecmp.judges.parsing import Rating, parse_rating, parse_verdict
+from servecmp.judges.prompts import JudgePrompts, load_judge_prompts, render_pair, render_single
+from servecmp.judges.runner import JudgeBudgetExhausted, JudgeReply, JudgeRunner, JudgeUnavailable
 
 __all__ = [
     "CostEstimate",

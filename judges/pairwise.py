@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from judges.parsing import Verdict
+from servecmp.judges.parsing import Verdict
 
 Winner = Literal["model_1", "model_2", "tie"]
 Game = Literal[1, 2]

@@ -51,7 +51,7 @@ class JudgePrompt(BaseModel):
 
 
 def vendored_judge_prompts() -> Traversable:
-    return files("prompts") / "mt_bench" / "judge_prompts.jsonl"
+    return files("servecmp.prompts") / "mt_bench" / "judge_prompts.jsonl"
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import openai
 
-from judges.cache import JudgeCache, cache_key
-from judges.parsing import FORCED_RATING_REGEX, FORCED_VERDICT_REGEX
-from servecmp.client import EndpointClient, EndpointError
+from servecmp.endpoints import EndpointClient, EndpointError
+from servecmp.judges.cache import JudgeCache, cache_key
+from servecmp.judges.parsing import FORCED_RATING_REGEX, FORCED_VERDICT_REGEX
 
 JudgeKind = Literal["single", "pairwise"]
 

@@ -38,9 +38,10 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from servecmp.client import EndpointClient, EndpointSpec
-from servecmp.mcq_run import RECORDS, make_progress, prepare_clients, run_items
-from servecmp.records import ROLES, EndpointRole, McqRecord
+from servecmp.endpoints import EndpointClient, EndpointSpec
+from servecmp.mcq.records import McqRecord
+from servecmp.mcq.run import RECORDS, make_progress, prepare_clients, run_items
+from servecmp.records import ROLES, EndpointRole
 from servecmp.runstore import load_records
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "lmeval_tasks"))

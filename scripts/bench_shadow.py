@@ -60,7 +60,7 @@ def wait_ready(url: str, timeout: float = 60.0) -> None:
 
 
 def start_stub(port: int, *, delay_s: float = 0.0, variant: int = 0, nice: int = 0) -> subprocess.Popen[Any]:
-    cmd = [PY, "-m", "servecmp.shadow.stub", "--port", str(port), "--delay-s", str(delay_s),
+    cmd = [PY, "-m", "tests.stub_shadow", "--port", str(port), "--delay-s", str(delay_s),
            "--variant", str(variant)]
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]
@@ -109,7 +109,7 @@ async def _load(urls: list[str], rps: float, duration: float, stream_share: floa
                     if resp.status != 200:
                         errors[k][f"HTTP {resp.status}"] = errors[k].get(f"HTTP {resp.status}", 0) + 1
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 errors[k][type(exc).__name__] = errors[k].get(type(exc).__name__, 0) + 1
                 return
             latencies[k].append(time.perf_counter() - t0)

@@ -1,3 +1,3 @@
-from servecmp.cli import main
+from servecmp._cli.main import main
 
 main()

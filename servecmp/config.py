@@ -6,13 +6,13 @@ endpoint names the environment variable that holds its key (`api_key_env`).
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from servecmp.client import EndpointSpec
+from servecmp.endpoints import EndpointSpec
 from servecmp.errors import UserError
 
 DEFAULT_CONFIG = "servecmp.toml"
@@ -21,27 +21,6 @@ DEFAULT_CONFIG = "servecmp.toml"
 class _Section(BaseModel):
     # A typo in a key should be an error, not a silently ignored setting.
     model_config = ConfigDict(extra="forbid")
-
-
-class EndpointConfig(_Section):
-    url: str
-    model: str | None = None
-    api_key_env: str | None = None
-    timeout_s: float = 120.0
-    max_concurrency: int = 4
-    requests_per_second: float | None = None
-    max_retries: int = 4
-
-    def spec(self) -> EndpointSpec:
-        return EndpointSpec(
-            base_url=self.url,
-            model=self.model,
-            api_key_env=self.api_key_env,
-            timeout_s=self.timeout_s,
-            max_concurrency=self.max_concurrency,
-            requests_per_second=self.requests_per_second,
-            max_retries=self.max_retries,
-        )
 
 
 class McqConfig(_Section):
@@ -175,8 +154,11 @@ class ShadowConfig(_Section):
 
 
 class Config(_Section):
-    baseline: EndpointConfig | None = None
-    candidate: EndpointConfig | None = None
+    #: The endpoints every command compares (shadow's primary is the baseline).
+    baseline: EndpointSpec | None = None
+    candidate: EndpointSpec | None = None
+    #: A second replica of the baseline: the noise floor (shadow today).
+    secondary: EndpointSpec | None = None
     mcq: McqConfig = Field(default_factory=McqConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)

@@ -9,70 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 EndpointRole = Literal["baseline", "candidate"]
 ROLES: tuple[EndpointRole, EndpointRole] = ("baseline", "candidate")
-
-#: How a task is scored.
-#: - "letter": the prompt ends with "Answer:" and each option is one next token (" A", " B", ...);
-#:   one request reads the top-k logprobs at the answer position (MMLU-style).
-#: - "continuation": each option is a continuation of the context and is scored by its summed
-#:   logprob, as lm-eval scores ARC / HellaSwag / PIQA / Winogrande.
-ScoringKind = Literal["letter", "continuation"]
-
-
-class McqItem(BaseModel):
-    """One multiple-choice question, already rendered into the text the model sees."""
-
-    model_config = ConfigDict(frozen=True)
-
-    item_id: str
-    task: str
-    kind: ScoringKind
-    #: Letter tasks: the full prompt, ending just before the answer letter.
-    #: Continuation tasks: the shared context (Winogrande: unused, see `contexts`).
-    prompt: str
-    #: The text scored for each option, e.g. [" A", " B", " C", " D"] or [" a rock", " a tree"].
-    continuations: list[str]
-    gold: int
-    subject: str | None = None
-    category: str | None = None
-    #: Per-option contexts when options differ in their context rather than their continuation
-    #: (Winogrande's partial scoring). Empty means every option shares `prompt`.
-    contexts: list[str] = Field(default_factory=list)
-
-    def context_for(self, option: int) -> str:
-        return self.contexts[option] if self.contexts else self.prompt
-
-
-class McqRecord(BaseModel):
-    """What one endpoint answered for one item: everything the metrics need, nothing they don't."""
-
-    # An option that cannot be scored at all is -inf; JSON has no such number, so write it as
-    # -Infinity (Python's json reads it back) rather than null, which would lose the meaning.
-    model_config = ConfigDict(ser_json_inf_nan="constants")
-
-    item_id: str
-    endpoint: EndpointRole
-    task: str
-    subject: str | None = None
-    category: str | None = None
-    gold: int
-    #: Log-probability of each option: the option token's logprob at the answer position (letter
-    #: tasks) or the continuation's summed logprob (continuation tasks).
-    option_logprobs: list[float]
-    #: Length in characters of each continuation, for lm-eval's length-normalised accuracy.
-    option_lengths: list[int] = Field(default_factory=list)
-    chosen: int
-    #: Top-k next-token logprobs at the answer position, as (token, logprob) pairs, most likely
-    #: first. Empty for continuation tasks.
-    topk: list[tuple[str, float]] = Field(default_factory=list)
-    latency_s: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    n_requests: int = 1
-
 
 class EndpointInfo(BaseModel):
     """An endpoint as the manifest records it. Deliberately has no field for a key."""

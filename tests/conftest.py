@@ -84,8 +84,8 @@ def _survivors(pids: list[int]) -> list[int]:
 @pytest.fixture(scope="session")
 def vllm_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmPair]:
     _require_e2e_stack()
-    from servecmp.modelpair import embedded_servers, ensure_embedded_pair
-    from servecmp.serve import ServerPair
+    from servecmp.serving.modelpair import embedded_servers, ensure_embedded_pair
+    from servecmp.serving.servers import ServerPair
 
     models = ensure_embedded_pair()
     servers = embedded_servers(models, baseline_port=free_port(), candidate_port=free_port())

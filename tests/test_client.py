@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from servecmp.client import EndpointClient, EndpointError, EndpointSpec
+from servecmp.endpoints import EndpointClient, EndpointError, EndpointSpec
 from servecmp.errors import UserError
 from tests.stub_openai import StubServer, StubState, free_port
 

@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from servecmp import correlate as corr
+from servecmp._cli.main import build_app
 from servecmp.errors import UserError
-from servecmp.mtbench import correlate as corr
-from servecmp.mtbench.cli import register
 
 BASE = {"role": "baseline", "base_url": "http://127.0.0.1:8001/v1", "model": "smollm2-bf16"}
 # candidate: (url, Δaccuracy, flip rate, option KL, ΔMT-Bench)
@@ -106,8 +105,7 @@ def test_fewer_than_three_candidates_still_gives_the_table(tmp_path: Path) -> No
     notes = [c.note for c in corr.correlations(rows)]
     assert notes == ["cannot be computed: 2 candidate(s) with both numbers, need 3"] * 3
 
-    app = typer.Typer()
-    register(app)
+    app = build_app()
     plot = tmp_path / "plot.png"
     result = CliRunner().invoke(
         app, ["correlate", *map(str, dirs), "--plot", str(plot)], env={"COLUMNS": "200"}
@@ -124,8 +122,7 @@ def test_json_output_and_a_candidate_without_mtbench(tmp_path: Path) -> None:
     dirs = all_runs(tmp_path, ["int8", "fp8", "int4"])
     url, dacc, flip, kl, _ = CANDIDATES["pruned"]
     dirs.append(mcq_run(tmp_path, "pruned", url, dacc, flip, kl))
-    app = typer.Typer()
-    register(app)
+    app = build_app()
     plot = tmp_path / "p.png"
     result = CliRunner().invoke(app, ["correlate", *map(str, dirs), "--plot", str(plot), "--json"])
     assert result.exit_code == 0, result.output

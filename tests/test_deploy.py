@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 import typer
 import yaml
 
@@ -113,8 +113,10 @@ def test_compose_servecmp_service_compares_the_two_once_they_are_healthy() -> No
 
 
 def test_dockerfile_copies_every_package_servecmp_installs() -> None:
-    pyproject = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
-    top_level = {p.split(".")[0] for p in pyproject["tool"]["setuptools"]["packages"]}
+    # servecmp/ plus the top-level folders its links (servecmp/judges, servecmp/prompts) point to.
+    pkg = DEPLOY.parent / "servecmp"
+    top_level = {"servecmp"} | {p.resolve().name for p in pkg.iterdir() if p.is_symlink()}
+    assert top_level == {"servecmp", "judges", "prompts"}
     copied = {line.split()[1] for line in (DEPLOY / "Dockerfile").read_text().splitlines()
               if line.startswith("COPY ")}
     assert top_level <= copied
@@ -160,14 +162,14 @@ def test_job_runs_servecmp_mcq_against_both_services_with_the_configmap() -> Non
     assert cfg.baseline is not None and cfg.candidate is not None
     services = of_kind("Service")
     for endpoint in (cfg.baseline, cfg.candidate):
-        host = endpoint.url.split("//", 1)[1].split(":", 1)[0]
+        host = endpoint.base_url.split("//", 1)[1].split(":", 1)[0]
         assert host in services
     wait = " ".join(pod["initContainers"][0]["command"])
     assert "http://vllm-baseline:8000/health" in wait and "http://vllm-candidate:8000/health" in wait
 
 
 def test_servecmp_commands_parse_with_servecmp_own_cli() -> None:
-    from servecmp import mcq_cli
+    from servecmp._cli import mcq as mcq_cli
 
     app = typer.Typer()
     mcq_cli.register(app)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from judges.pairwise import PairOutcome, combine_games, tally, winner_of
+from servecmp.judges.pairwise import PairOutcome, combine_games, tally, winner_of
 from servecmp.mtbench.judging import pair_record
 from servecmp.mtbench.report import pair_outcome
 
@@ -66,8 +66,8 @@ def test_matches_fastchat_show_result_rule() -> None:
 
 
 def test_a_pair_with_an_unreadable_game_is_left_out() -> None:
-    from judges.prompts import load_judge_prompts
-    from judges.runner import JudgeReply
+    from servecmp.judges.prompts import load_judge_prompts
+    from servecmp.judges.runner import JudgeReply
     from servecmp.mtbench.judging import PairJob
     from servecmp.mtbench.questions import MtQuestion
 

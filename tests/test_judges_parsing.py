@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from judges.parsing import (
+from servecmp.judges.parsing import (
     FORCED_RATING_REGEX,
     FORCED_VERDICT_REGEX,
     Rating,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from judges.prompts import load_judge_prompts, render_pair, render_single
 from servecmp.errors import UserError
+from servecmp.judges.prompts import load_judge_prompts, render_pair, render_single
 
 PROMPTS = load_judge_prompts()
 
@@ -68,7 +68,7 @@ def test_pair_math_second_turn_has_missing_second_reference_as_empty() -> None:
 def test_fingerprint_is_the_file_hash() -> None:
     import hashlib
 
-    from judges.prompts import vendored_judge_prompts
+    from servecmp.judges.prompts import vendored_judge_prompts
 
     assert PROMPTS.fingerprint == hashlib.sha256(vendored_judge_prompts().read_bytes()).hexdigest()
 

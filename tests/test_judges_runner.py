@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from judges.cache import JudgeCache, cache_key
-from judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, is_paid_judge
-from judges.runner import JudgeBudgetExhausted, JudgeRunner, JudgeUnavailable
-from servecmp.client import EndpointClient, EndpointSpec
+from servecmp.endpoints import EndpointClient, EndpointSpec
 from servecmp.errors import UserError
+from servecmp.judges.cache import JudgeCache, cache_key
+from servecmp.judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, is_paid_judge
+from servecmp.judges.runner import JudgeBudgetExhausted, JudgeRunner, JudgeUnavailable
 from tests.stub_openai import free_port
 from tests.test_mtbench_stub import ChatStub, ChatStubState
 

@@ -22,7 +22,7 @@ import pytest
 from scipy.special import log_softmax
 from scipy.stats import binomtest, entropy
 
-from servecmp.records import McqRecord
+from servecmp.mcq.records import McqRecord
 from servecmp.runstore import load_records
 
 REPO = Path(__file__).resolve().parent.parent

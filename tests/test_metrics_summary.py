@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from servecmp.errors import UserError
+from servecmp.mcq.records import McqRecord
 from servecmp.metrics import SCHEMA, summarize_mcq, summarize_records
-from servecmp.records import EndpointRole, McqRecord
+from servecmp.records import EndpointRole
 
 N_BOOT = 1000
 

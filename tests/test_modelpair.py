@@ -16,18 +16,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from servecmp import modelpair
 from servecmp.errors import UserError
-from servecmp.modelpair import (
-    EmbeddedPair,
-    baseline_serving_dtype,
-    embedded_servers,
-    ensure_embedded_pair,
-    find_gguf,
-    read_cpu_flags,
-    scheme_support,
-    split_cores,
-)
+from servecmp.serving import modelpair
+from servecmp.serving.cpu import baseline_serving_dtype, read_cpu_flags, scheme_support
+from servecmp.serving.modelpair import EmbeddedPair, embedded_servers, ensure_embedded_pair, find_gguf, split_cores
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel

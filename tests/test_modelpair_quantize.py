@@ -1,4 +1,4 @@
-"""Round-to-nearest W8A8 / W4A16 quantization into compressed-tensors format (servecmp.quantize_ct).
+"""Round-to-nearest W8A8 / W4A16 quantization into compressed-tensors format (servecmp.serving.quantize).
 
 Expected integers are worked out by hand; the config is checked against what the library's own
 ModelCompressor writes and against how vLLM's compressed-tensors loader reads it.
@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from servecmp.modelpair import SchemeName
-from servecmp.quantize_ct import (
+from servecmp.serving.cpu import SchemeName
+from servecmp.serving.quantize import (
     is_quantized_weight,
     max_abs_scales,
     quantization_config,

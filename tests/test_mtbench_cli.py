@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from typer.testing import CliRunner, Result
 
+from servecmp._cli.main import build_app
 from servecmp.errors import UserError
-from servecmp.mtbench.cli import register
 from tests.test_mtbench_stub import ChatStub, ChatStubState
 
 QUESTIONS = [
@@ -37,7 +36,7 @@ class Stubs:
     def write_config(self, judge_concurrency: int = 4) -> None:
         # No HTTP retries: injected failures should fail at once instead of backing off.
         self.config.write_text(
-            "[baseline]\nurl = 'x'\nmax_retries = 0\n[candidate]\nurl = 'x'\nmax_retries = 0\n"
+            "[baseline]\nurl = 'http://unused'\nmax_retries = 0\n[candidate]\nurl = 'http://unused'\nmax_retries = 0\n"
             f"[judge]\nmax_retries = 0\nmax_concurrency = {judge_concurrency}\n"
         )
 
@@ -68,8 +67,7 @@ def stubs(tmp_path: Path) -> Iterator[Stubs]:
 
 
 def invoke(args: list[str]) -> Result:
-    app = typer.Typer()
-    register(app)
+    app = build_app()
     return CliRunner().invoke(app, args)
 
 

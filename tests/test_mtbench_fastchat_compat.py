@@ -21,10 +21,10 @@ from fastchat.llm_judge.common import (
     temperature_config,
 )
 
-from judges import parsing
-from judges.prompts import NEED_REF_CATEGORIES
-from judges.prompts import load_judge_prompts as our_judge_prompts
-from servecmp.client import EndpointClient, EndpointSpec
+from servecmp.endpoints import EndpointClient, EndpointSpec
+from servecmp.judges import parsing
+from servecmp.judges.prompts import NEED_REF_CATEGORIES
+from servecmp.judges.prompts import load_judge_prompts as our_judge_prompts
 from servecmp.mtbench.answers import generate_answers
 from servecmp.mtbench.questions import (
     CATEGORIES,

@@ -136,5 +136,5 @@ def test_judge_defaults() -> None:
         MtBenchOptions(baseline="http://b", baseline_model="m", candidate="http://c", judge_url="baseline"),
         cfg,
     )
-    assert (demo.judge.base_url, demo.judge.model, demo.judge_is_baseline) == ("http://b", "m", True)
+    assert (demo.judge.base_url, demo.judge.model, demo.judge_is_baseline) == ("http://b/v1", "m", True)
     assert demo.judge_force_format is True and demo.judge_max_tokens == 200

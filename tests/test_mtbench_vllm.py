@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from servecmp.mtbench.cli import register
+from servecmp._cli.main import build_app
 from tests.conftest import VllmPair
 from tests.test_correlate import mcq_run, mt_run
 
@@ -21,8 +20,7 @@ def test_mtbench_on_the_vllm_pair_then_correlate(
     vllm_pair: VllmPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SERVECMP_CACHE_DIR", str(tmp_path / "cache"))  # only the judgment cache lives there
-    app = typer.Typer()
-    register(app)
+    app = build_app()
     runner = CliRunner()
     args = [
         "mtbench", "--baseline", vllm_pair.baseline_url, "--baseline-model", vllm_pair.baseline_model,

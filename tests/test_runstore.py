@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from servecmp.errors import UserError
-from servecmp.records import McqRecord
+from servecmp.mcq.records import McqRecord
 from servecmp.runstore import JsonlAppender, iter_jsonl, load_records, read_json, write_json_atomic
 
 

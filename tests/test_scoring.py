@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-from servecmp.scoring import argmax, continuation_logprob
+from servecmp.mcq.scoring import argmax, continuation_logprob
 
 
 def test_continuation_logprob_sums_tokens_after_context() -> None:

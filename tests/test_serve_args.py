@@ -1,4 +1,4 @@
-"""The pure parts of servecmp.serve: launch commands, environments, names, redaction, diagnoses."""
+"""The pure parts of servecmp.serving.servers: launch commands, environments, names, redaction, diagnoses."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from servecmp.config import ServerConfig
-from servecmp.serve import (
+from servecmp.serving.servers import (
     diagnose,
     launch_argv,
     redact_argv,

@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from servecmp.client import EndpointClient, EndpointSpec
+from servecmp.endpoints import EndpointClient, EndpointSpec
 from tests.conftest import VllmPair
 
 pytestmark = pytest.mark.vllm

@@ -1,7 +1,7 @@
 """ServerPair without vLLM: start-up, readiness, failures and clean shutdown, with fake servers.
 
 The fake (tests/fake_vllm_server.py) is launched through `ServerConfig.command`, so these tests
-exercise the real process-group, signal and log handling of servecmp.serve in a second or two.
+exercise the real process-group, signal and log handling of servecmp.serving.servers in a second or two.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from servecmp import serve
 from servecmp.config import ServerConfig
 from servecmp.errors import UserError
-from servecmp.serve import ServerPair, read_servers_file
+from servecmp.serving import servers as serve
+from servecmp.serving.servers import ServerPair, read_servers_file
 from tests.stub_openai import free_port
 
 FAKE = str(Path(__file__).with_name("fake_vllm_server.py"))
@@ -177,7 +177,7 @@ def test_sigterm_to_servecmp_stops_the_servers(tmp_path: Path) -> None:
         from pathlib import Path
         sys.path.insert(0, {str(ROOT)!r})
         from servecmp.config import ServerConfig
-        from servecmp.serve import ServerPair
+        from servecmp.serving.servers import ServerPair
         def cfg(port, *extra):
             return ServerConfig(model={str(tmp_path)!r}, port=port,
                                 command=[sys.executable, {FAKE!r}, "--port", "{{port}}", "--name", "{{served_name}}",

@@ -24,7 +24,7 @@ import pytest
 
 from servecmp.config import ShadowConfig
 from servecmp.shadow.proxy import build_app, build_proxy
-from servecmp.shadow.stub import ServerThread, StubControl, answer_tokens, build_stub_app, free_port
+from tests.stub_shadow import ServerThread, StubControl, answer_tokens, build_stub_app, free_port
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

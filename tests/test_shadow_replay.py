@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from servecmp._cli.main import build_app
 from servecmp.config import ShadowConfig
 from servecmp.errors import UserError
-from servecmp.shadow import cli as shadow_cli
 from servecmp.shadow.replay import load_requests, parse_request_line, replay
-from servecmp.shadow.stub import ServerThread, StubControl, build_stub_app
+from tests.stub_shadow import ServerThread, StubControl, build_stub_app
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +95,7 @@ def test_replay_cli_and_hash_only_database(
     tmp_path: Path, endpoints: tuple[ServerThread, ServerThread, StubControl, StubControl]
 ) -> None:
     p, c, _, _ = endpoints
-    app = typer.Typer()
-    shadow_cli.register(app)
+    app = build_app()
     db = tmp_path / "h.db"
     res = CliRunner().invoke(app, ["shadow", "replay", str(_jsonl(tmp_path / "q.jsonl", 3)), "--primary", p.url,
                                    "--candidate", c.url, "--db", str(db), "--rps", "100", "--hash-only",
@@ -115,7 +113,7 @@ def test_replay_cli_and_hash_only_database(
 
 def test_replay_with_primary_down(tmp_path: Path, endpoints: tuple[ServerThread, ServerThread, StubControl,
                                                                            StubControl]) -> None:
-    from servecmp.shadow.stub import free_port
+    from tests.stub_shadow import free_port
 
     _, c, _, _ = endpoints
     cfg = ShadowConfig(primary=f"http://127.0.0.1:{free_port()}", candidate=c.url, db=str(tmp_path / "d.db"))

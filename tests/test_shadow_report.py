@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
 from scipy import stats
 from typer.testing import CliRunner
 
+from servecmp._cli.main import build_app
 from servecmp.errors import UserError
-from servecmp.shadow import cli as shadow_cli
 from servecmp.shadow.report import load, summarise
 from servecmp.shadow.store import Counters, PairRecord, PairWriter, RunInfo, open_readonly, register_run
 
@@ -142,8 +141,7 @@ def test_database_round_trip(tmp_path: Path) -> None:
 def test_cli_report_json_and_table(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     _write_db(db, scenario(8))
-    app = typer.Typer()
-    shadow_cli.register(app)
+    app = build_app()
     runner = CliRunner()
     res = runner.invoke(app, ["shadow", "report", str(db), "--json", "--n-boot", "200"])
     assert res.exit_code == 0, res.output

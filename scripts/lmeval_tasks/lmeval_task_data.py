@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from servecmp.records import McqItem
+from servecmp.mcq.records import McqItem
 from servecmp.tasks import load_task
 from servecmp.tasks.letter_format import LetterQuestion
 from servecmp.tasks.mmlu import N_SHOTS, read_csv_rows, sample_dir

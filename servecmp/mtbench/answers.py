@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from servecmp.client import EndpointClient
+from servecmp.endpoints import EndpointClient
 from servecmp.mtbench.questions import MtQuestion
 from servecmp.mtbench.records import AnswerChoice, AnswerMeta, AnswerRecord
 from servecmp.records import EndpointRole

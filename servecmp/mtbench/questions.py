@@ -21,8 +21,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from judges.prompts import NEED_REF_CATEGORIES
 from servecmp.errors import UserError
+from servecmp.judges.prompts import NEED_REF_CATEGORIES
 
 CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 
@@ -71,7 +71,7 @@ class MtQuestion(BaseModel):
 
 
 def vendored(name: str) -> Traversable:
-    return files("prompts") / "mt_bench" / name
+    return files("servecmp.prompts") / "mt_bench" / name
 
 
 def _lines(source: Traversable | Path) -> list[tuple[int, dict[str, object]]]:

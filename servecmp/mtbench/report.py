@@ -18,7 +18,7 @@ from statistics import fmean
 
 from pydantic import BaseModel, Field
 
-from judges.pairwise import PairOutcome, combine_games, tally
+from servecmp.judges.pairwise import PairOutcome, combine_games, tally
 from servecmp.metrics.stats import paired_bootstrap_diff_ci, wilcoxon_paired
 from servecmp.mtbench.questions import CATEGORIES, MtQuestion, QuestionId
 from servecmp.mtbench.records import AnswerRecord, PairJudgment, SingleJudgment

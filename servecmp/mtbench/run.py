@@ -27,11 +27,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from judges.cache import CACHE_FILE, JudgeCache
-from judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, refuse_if_unconfirmable
-from judges.runner import JudgeRunner, JudgeUnavailable
-from servecmp.client import EndpointClient, EndpointError
+from servecmp.endpoints import EndpointClient, EndpointError
 from servecmp.errors import UserError
+from servecmp.judges.cache import CACHE_FILE, JudgeCache
+from servecmp.judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, refuse_if_unconfirmable
+from servecmp.judges.runner import JudgeRunner, JudgeUnavailable
 from servecmp.mtbench.answers import generate_answers
 from servecmp.mtbench.judging import plan_pairs, plan_single, requests_of, run_jobs
 from servecmp.mtbench.questions import QuestionId, write_questions

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from judges.cache import CACHE_FILE
+from servecmp.judges.cache import CACHE_FILE
 from servecmp.mtbench.questions import QuestionId
 from servecmp.mtbench.records import AnswerRecord, PairJudgment, SingleJudgment
 from servecmp.runstore import MANIFEST, SUMMARY, load_records

@@ -7,24 +7,24 @@ so it finishes the same comparison; only pacing and presentation flags may chang
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
 from urllib.parse import urlparse
 
-from judges.cost import is_paid_judge
-from judges.parsing import FORCED_MAX_TOKENS
-from judges.prompts import JudgePrompts, load_judge_prompts
 from servecmp import __version__
-from servecmp.client import EndpointSpec
-from servecmp.config import Config, EndpointConfig
+from servecmp.config import Config
+from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError
-from servecmp.modelpair import cache_root
+from servecmp.judges.cost import is_paid_judge
+from servecmp.judges.parsing import FORCED_MAX_TOKENS
+from servecmp.judges.prompts import JudgePrompts, load_judge_prompts
 from servecmp.mtbench import questions as qmod
 from servecmp.mtbench.questions import MtQuestion
 from servecmp.mtbench.rundir import MtRunPaths, answer_stems
 from servecmp.records import EndpointInfo, EndpointRole, RunManifest
 from servecmp.runstore import read_model, utcnow
+from servecmp.serving.modelpair import cache_root
 
 Mode = Literal["single", "pairwise", "both"]
 MODES: tuple[Mode, ...] = ("single", "pairwise", "both")
@@ -97,11 +97,8 @@ def _is_openai(url: str) -> bool:
     return (urlparse(url if "://" in url else f"https://{url}").hostname or "").lower() == OPENAI_HOST
 
 
-def _endpoint(role: str, section: EndpointConfig | None, url: str | None, model: str | None) -> EndpointSpec:
-    if section is None and url is None:
-        raise UserError(f"no {role} endpoint: pass --{role} URL or set [{role}] url in servecmp.toml")
-    spec = section.spec() if section is not None else EndpointSpec(base_url=cast(str, url))
-    return replace(spec, base_url=url or spec.base_url, model=model or spec.model)
+def _endpoint(role: str, section: EndpointSpec | None, url: str | None, model: str | None) -> EndpointSpec:
+    return endpoint_from(role, section, url, model=model)
 
 
 def _shared_cache(flag: str | None, cfg: Config) -> Path | None:
@@ -116,7 +113,7 @@ def _judge_spec(opts: MtBenchOptions, cfg: Config, baseline: EndpointSpec) -> tu
     url = opts.judge_url or jc.url
     if url == DEMO_JUDGE:
         # The offline demo: the baseline model judges. Its model is the baseline's, resolved later.
-        return replace(baseline, model=opts.judge_model or baseline.model), True
+        return baseline.model_copy(update={"model": opts.judge_model or baseline.model}), True
     model = opts.judge_model or jc.model or ("gpt-4" if _is_openai(url) else None)
     key_env = opts.judge_api_key_env or jc.api_key_env or ("OPENAI_API_KEY" if _is_openai(url) else None)
     spec = EndpointSpec(
@@ -277,18 +274,13 @@ def resumed_settings(
 
     def endpoint(role: EndpointRole) -> EndpointSpec:
         section = cfg.baseline if role == "baseline" else cfg.candidate
-        spec = section.spec() if section is not None else EndpointSpec(base_url=roles[role].base_url)
-        return replace(
-            spec,
-            base_url=roles[role].base_url,
-            model=roles[role].model,
-            api_key_env=x.get(f"{role}_api_key_env") or None,
-        )
+        return endpoint_from(role, section, roles[role].base_url, model=roles[role].model,
+                             api_key_env=x.get(f"{role}_api_key_env") or None)
 
     baseline, candidate = endpoint("baseline"), endpoint("candidate")
     is_demo = x.get("judge_url") == DEMO_JUDGE
     if is_demo:
-        judge = replace(baseline, model=x.get("judge_model") or baseline.model)
+        judge = baseline.model_copy(update={"model": x.get("judge_model") or baseline.model})
     else:
         jc = cfg.judge
         judge = EndpointSpec(

@@ -167,7 +167,7 @@ class ShadowProxy:
     ) -> Response:
         try:
             upstream = await self._send(method, url, headers, body)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.counters.inc("primary_unreachable")
             return _error(504, "primary endpoint timed out", "gateway_timeout")
         except aiohttp.ClientError as exc:

@@ -18,7 +18,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,11 +134,11 @@ def _paired_mean(cand: dict[str, Row], sec: dict[str, Row], col: str, n_boot: in
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def _hour(ts: float) -> str:
-    return datetime.fromtimestamp(ts - ts % 3600, timezone.utc).strftime("%Y-%m-%d %H:00Z")
+    return datetime.fromtimestamp(ts - ts % 3600, UTC).strftime("%Y-%m-%d %H:00Z")
 
 
 def _avg(vals: Sequence[float | None]) -> float | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
-from servecmp.records import McqItem
+from servecmp.mcq.records import McqItem
 from servecmp.tasks import hf_source
 
 #: lm-eval's default `target_delimiter`, prepended to every continuation.

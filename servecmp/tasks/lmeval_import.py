@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
-from servecmp.records import EndpointRole, McqRecord
+from servecmp.mcq.records import McqRecord
+from servecmp.records import EndpointRole
 from servecmp.tasks.continuation_tasks import TARGET_DELIMITER, choice_lengths
 from servecmp.tasks.mmlu_subjects import category_of
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
-from servecmp.records import McqItem
+from servecmp.mcq.records import McqItem
 from servecmp.tasks import hf_source
 from servecmp.tasks.letter_format import (
     LETTER_FORMAT,
@@ -31,7 +31,7 @@ N_SHOTS = 5
 HF_DATASET = "cais/mmlu"
 #: Hub configs of cais/mmlu that are not single subjects.
 _HF_AGGREGATE_CONFIGS = frozenset({"all", "auxiliary_train"})
-SAMPLE_PACKAGE = "prompts"
+SAMPLE_PACKAGE = "servecmp.prompts"
 SAMPLE_DIR = "mmlu_sample"
 
 MMLU_FORMAT = f"mmlu-{N_SHOTS}shot-v1|exemplars=first {N_SHOTS} dev rows in order|{LETTER_FORMAT}"

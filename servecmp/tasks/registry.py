@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from servecmp.errors import UserError
-from servecmp.records import McqItem
+from servecmp.mcq.records import McqItem
 from servecmp.tasks import jsonl_mcq, mmlu
 from servecmp.tasks.continuation_tasks import CONTINUATION_TASKS, load_continuation_task
 
@@ -86,7 +86,7 @@ def _load_mmlu(name: str, data_dir: str | None, source: str | None) -> tuple[lis
         raise UserError(f"unknown MMLU source {source!r}; known: {', '.join(MMLU_SOURCES)}")
     if source == "sample":
         _no_data_dir(f"{name} (vendored sample)", data_dir)
-        return mmlu.load_sample(task=name), f"vendored MMLU sample ({mmlu.SAMPLE_PACKAGE}/{mmlu.SAMPLE_DIR})"
+        return mmlu.load_sample(task=name), f"vendored MMLU sample (prompts/{mmlu.SAMPLE_DIR})"
     if source == "csv":
         if data_dir is None:
             raise UserError("MMLU source 'csv' needs --data-dir (a directory with dev/ and test/)")

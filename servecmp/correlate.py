@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from servecmp.client import EndpointSpec
+from servecmp.endpoints import normalise_url
 from servecmp.errors import UserError
 from servecmp.metrics.stats import Correlation, correlation
 from servecmp.records import EndpointRole, RunManifest
@@ -118,7 +118,7 @@ def _endpoints(manifest: RunManifest, run_dir: Path) -> tuple[Endpoint, Endpoint
 
     def endpoint(role: EndpointRole) -> Endpoint:
         e = roles[role]
-        return Endpoint(model=e.model, url=EndpointSpec(base_url=e.base_url).normalised_url())
+        return Endpoint(model=e.model, url=normalise_url(e.base_url))
 
     return endpoint("baseline"), endpoint("candidate")
 

@@ -1,11 +1,12 @@
 """The `servecmp` command line. Each command family lives in its own module and registers here.
 
-All user-facing failures go through `main()`: a `UserError` becomes one line on stderr and a
+All user-facing failures go through `main()`: a `ServecmpError` becomes one line on stderr and a
 non-zero exit; Ctrl-C says where the finished work is and exits 130.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -13,41 +14,36 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from servecmp.errors import UserError
-
-app = typer.Typer(
-    name="servecmp",
-    help="Tell whether a quantized LLM endpoint may replace its baseline.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    # Help texts quote URLs like http://host[/v1]; rich markup would read the brackets as tags.
-    rich_markup_mode=None,
-)
+from servecmp.errors import ServecmpError
 
 err_console = Console(stderr=True)
 
 
-def _register() -> None:
-    # Imported here so a broken optional piece names itself instead of breaking every command.
-    from servecmp import mcq_cli
+#: One module per command (or command group), each with a `register(app)`.
+COMMANDS = ("mcq", "report", "mtbench", "correlate", "serve", "demo", "shadow")
 
-    mcq_cli.register(app)
-    for modname in ("servecmp.serve_cli", "servecmp.demo", "servecmp.mtbench.cli", "servecmp.shadow.cli"):
-        try:
-            module = __import__(modname, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name == modname:
-                continue  # not built yet
-            raise
-        module.register(app)
+
+def build_app() -> typer.Typer:
+    """The whole `servecmp` command line (tests invoke it with typer's CliRunner)."""
+    app = typer.Typer(
+        name="servecmp",
+        help="Tell whether a quantized LLM endpoint may replace its baseline.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        # Help texts quote URLs like http://host[/v1]; rich markup would read the brackets as tags.
+        rich_markup_mode=None,
+    )
+    for name in COMMANDS:
+        importlib.import_module(f"servecmp._cli.{name}").register(app)
+    return app
 
 
 def main() -> None:
-    _register()
+    app = build_app()
     try:
         app(standalone_mode=False)
-    except UserError as exc:
+    except ServecmpError as exc:
         # escape(): messages quote user input and log tails, where brackets are not rich markup.
         err_console.print(f"[bold red]servecmp: error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

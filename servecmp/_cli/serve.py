@@ -11,18 +11,10 @@ from rich.console import Console
 
 from servecmp.config import ServeConfig, ServerConfig, load_config
 from servecmp.errors import UserError
-from servecmp.modelpair import (
-    DEFAULT_PORTS,
-    SCHEME_NAMES,
-    SchemeName,
-    describe_cpu,
-    embedded_servers,
-    ensure_embedded_pair,
-    read_cpu_flags,
-    scheme_support,
-)
 from servecmp.runstore import new_run_dir
-from servecmp.serve import ServerPair
+from servecmp.serving.cpu import SCHEME_NAMES, SchemeName, describe_cpu, read_cpu_flags, scheme_support
+from servecmp.serving.modelpair import DEFAULT_PORTS, embedded_servers, ensure_embedded_pair
+from servecmp.serving.servers import ServerPair
 
 console = Console(stderr=True)
 

@@ -1,9 +1,15 @@
-"""The one HTTP client wrapper servecmp uses to talk to OpenAI-compatible endpoints.
+"""servecmp's one endpoint layer: where an endpoint is (`EndpointSpec`), its URL forms, its key,
+and the one HTTP client wrapper (`EndpointClient`) MCQ, MT-Bench and the judge talk through.
 
-Wraps `openai.AsyncOpenAI` with what evaluation traffic needs and the SDK does not give in one
-place: a concurrency cap, an optional requests-per-second cap (asyncio-throttle), our own retry
-loop (backoff with full jitter on 429, 5xx, timeouts and dropped connections, counted so the
-report can say how flaky an endpoint was), a per-request timeout, and wall-clock latency.
+`EndpointSpec` is also the `[baseline]` / `[candidate]` / `[secondary]` sections of servecmp.toml
+and what run manifests record (every field is safe to store: a key is named by its environment
+variable, never held). The shadow proxy has its own aiohttp upstreams (see `servecmp.shadow.upstream`)
+but builds them from the same specs, URL forms and key lookup.
+
+The client wraps `openai.AsyncOpenAI` with what evaluation traffic needs and the SDK does not give in
+one place: a concurrency cap, an optional requests-per-second cap (asyncio-throttle), our own retry
+loop (backoff with full jitter on 429, 5xx, timeouts and dropped connections, counted so the report
+can say how flaky an endpoint was), a per-request timeout, and wall-clock latency.
 """
 
 from __future__ import annotations
@@ -16,46 +22,110 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 from asyncio_throttle import Throttler
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from servecmp.errors import UserError
+from servecmp.errors import EndpointError, UserError
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
+#: Path suffixes a user may paste with a URL; the base URL is what precedes them.
+_ROUTE_SUFFIXES = ("/chat/completions", "/completions", "/models")
 
-@dataclass
-class EndpointSpec:
-    """Where an endpoint is and how to reach it. The key itself is never stored on disk."""
 
+def normalise_url(url: str) -> str:
+    """Accept ``http://host:port``, ``.../v1``, ``.../v1/`` or a pasted route such as
+    ``.../v1/completions`` and return the OpenAI base URL (``.../v1``).
+
+    UserError at once for anything that cannot be an HTTP URL, so a typo is never retried.
+    """
+    text = str(url).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"{url!r} is not an endpoint URL (expected http[s]://host[:port][/v1])")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise UserError(f"{url!r} is not an endpoint URL ({exc})") from None
+    for suffix in _ROUTE_SUFFIXES:
+        if text.endswith(suffix):
+            text = text[: -len(suffix)]
+    if not text.endswith("/v1"):
+        text += "/v1"
+    return text
+
+
+def root_url(url: str) -> str:
+    """The server root (``http://host:port``) that routes like ``/v1/models`` are appended to."""
+    return normalise_url(url)[: -len("/v1")]
+
+
+def api_key_from_env(env_name: str | None, role: str) -> str | None:
+    """The key held by environment variable `env_name` (None when no variable is named)."""
+    if not env_name:
+        return None
+    key = os.environ.get(env_name)
+    if not key:
+        raise UserError(f"environment variable {env_name} ({role} API key) is not set")
+    return key
+
+
+class EndpointSpec(BaseModel):
+    """Where an endpoint is and how to reach it. The key itself is never stored, only the name of
+    the environment variable holding it. In servecmp.toml the URL's key is ``url``."""
+
+    # A typo in a key should be an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+    #: The OpenAI base URL, normalised to ``.../v1`` on construction (see `normalise_url`).
     base_url: str
     model: str | None = None
     #: Name of the environment variable that holds the API key (never the key itself).
     api_key_env: str | None = None
-    timeout_s: float = 120.0
-    max_concurrency: int = 4
-    requests_per_second: float | None = None
-    max_retries: int = 4
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_concurrency: int = Field(default=4, ge=1)
+    requests_per_second: float | None = Field(default=None, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _toml_url(cls, data: Any) -> Any:
+        # servecmp.toml says `url = ...`; Python callers say base_url=.
+        if isinstance(data, dict) and "url" in data and "base_url" not in data:
+            data = {("base_url" if k == "url" else k): v for k, v in data.items()}
+        return data
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _url(cls, value: object) -> str:
+        # UserError is not a ValueError, so pydantic lets it through as the one-line error it is.
+        return normalise_url(str(value))
 
     def normalised_url(self) -> str:
-        """Accept `http://host:port`, `.../v1` or `.../v1/` and return the `.../v1` form."""
-        url = self.base_url.rstrip("/")
-        for suffix in ("/completions", "/chat/completions"):
-            if url.endswith(suffix):
-                url = url[: -len(suffix)]
-        if not url.endswith("/v1"):
-            url += "/v1"
-        return url
+        return self.base_url
 
     def api_key(self) -> str:
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise UserError(f"environment variable {self.api_key_env} (the API key) is not set")
-            return key
         # vLLM without --api-key accepts any bearer token; the SDK insists on one.
-        return "EMPTY"
+        return api_key_from_env(self.api_key_env, "endpoint") or "EMPTY"
+
+
+def endpoint_from(role: str, section: EndpointSpec | None, url: str | None = None, **flags: Any) -> EndpointSpec:
+    """The endpoint for `role`: its servecmp.toml section, overridden by the flags that were given
+    (None means "not given"). UserError when neither names a URL."""
+    if url is None and section is None:
+        raise UserError(f"no {role} endpoint: pass --{role} URL or set [{role}] url in servecmp.toml")
+    data = section.model_dump() if section is not None else {}
+    if url is not None:
+        data["base_url"] = url
+    data.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return EndpointSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(f"{role} endpoint: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 @dataclass
@@ -64,21 +134,6 @@ class CallStats:
     retries: int = 0
     failures: int = 0
     latencies: list[float] = field(default_factory=list)
-
-
-class EndpointError(Exception):
-    """A request that still failed after every retry. Carries a one-line reason and, when the
-    server answered, its HTTP status (a 4xx is about this request, not the endpoint's health)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-    @property
-    def is_request_error(self) -> bool:
-        # 400/413/422: this input was refused (e.g. a prompt longer than the model's context);
-        # other items may well succeed. 401/403/404 are about the endpoint and stop the run.
-        return self.status in (400, 413, 422)
 
 
 def _is_retryable(exc: BaseException) -> bool:

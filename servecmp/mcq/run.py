@@ -22,10 +22,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from servecmp.client import EndpointClient, EndpointError
-from servecmp.records import ROLES, EndpointRole, McqItem, McqRecord
+from servecmp.endpoints import EndpointClient, EndpointError
+from servecmp.mcq.records import McqItem, McqRecord
+from servecmp.mcq.scoring import score_item
+from servecmp.records import ROLES, EndpointRole
 from servecmp.runstore import JsonlAppender, iter_jsonl
-from servecmp.scoring import score_item
 
 RECORDS = "records.jsonl"
 #: Items an endpoint refused (HTTP 400/413/422, e.g. a prompt over its context length). Kept apart

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from servecmp.client import EndpointSpec
+from servecmp._cli.mcq import McqOptions, run_mcq
 from servecmp.config import Config
+from servecmp.endpoints import EndpointSpec
 from servecmp.errors import UserError
-from servecmp.mcq_cli import McqOptions, run_mcq
-from servecmp.modelpair import DEFAULT_PORTS, embedded_servers, ensure_embedded_pair
-from servecmp.report import render_mcq_report
+from servecmp.mcq.render import render_mcq_report
 from servecmp.runstore import new_run_dir
-from servecmp.serve import ServerPair
+from servecmp.serving.modelpair import DEFAULT_PORTS, embedded_servers, ensure_embedded_pair
+from servecmp.serving.servers import ServerPair
 
 if TYPE_CHECKING:
     from servecmp.mtbench.run import MtBenchResult
@@ -80,8 +80,8 @@ def register(app: typer.Typer) -> None:
 
             with _step(console, "3/4 MMLU 5-shot: accuracy, flips, KL, top margin", timings):
                 opts = McqOptions(
-                    baseline=EndpointSpec(urls["baseline"], names["baseline"]),
-                    candidate=EndpointSpec(urls["candidate"], names["candidate"]),
+                    baseline=EndpointSpec(base_url=urls["baseline"], model=names["baseline"]),
+                    candidate=EndpointSpec(base_url=urls["candidate"], model=names["candidate"]),
                     task="mmlu-sample", limit=limit, runs_dir=runs_dir,
                 )
                 mcq_dir, summary = run_mcq(opts, console)

@@ -39,7 +39,7 @@ from compressed_tensors.quantization import (
     QuantizationType,
 )
 
-from servecmp.modelpair import SCHEME_NAMES, SchemeName
+from servecmp.serving.cpu import SCHEME_NAMES, SchemeName
 
 #: 128 does not divide SmolLM2's hidden size (576); 64 divides it and its MLP width (1536).
 W4A16_GROUP_SIZE = 64

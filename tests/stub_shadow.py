@@ -8,7 +8,7 @@ and one fetched through the proxy can be compared byte for byte. It serves ``/v1
 
 Faults are switched at run time on `StubControl`: delay, error status, garbage body, dropped
 connection, a gate that holds every generation until a test releases it, and answer variants that
-make a "candidate" diverge. Run standalone for the benchmark: ``python -m servecmp.shadow.stub``.
+make a "candidate" diverge. Run standalone for the benchmark: ``python -m tests.stub_shadow``.
 """
 
 from __future__ import annotations

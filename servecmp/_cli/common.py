@@ -1,0 +1,60 @@
+"""Options shared by several commands: one concept, one flag, one help text, everywhere.
+
+Every option defaults to None ("not given"), so a command can tell a flag from servecmp.toml's
+value and from its own default, and `--resume` can refuse flags that would change a result.
+
+Meaning, across commands:
+- `--baseline/--candidate/--secondary URL`: the endpoints (shadow also accepts `--primary` for
+  `--baseline`); `--<role>-model`, `--<role>-key-env` (the *name* of the variable holding the key).
+- `--concurrency`, `--rps`, `--timeout`, `--retries`: how servecmp paces its own requests to an
+  endpoint (shadow replay's send rate is `--send-rps`, a different concept).
+- `--limit N`: the first N items/questions/requests, in file order. `--sample N` (mcq): a seeded
+  random sample of N items.
+- `--show N`: how many worst items/questions/requests a report lists.
+- `--json`: the summary as one JSON object on stdout (progress goes to stderr).
+- `-c/--config`: servecmp.toml (default ./servecmp.toml when it exists).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Baseline = Annotated[str | None, typer.Option("--baseline", help="Baseline endpoint URL (http://host:port[/v1]).")]
+Candidate = Annotated[str | None, typer.Option("--candidate", help="Candidate endpoint URL.")]
+Secondary = Annotated[
+    str | None, typer.Option("--secondary", help="A second replica of the baseline: measures the noise floor.")
+]
+BaselineModel = Annotated[str | None, typer.Option("--baseline-model", help="Model name at the baseline.")]
+CandidateModel = Annotated[str | None, typer.Option("--candidate-model", help="Model name at the candidate.")]
+SecondaryModel = Annotated[str | None, typer.Option("--secondary-model", help="Model name at the secondary.")]
+BaselineKeyEnv = Annotated[
+    str | None, typer.Option("--baseline-key-env", help="Name of the env var holding the baseline's API key.")
+]
+CandidateKeyEnv = Annotated[
+    str | None, typer.Option("--candidate-key-env", help="Name of the env var holding the candidate's API key.")
+]
+SecondaryKeyEnv = Annotated[
+    str | None, typer.Option("--secondary-key-env", help="Name of the env var holding the secondary's API key.")
+]
+
+Concurrency = Annotated[int | None, typer.Option("--concurrency", min=1, help="Requests in flight per endpoint.")]
+Rps = Annotated[float | None, typer.Option("--rps", min=0.0, help="Requests per second per endpoint, at most.")]
+Timeout = Annotated[float | None, typer.Option("--timeout", min=0.0, help="Per-request timeout, seconds.")]
+Retries = Annotated[
+    int | None, typer.Option("--retries", min=0, help="Retries on 429/5xx/timeouts/dropped connections.")
+]
+
+Limit = Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N, in file order.")]
+Show = Annotated[int | None, typer.Option("--show", min=0, help="How many worst items the report lists.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", "-c", help="servecmp.toml (default: ./servecmp.toml when it exists).")
+]
+RunsDir = Annotated[Path | None, typer.Option("--runs-dir", help="Where run directories are created.")]
+Resume = Annotated[Path | None, typer.Option("--resume", help="Finish an interrupted run (its RUN_DIR).")]
+TopK = Annotated[
+    int | None, typer.Option("--top-k", min=1, help="Top-k logprobs per request (vLLM: <= its --max-logprobs).")
+]
