@@ -5,7 +5,7 @@ behind vLLM), reached through servecmp's EndpointClient.
 """
 
 from servecmp.judges.cache import JudgeCache, cache_key
-from servecmp.judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, is_paid_judge
+from servecmp.judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, is_openai, is_paid_judge
 from servecmp.judges.pairwise import PairOutcome, PairTally, combine_games, tally, winner_of
 from servecmp.judges.parsing import Rating, parse_rating, parse_verdict
 from servecmp.judges.prompts import JudgePrompts, load_judge_prompts, render_pair, render_single
@@ -26,6 +26,7 @@ __all__ = [
     "combine_games",
     "confirm_cost",
     "count_prompt_tokens",
+    "is_openai",
     "is_paid_judge",
     "load_judge_prompts",
     "parse_rating",

@@ -15,16 +15,27 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 from servecmp.errors import UserError
 
-PAID_HOSTS = frozenset({"api.openai.com"})
+OPENAI_HOST = "api.openai.com"
+PAID_HOSTS = frozenset({OPENAI_HOST})
+
+
+def _host(base_url: str) -> str:
+    # Callers pass a URL already normalised by servecmp.endpoints.normalise_url (an EndpointSpec's
+    # base_url), so this only reads its host; it never repairs a URL.
+    return (urlsplit(base_url).hostname or "").lower()
+
+
+def is_openai(base_url: str) -> bool:
+    """Whether a normalised base URL is OpenAI's API (where gpt-4 and OPENAI_API_KEY are the defaults)."""
+    return _host(base_url) == OPENAI_HOST
 
 
 def is_paid_judge(base_url: str, api_key_env: str | None) -> bool:
-    host = (urlparse(base_url).hostname or "").lower()
-    return host in PAID_HOSTS or bool(api_key_env)
+    return _host(base_url) in PAID_HOSTS or bool(api_key_env)
 
 
 def _tiktoken_cache_dir() -> str:

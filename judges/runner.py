@@ -15,9 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import openai
-
-from servecmp.endpoints import EndpointClient, EndpointError
+from servecmp.endpoints import EndpointClient, EndpointError, is_unreachable
 from servecmp.judges.cache import JudgeCache, cache_key
 from servecmp.judges.parsing import FORCED_RATING_REGEX, FORCED_VERDICT_REGEX
 
@@ -46,10 +44,6 @@ class JudgeStats:
     calls: int = 0
     cache_hits: int = 0
     errors: int = 0
-
-
-def _endpoint_down(exc: EndpointError) -> bool:
-    return isinstance(exc.__cause__, (openai.APIConnectionError, openai.APITimeoutError))
 
 
 class JudgeRunner:
@@ -151,7 +145,8 @@ class JudgeRunner:
                     messages, max_tokens=self.max_tokens, temperature=0.0, extra_body=self._extra_body(kind)
                 )
             except EndpointError as exc:
-                if _endpoint_down(exc):
+                # Refused, dropped or timed out: the judge is gone, not this one judgment.
+                if is_unreachable(exc):
                     raise JudgeUnavailable(str(exc)) from exc
                 return JudgeReply(text=None, error=str(exc))
             choice = resp.choices[0] if resp.choices else None

@@ -35,6 +35,9 @@ import numpy as np
 
 PY = sys.executable
 HERE = Path(__file__).resolve().parent
+#: The stub is a test helper (tests/stub_shadow.py, not shipped in the package): its processes run
+#: from the repository root so ``-m tests.stub_shadow`` resolves wherever this script is started from.
+ROOT = HERE.parent
 
 
 def free_port() -> int:
@@ -64,7 +67,7 @@ def start_stub(port: int, *, delay_s: float = 0.0, variant: int = 0, nice: int =
            "--variant", str(variant)]
     if nice:
         cmd = ["nice", "-n", str(nice), *cmd]
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, cwd=ROOT)
     wait_ready(f"http://127.0.0.1:{port}")
     return proc
 
@@ -210,7 +213,7 @@ def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: P
         cand = start_stub(cand_port, variant=1, delay_s=args.slow_delay, nice=args.candidate_nice)
     proxy_port = free_port()
     db = workdir / f"shadow-{case}.db"
-    cmd = [PY, "-m", "servecmp", "shadow", "serve", "--primary", primary_url,
+    cmd = [PY, "-m", "servecmp", "shadow", "serve", "--baseline", primary_url,
            "--candidate", f"http://127.0.0.1:{cand_port}", "--port", str(proxy_port), "--db", str(db),
            "--no-teacher-forced" if args.no_teacher_forced else "--teacher-forced"]
     if args.in_process:

@@ -6,7 +6,7 @@ request, so bodies are compared without them), the added latency, and then `serv
 A check and a figure, not a test: run it against servers you started, e.g.
 
     servecmp serve --baseline-port 8201 --candidate-port 8202 &
-    python scripts/shadow_vllm_check.py --primary http://127.0.0.1:8201/v1 \\
+    python scripts/shadow_vllm_check.py --baseline http://127.0.0.1:8201/v1 \\
         --candidate http://127.0.0.1:8202/v1 --candidate-model smollm2-135m-instruct-w8a8
 """
 
@@ -24,6 +24,8 @@ from typing import Any
 
 import httpx
 import openai
+
+from servecmp.endpoints import normalise_url
 
 PROMPTS = [
     "What is the capital of France?",
@@ -60,7 +62,7 @@ def _chat(client: openai.OpenAI, model: str, prompt: str, stream: bool) -> tuple
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--primary", required=True)
+    ap.add_argument("--baseline", "--primary", dest="primary", required=True, help="the primary (baseline) URL")
     ap.add_argument("--candidate", required=True)
     ap.add_argument("--candidate-model", required=True)
     ap.add_argument("--secondary", help="a second baseline replica (noise floor); default: none")
@@ -69,7 +71,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="shadow-vllm-"))
     db = work / "shadow.db"
-    cmd = [sys.executable, "-m", "servecmp", "shadow", "serve", "--primary", args.primary, "--candidate",
+    cmd = [sys.executable, "-m", "servecmp", "shadow", "serve", "--baseline", args.primary, "--candidate",
            args.candidate, "--candidate-model", args.candidate_model, "--port", str(args.port), "--db", str(db)]
     if args.secondary:
         cmd += ["--secondary", args.secondary]
@@ -82,8 +84,9 @@ def main() -> None:
                 break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        model = httpx.get(f"{args.primary.rstrip('/')}/models").json()["data"][0]["id"]
-        direct = openai.OpenAI(base_url=args.primary, api_key="EMPTY")
+        base = normalise_url(args.primary)  # http://host:port, .../v1 or a pasted route: the /v1 base
+        model = httpx.get(f"{base}/models").json()["data"][0]["id"]
+        direct = openai.OpenAI(base_url=base, api_key="EMPTY")
         proxied = openai.OpenAI(base_url=proxy_url, api_key="EMPTY")
         for stream in (False, True):
             same, added = 0, []

@@ -10,9 +10,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from servecmp.endpoints import EndpointSpec
+from servecmp.endpoints import EndpointSpec, normalise_url
 from servecmp.errors import UserError
 
 DEFAULT_CONFIG = "servecmp.toml"
@@ -24,12 +24,33 @@ class _Section(BaseModel):
 
 
 class McqConfig(_Section):
+    """`[mcq]`: the defaults of `servecmp mcq` (each key is the flag of the same name)."""
+
     task: str = "mmlu"
     data_dir: str | None = None
-    limit: int | None = None
+    #: "csv", "sample", "hf" or "jsonl"; unset: the task's own (see servecmp.tasks.registry).
+    source: str | None = None
+    #: Exemplars per prompt (MMLU: the first N of 5 dev rows); unset: the task's own.
+    fewshot: int | None = Field(default=None, ge=0)
+    fewshot_file: str | None = None
+    #: A seeded sample of N items (`--sample`); unset: every item.
+    sample: int | None = Field(default=None, ge=1)
     seed: int = 0
-    top_k: int = 20
+    top_k: int = Field(default=20, ge=1)
     runs_dir: str = "runs"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_limit(cls, data: Any) -> Any:
+        # `limit` meant a seeded sample before --limit came to mean "the first N" everywhere; reading
+        # an old file's `limit` either way would silently change which items a run scores.
+        if isinstance(data, dict) and "limit" in data:
+            from pydantic_core import PydanticCustomError
+
+            raise PydanticCustomError(
+                "renamed_key", "`limit` is now `sample` (a seeded sample of N items); rename the key"
+            )
+        return data
 
 
 class ServerConfig(_Section):
@@ -79,49 +100,74 @@ class JudgeConfig(_Section):
     `api_key_env` means OPENAI_API_KEY on api.openai.com, else no key.
     """
 
+    #: A URL (normalised to .../v1 at load, so a typo fails here) or "baseline".
     url: str = "https://api.openai.com/v1"
     model: str | None = None
     api_key_env: str | None = None
-    requests_per_second: float | None = None
-    max_concurrency: int = 4
-    timeout_s: float = 120.0
-    max_retries: int = 4
-    max_judge_calls: int | None = None
+    requests_per_second: float | None = Field(default=None, gt=0)
+    max_concurrency: int = Field(default=4, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    max_judge_calls: int | None = Field(default=None, ge=0)
     #: FastChat's max_tokens for an OpenAI judge.
-    max_tokens: int = 2048
+    max_tokens: int = Field(default=2048, ge=1)
     #: Force a parseable rating with vLLM structured outputs; unset: only for the demo judge.
     force_format: bool | None = None
     #: Shared judgment cache directory ("off" disables it); unset: <servecmp cache>/judgments.
     cache_dir: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value == "baseline":
+            return value
+        try:
+            return normalise_url(value)
+        except UserError as exc:
+            # A ValueError, so parse_config reports it as "judge.url: ..." like any other bad key.
+            raise ValueError(f"{exc}, or 'baseline' for the offline demo judge") from None
 
 
 class MtBenchConfig(_Section):
     question_file: str | None = None
     reference_file: str | None = None
     categories: list[str] | None = None
-    limit: int | None = None
+    limit: int | None = Field(default=None, ge=1)
     #: FastChat's default for new tokens per turn.
-    max_tokens: int = 1024
-    #: "single", "pairwise" or "both" (checked by `servecmp mtbench`).
-    mode: str = "both"
-    show: int = 5
+    max_tokens: int = Field(default=1024, ge=1)
+    mode: Literal["single", "pairwise", "both"] = "both"
+    show: int = Field(default=5, ge=0)
     runs_dir: str = "runs"
 
 
 class ShadowConfig(_Section):
-    """`servecmp shadow`: the proxy in front of the primary, and replay. URLs may end in /v1 or not."""
+    """`servecmp shadow`: the proxy in front of the primary, and replay.
 
-    primary: str | None = None
-    candidate: str | None = None
-    secondary: str | None = None
-    #: Model names put in mirrored requests; unset: the endpoint's only model, else the client's.
-    candidate_model: str | None = None
-    secondary_model: str | None = None
-    #: The primary gets the client's own Authorization; this key is only for requests servecmp makes
-    #: itself (replay, teacher-forced scoring on the primary).
-    primary_api_key_env: str | None = None
-    candidate_api_key_env: str | None = None
-    secondary_api_key_env: str | None = None
+    The endpoints are the top-level `[baseline]` (the primary: clients get its answers),
+    `[candidate]` and `[secondary]` sections, as for every command. Of their settings shadow uses
+    `url`, `model` and `api_key_env`: the proxy forwards client traffic as it comes, so the pacing
+    settings (`max_concurrency`, `requests_per_second`, `max_retries`) do not apply, and its
+    timeouts are `primary_timeout_s` / `candidate_timeout_s` below (a proxy must wait as long as a
+    client would, which is not what an evaluation run wants).
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        # An old servecmp.toml should say where its keys went, not just "extra inputs not permitted".
+        # UserError is not a ValueError, so pydantic lets it through as the one-line error it is.
+        moved_to = {
+            "primary": "[baseline] url", "candidate": "[candidate] url", "secondary": "[secondary] url",
+            "primary_model": "[baseline] model", "candidate_model": "[candidate] model",
+            "secondary_model": "[secondary] model", "primary_api_key_env": "[baseline] api_key_env",
+            "candidate_api_key_env": "[candidate] api_key_env", "secondary_api_key_env": "[secondary] api_key_env",
+        }
+        if isinstance(data, dict):
+            moved = [f"[shadow] {k} is now {moved_to[k]}" for k in moved_to if k in data]
+            if moved:
+                raise UserError(f"servecmp.toml: {', '.join(moved)} (the endpoint sections every command shares)")
+        return data
+
     host: str = "127.0.0.1"
     port: int = Field(default=8100, ge=0, le=65535)
     db: str = "shadow.db"

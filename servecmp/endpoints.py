@@ -6,29 +6,41 @@ and what run manifests record (every field is safe to store: a key is named by i
 variable, never held). The shadow proxy has its own aiohttp upstreams (see `servecmp.shadow.upstream`)
 but builds them from the same specs, URL forms and key lookup.
 
-The client wraps `openai.AsyncOpenAI` with what evaluation traffic needs and the SDK does not give in
-one place: a concurrency cap, an optional requests-per-second cap (asyncio-throttle), our own retry
-loop (backoff with full jitter on 429, 5xx, timeouts and dropped connections, counted so the report
-can say how flaky an endpoint was), a per-request timeout, and wall-clock latency.
+The client speaks the OpenAI HTTP API itself rather than through the openai SDK, which costs
+~0.75 s to import and ~1.4 ms of CPU per top-20 logprobs response (httpx, then pydantic objects for
+every logprob). It POSTs JSON through `servecmp._http` (a minimal keep-alive HTTP/1.1 client for
+plain-http endpoints, httpx for https and proxies) and returns the decoded JSON as `JsonObject`s:
+plain dicts that also read as attributes (``resp.choices[0].message.content``), like the SDK's
+objects. Around that it adds what evaluation traffic needs: a concurrency cap, an optional
+requests-per-second cap (asyncio-throttle), our own retry loop (backoff with full jitter on 408, 409,
+425, 429, 5xx, timeouts and dropped connections, counted so the report can say how flaky an endpoint
+was), a per-request timeout, and wall-clock latency.
+
+Importing this module imports neither httpx nor asyncio: config and CLI code reads `EndpointSpec`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import json
 import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import openai
-from asyncio_throttle import Throttler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from servecmp.errors import EndpointError, UserError
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from asyncio_throttle import Throttler
+
+    from servecmp._http import Transport
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -136,26 +148,77 @@ class CallStats:
     latencies: list[float] = field(default_factory=list)
 
 
+class JsonObject(dict[str, Any]):
+    """A JSON object as returned by the server: a dict that also reads as attributes, as the
+    openai SDK's response objects do (``resp.choices[0].logprobs.top_logprobs[0]``). A missing key
+    reads as None, as an absent optional field does in the SDK."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # copy, pickle and friends probe dunder names
+            raise AttributeError(name)
+        return self.get(name)
+
+
+def parse_json(body: bytes) -> Any:
+    """A response body as `JsonObject`s (every JSON object in it, nested ones included)."""
+    return json.loads(body, object_hook=JsonObject)
+
+
+class HttpStatusError(Exception):
+    """The server answered with a non-2xx status; `body` is what it said."""
+
+    def __init__(self, status_code: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status_code}")
+        self.status_code = status_code
+        self.body = body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+class InvalidResponse(Exception):
+    """A 2xx response whose body is not the JSON object expected."""
+
+
 def _is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, openai.APIStatusError):
+    from servecmp._http import TransportError
+
+    if isinstance(exc, HttpStatusError):
         return exc.status_code in RETRYABLE_STATUS
-    return isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError))
+    return isinstance(exc, TransportError)
 
 
 def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        body = exc.response.text[:200] if exc.response is not None else ""
-        return f"HTTP {exc.status_code}: {' '.join(body.split())}"
-    if isinstance(exc, openai.APITimeoutError):
+    """One line for why a request failed (the tail of an `EndpointError`'s message)."""
+    from servecmp._http import RequestTimeout, TransportError
+
+    if isinstance(exc, HttpStatusError):
+        return f"HTTP {exc.status_code}: {' '.join(exc.text[:200].split())}"
+    if isinstance(exc, RequestTimeout):
         return "request timed out"
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, TransportError):
         cause = exc.__cause__ or exc
         return f"connection failed ({type(cause).__name__}: {cause})"
     return f"{type(exc).__name__}: {exc}"
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether an `EndpointError` means the endpoint could not be reached or gave no answer in time
+    (refused, dropped connection, timeout) rather than answering with an error."""
+    from servecmp._http import TransportError
+
+    return isinstance(exc, EndpointError) and isinstance(exc.__cause__, TransportError)
+
+
 class EndpointClient:
-    """Async client for one endpoint. Use as `async with EndpointClient(spec) as c:`."""
+    """Async client for one endpoint. Use as `async with EndpointClient(spec) as c:`.
+
+    `completion` and `chat` return (decoded JSON response, latency seconds); the response is a
+    `JsonObject`, so both ``resp["choices"][0]`` and ``resp.choices[0]`` read it.
+    """
 
     def __init__(
         self,
@@ -163,28 +226,27 @@ class EndpointClient:
         *,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 20.0,
-        sleep: Callable[[float], Any] = asyncio.sleep,
+        sleep: Callable[[float], Any] | None = None,
     ) -> None:
+        import asyncio
+
+        from servecmp._http import make_transport
+
         self.spec = spec
         self.stats = CallStats()
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
-        self._sleep = sleep
-        self._sem = asyncio.Semaphore(max(1, spec.max_concurrency))
-        self._throttler = (
+        self._sleep = sleep or asyncio.sleep
+        self._sem: asyncio.Semaphore = asyncio.Semaphore(max(1, spec.max_concurrency))
+        self._throttler: Throttler | None = None
+        if spec.requests_per_second:
+            from asyncio_throttle import Throttler
+
             # One request per 1/rps seconds: exact for fractional rates and never bursty.
-            Throttler(rate_limit=1, period=1.0 / spec.requests_per_second)
-            if spec.requests_per_second
-            else None
-        )
-        self._client = openai.AsyncOpenAI(
-            base_url=spec.normalised_url(),
-            api_key=spec.api_key(),
-            timeout=spec.timeout_s,
-            max_retries=0,  # retries are ours, so they are counted and jittered the same everywhere
-            # Not DefaultAioHttpClient, though it costs less CPU per request: after a dropped
-            # connection it kept reusing the dead socket, and it reports refused connections as
-            # timeouts (tests/test_client.py caught both).
+            self._throttler = Throttler(rate_limit=1, period=1.0 / spec.requests_per_second)
+        # vLLM without --api-key accepts any bearer token (api_key() says "EMPTY" then).
+        self._transport: Transport = make_transport(
+            spec.normalised_url(), {"Authorization": f"Bearer {spec.api_key()}"}, spec.timeout_s
         )
 
     async def __aenter__(self) -> EndpointClient:
@@ -194,8 +256,8 @@ class EndpointClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._client.close()
+        with contextlib.suppress(Exception):  # closing must not mask the error that ends a run
+            await self._transport.aclose()
 
     @property
     def model(self) -> str:
@@ -203,7 +265,23 @@ class EndpointClient:
             raise UserError(f"no model name for {self.spec.base_url}; resolve it first")
         return self.spec.model
 
-    async def _call(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One HTTP exchange: the decoded JSON of a 2xx answer, else HttpStatusError/InvalidResponse
+        (or a `servecmp._http.TransportError` when there was no complete answer)."""
+        status, data = await self._transport.request(
+            method, path, None if body is None else json.dumps(body).encode()
+        )
+        if not 200 <= status < 300:
+            raise HttpStatusError(status, data)
+        try:
+            result = parse_json(data)
+        except ValueError as exc:
+            raise InvalidResponse(f"HTTP {status} with a body that is not JSON: {data[:80]!r}") from exc
+        if not isinstance(result, dict):
+            raise InvalidResponse(f"HTTP {status} with JSON that is not an object: {data[:80]!r}")
+        return result
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[Any, float]:
         """Run one request with the concurrency cap, rate cap and retries; return (result, seconds)."""
         attempt = 0
         while True:
@@ -214,7 +292,7 @@ class EndpointClient:
                 self.stats.requests += 1
                 t0 = time.perf_counter()
                 try:
-                    result = await fn()
+                    result = await self._request(method, path, body)
                     elapsed = time.perf_counter() - t0
                     self.stats.latencies.append(elapsed)
                     return result, elapsed
@@ -224,7 +302,7 @@ class EndpointClient:
                         raise EndpointError(
                             f"{self.spec.normalised_url()}: {describe_error(exc)}"
                             + (f" (after {attempt} retries)" if attempt else ""),
-                            status=exc.status_code if isinstance(exc, openai.APIStatusError) else None,
+                            status=exc.status_code if isinstance(exc, HttpStatusError) else None,
                         ) from exc
             attempt += 1
             self.stats.retries += 1
@@ -233,8 +311,8 @@ class EndpointClient:
             await self._sleep(delay)
 
     async def list_models(self) -> list[str]:
-        page, _ = await self._call(lambda: self._client.models.list())
-        return [m.id for m in page.data]
+        page, _ = await self._call("GET", "/models")
+        return [str(m["id"]) for m in page.get("data") or []]
 
     async def completion(
         self,
@@ -246,8 +324,8 @@ class EndpointClient:
         temperature: float = 0.0,
         extra_body: dict[str, Any] | None = None,
     ) -> tuple[Any, float]:
-        """POST /v1/completions; returns (Completion, latency seconds)."""
-        kwargs: dict[str, Any] = {
+        """POST /v1/completions; returns (response JSON as a `JsonObject`, latency seconds)."""
+        body: dict[str, Any] = {
             "model": self.model,
             "prompt": prompt,
             "max_tokens": max_tokens,
@@ -255,10 +333,10 @@ class EndpointClient:
             "echo": echo,
         }
         if logprobs is not None:
-            kwargs["logprobs"] = logprobs
+            body["logprobs"] = logprobs
         if extra_body:
-            kwargs["extra_body"] = extra_body
-        return await self._call(lambda: self._client.completions.create(**kwargs))
+            body.update(extra_body)
+        return await self._call("POST", "/completions", body)
 
     async def chat(
         self,
@@ -268,16 +346,16 @@ class EndpointClient:
         temperature: float = 0.0,
         extra_body: dict[str, Any] | None = None,
     ) -> tuple[Any, float]:
-        """POST /v1/chat/completions; returns (ChatCompletion, latency seconds)."""
-        kwargs: dict[str, Any] = {
+        """POST /v1/chat/completions; returns (response JSON as a `JsonObject`, latency seconds)."""
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
         if extra_body:
-            kwargs["extra_body"] = extra_body
-        return await self._call(lambda: self._client.chat.completions.create(**kwargs))
+            body.update(extra_body)
+        return await self._call("POST", "/chat/completions", body)
 
     async def resolve_model(self, role: str) -> str:
         """Fill in the model name from /v1/models when the endpoint serves exactly one."""
@@ -308,14 +386,15 @@ class EndpointClient:
             resp, _ = await self.completion("Hello", max_tokens=1, logprobs=k)
         except EndpointError as exc:
             cause = exc.__cause__
-            if isinstance(cause, openai.APIStatusError) and cause.status_code in (400, 404, 422):
+            if isinstance(cause, HttpStatusError) and cause.status_code in (400, 404, 422):
                 raise UserError(
                     f"{role} endpoint rejected a logprobs={k} completion request: {describe_error(cause)} "
                     "(vLLM needs --max-logprobs >= k; the model must serve /v1/completions)"
                 ) from exc
             raise UserError(f"{role} endpoint failed the probe request: {exc}") from exc
-        choice = resp.choices[0] if resp.choices else None
-        top = getattr(getattr(choice, "logprobs", None), "top_logprobs", None)
+        choices = resp.get("choices") or []
+        logprobs = choices[0].get("logprobs") if choices and isinstance(choices[0], dict) else None
+        top = logprobs.get("top_logprobs") if isinstance(logprobs, dict) else None
         if not top or not top[0]:
             raise UserError(
                 f"{role} endpoint {self.spec.normalised_url()} answered without logprobs; "

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 EndpointRole = Literal["baseline", "candidate"]
 ROLES: tuple[EndpointRole, EndpointRole] = ("baseline", "candidate")
 
+
 class EndpointInfo(BaseModel):
     """An endpoint as the manifest records it. Deliberately has no field for a key."""
 
@@ -23,7 +24,14 @@ class EndpointInfo(BaseModel):
 
 
 class RunManifest(BaseModel):
-    """What a run was asked to do. Written once at start, end time filled at the end."""
+    """The version-1 manifest layout, and the header every run's manifest still shares.
+
+    Each kind now writes its own typed, versioned manifest (`servecmp.mcq.settings.McqManifest`,
+    `servecmp.mtbench.manifest`), keeping these field names (kind, task, n_items, endpoints[] with
+    role/base_url/model, started_at, finished_at, ...) so that generic readers such as correlate
+    can read any run with this model (it ignores the keys it does not know). Version-1 files
+    (no `version` key, settings as strings in `extra`) are converted by each kind's reader.
+    """
 
     kind: Literal["mcq", "mtbench"] = "mcq"
     servecmp_version: str

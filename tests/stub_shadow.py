@@ -118,6 +118,8 @@ class StubControl:
     #: Authorization headers seen on every request (bounded), for the credential tests.
     authorizations: collections.deque[str | None] = field(default_factory=lambda: _bounded())
     paths: collections.deque[str] = field(default_factory=lambda: _bounded())
+    #: The model named by every generation request (bounded), for the model-name tests.
+    models: collections.deque[str | None] = field(default_factory=lambda: _bounded())
 
 
 def _completion_logprobs(tokens: list[str], variant: int, k: int) -> dict[str, Any]:
@@ -180,6 +182,11 @@ def build_stub_app(ctl: StubControl) -> Starlette:
         ctl.authorizations.append(request.headers.get("authorization"))
         ctl.paths.append(request.url.path)
         raw = await request.body()
+        try:
+            named = json.loads(raw).get("model")
+        except (ValueError, AttributeError):
+            named = None  # garbage bodies are the tests' business, not this bookkeeping's
+        ctl.models.append(named)
         ctl.received.set()
         try:
             if ctl.gate is not None:

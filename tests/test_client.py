@@ -1,15 +1,28 @@
 """The one HTTP client wrapper: retries, model resolution and the logprobs probe, against a stub
-that fails on demand."""
+that fails on demand; every test runs on both transports (servecmp's own HTTP/1.1 pool for plain
+http, httpx for https and proxies). Then the HTTP/1.1 pool's corners against a raw socket server,
+and the responses' dict-and-attribute form."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 
-from servecmp.endpoints import EndpointClient, EndpointError, EndpointSpec
+import servecmp._http as http
+from servecmp.endpoints import EndpointClient, EndpointError, EndpointSpec, is_unreachable
 from servecmp.errors import UserError
 from tests.stub_openai import StubServer, StubState, free_port
+
+
+@pytest.fixture(autouse=True, params=["http1", "httpx"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Plain-http endpoints use `Http1Pool`; one behind a proxy uses httpx: run each test on both."""
+    monkeypatch.setattr(http, "_proxied", lambda url: request.param == "httpx")
+    yield request.param
 
 
 async def _no_sleep(_: float) -> None:
@@ -77,17 +90,17 @@ def test_concurrency_cap_is_respected() -> None:
 
         async def go() -> None:
             async with _client(s.url, max_concurrency=2) as c:
-                orig = c._client.completions.create
+                orig = c._transport.request
 
-                async def counting(**kw: object) -> object:
+                async def counting(*args: Any) -> tuple[int, bytes]:
                     nonlocal in_flight, peak
                     in_flight += 1
                     peak = max(peak, in_flight)
                     try:
-                        return await orig(**kw)  # type: ignore[arg-type]
+                        return await orig(*args)
                     finally:
                         in_flight -= 1
-                c._client.completions.create = counting  # type: ignore[method-assign]
+                c._transport.request = counting  # type: ignore[method-assign,assignment]
                 await asyncio.gather(*(one(c) for _ in range(8)))
         asyncio.run(go())
     assert peak == 2
@@ -132,3 +145,252 @@ def test_missing_key_env_is_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SERVECMP_TEST_KEY", raising=False)
     with pytest.raises(UserError, match="SERVECMP_TEST_KEY"):
         EndpointSpec(base_url="http://h", api_key_env="SERVECMP_TEST_KEY").api_key()
+
+
+def test_transport_follows_the_url_and_the_proxy_environment(transport: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real _proxied
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    assert isinstance(http.make_transport("http://h:1/v1", {}, 5), http.Http1Pool)
+    assert isinstance(http.make_transport("https://h/v1", {}, 5), http.HttpxTransport)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
+    assert isinstance(http.make_transport("http://h:1/v1", {}, 5), http.HttpxTransport)
+    monkeypatch.setenv("NO_PROXY", "h")
+    assert isinstance(http.make_transport("http://h:1/v1", {}, 5), http.Http1Pool)
+
+
+def test_unreachable_is_a_connection_failure_not_a_timeout() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+
+    async def go() -> None:
+        spec = EndpointSpec(base_url=url, model="m", max_retries=1, timeout_s=5)
+        async with EndpointClient(spec, sleep=_no_sleep) as c:
+            await c.completion("x")
+    with pytest.raises(EndpointError, match=r"connection failed \(.*\) \(after 1 retries\)") as info:
+        asyncio.run(go())
+    assert is_unreachable(info.value) and info.value.status is None
+
+
+def test_http_error_carries_status_and_is_not_unreachable() -> None:
+    with StubServer(StubState(script=[422])) as s:
+        async def go() -> None:
+            async with _client(s.url) as c:
+                await c.completion("x", logprobs=1)
+        with pytest.raises(EndpointError, match="HTTP 422: .*injected 422") as info:
+            asyncio.run(go())
+    assert info.value.status == 422 and info.value.is_request_error and not is_unreachable(info.value)
+
+
+def test_request_body_and_headers_are_the_openai_ones() -> None:
+    with StubServer() as s:
+        async def go() -> None:
+            async with _client(s.url) as c:
+                await c.completion(["a", "b"], max_tokens=1, logprobs=3, echo=True, extra_body={"seed": 7})
+                await c.chat([{"role": "user", "content": "hi"}], max_tokens=9, extra_body={"top_k": 1})
+        asyncio.run(go())
+    (comp, chat) = s.state.requests
+    assert comp["path"] == "/v1/completions"
+    assert comp["body"] == {"model": "stub-model", "prompt": ["a", "b"], "max_tokens": 1, "temperature": 0.0,
+                            "echo": True, "logprobs": 3, "seed": 7}
+    assert comp["headers"]["authorization"] == "Bearer EMPTY"
+    assert comp["headers"]["content-type"] == "application/json"
+    assert chat["path"] == "/v1/chat/completions"
+    assert chat["body"] == {"model": "stub-model", "messages": [{"role": "user", "content": "hi"}],
+                            "max_tokens": 9, "temperature": 0.0, "top_k": 1}
+
+
+def test_chat_reads_like_the_sdk_objects() -> None:
+    """MT-Bench and the judge read `resp.choices[0].message.content` and `resp.usage`."""
+    with StubServer() as s:
+        async def go() -> Any:
+            async with _client(s.url) as c:
+                resp, latency = await c.chat([{"role": "user", "content": "What is 2+2?"}])
+                assert latency > 0
+                return resp
+        resp = asyncio.run(go())
+    assert resp.choices[0].message.content == "stub answer to: What is 2+2?"
+    assert resp["choices"][0]["message"]["content"] == resp.choices[0].message.content
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage.completion_tokens == 5
+    assert resp.choices[0].message.refusal is None  # absent, as an unset optional field in the SDK
+
+
+# -- servecmp's HTTP/1.1 pool against a raw socket server ---------------------------------------------
+
+COMPLETION = json.dumps({"choices": [{"index": 0, "text": " A", "logprobs": {
+    "text_offset": [0], "token_logprobs": [-0.5], "tokens": [" A"], "top_logprobs": [{" A": -0.5, " B": -1.0}]}}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
+
+Handler = Callable[[int, int, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + await reader.readexactly(length)
+
+
+def _ok(body: bytes = COMPLETION) -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+
+
+class RawServer:
+    """Runs `handler(connection_no, request_no_on_it, reader, writer)` for each request; the handler
+    returns False to close the connection. Counts connections and requests."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests = 0
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = self.connections
+        self.connections += 1
+        n = 0
+        try:
+            while await _read_request(reader) is not None:
+                self.requests += 1
+                keep = await self.handler(conn, n, reader, writer)
+                n += 1
+                await writer.drain()
+                if not keep:
+                    break
+        except (asyncio.CancelledError, ConnectionError):
+            pass  # the test is over (asyncio.run cancels what is left), or the client hung up
+        finally:
+            writer.close()
+
+
+def _raw_client(url: str, **kw: Any) -> EndpointClient:
+    return EndpointClient(EndpointSpec(base_url=url, model="m", **kw), sleep=_no_sleep)
+
+
+def _run(handler: Handler, n_requests: int = 1, **kw: Any) -> tuple[list[Any], EndpointClient, RawServer]:
+    server = RawServer(handler)
+
+    async def go() -> tuple[list[Any], EndpointClient]:
+        async with server as url, _raw_client(url, **kw) as c:
+            out = []
+            for _ in range(n_requests):
+                resp, _ = await c.completion("x", logprobs=2)
+                out.append(resp)
+            return out, c
+    out, client = asyncio.run(go())
+    return out, client, server
+
+
+def test_pool_reuses_one_connection_for_sequential_requests(transport: str) -> None:
+    async def handler(conn: int, n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(_ok())
+        return True
+    out, c, server = _run(handler, 5)
+    assert [o["choices"][0]["logprobs"]["top_logprobs"][0] for o in out] == [{" A": -0.5, " B": -1.0}] * 5
+    assert (server.connections, server.requests, c.stats.retries) == (1, 5, 0)
+
+
+def test_a_client_outlives_its_event_loop() -> None:
+    """resolve_model in one asyncio.run(), the requests in another: pooled connections of the
+    first (closed) loop are dropped, not reused."""
+    with StubServer() as s:
+        c = _client(s.url)
+        assert asyncio.run(c.resolve_model("baseline")) == "stub-model"
+
+        async def go() -> None:
+            resp, _ = await c.completion("x", logprobs=1)
+            assert resp.choices[0].logprobs.top_logprobs[0]
+            await c.aclose()
+        asyncio.run(go())
+    assert c.stats.retries == 0 and c.stats.failures == 0
+
+
+def test_pool_reads_chunked_split_and_close_delimited_bodies(transport: str) -> None:
+    async def handler(conn: int, n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if n == 0:  # chunked, with a chunk extension and a trailer
+            w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for i in range(0, len(COMPLETION), 50):
+                part = COMPLETION[i : i + 50]
+                w.write(b"%x;ext=1\r\n" % len(part) + part + b"\r\n")
+            w.write(b"0\r\nx-trailer: 1\r\n\r\n")
+            return True
+        if n == 1:  # a byte at a time, after a 100 Continue
+            for b in b"HTTP/1.1 100 Continue\r\n\r\n" + _ok():
+                w.write(bytes([b]))
+                await w.drain()
+            return True
+        # no length: the body ends when the server closes
+        w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n" + COMPLETION)
+        return False
+    out, c, server = _run(handler, 4)
+    assert all(o == json.loads(COMPLETION) for o in out)
+    assert (server.connections, server.requests, c.stats.retries) == (2, 4, 0)
+
+
+def test_pool_resends_once_on_a_kept_alive_connection_the_server_had_closed(transport: str) -> None:
+    """The server closes an idle keep-alive connection just as the next request goes out on it:
+    the request is sent again on a new connection, and that is not an endpoint retry."""
+    async def handler(conn: int, n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if conn == 0 and n == 1:
+            return False  # read the second request, close without answering
+        w.write(_ok())
+        return True
+    out, c, server = _run(handler, 2)
+    assert len(out) == 2
+    assert (server.connections, server.requests) == (2, 3)
+    # httpx does not send again by itself: there the client's retry loop does, and counts it.
+    assert (c.stats.requests, c.stats.retries) == ((2, 0) if transport == "http1" else (3, 1))
+
+
+def test_pool_counts_a_drop_on_a_new_connection_as_a_retry(transport: str) -> None:
+    async def handler(conn: int, n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if conn == 0:
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n{\"cho")  # then hang up mid-body
+            return False
+        w.write(_ok())
+        return True
+    out, c, server = _run(handler, 1, max_retries=2)
+    assert len(out) == 1
+    assert (server.connections, c.stats.requests, c.stats.retries) == (2, 2, 1)
+
+
+def test_pool_times_out_a_stalled_body_and_retries(transport: str) -> None:
+    async def handler(conn: int, n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        if conn == 0:
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n{")
+            await w.drain()
+            await asyncio.sleep(2)
+            return False
+        w.write(_ok())
+        return True
+    out, c, server = _run(handler, 1, timeout_s=0.3, max_retries=1)
+    assert len(out) == 1 and c.stats.retries == 1
+
+
+def test_pool_gives_up_on_garbage_with_a_reason(transport: str) -> None:
+    async def handler(conn: int, n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        return True
+    with pytest.raises(EndpointError, match=r"connection failed \(.*\) \(after 1 retries\)"):
+        _run(handler, 1, max_retries=1)
+
+
+def test_non_json_success_is_an_error_not_a_retry(transport: str) -> None:
+    async def handler(conn: int, n: int, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+        w.write(_ok(b"<html>hello</html>"))
+        return True
+    with pytest.raises(EndpointError, match="InvalidResponse: HTTP 200 with a body that is not JSON") as info:
+        _run(handler, 1, max_retries=3)
+    assert info.value.status is None and not is_unreachable(info.value)

@@ -252,3 +252,79 @@ def test_continuation_task_scores_each_choice_from_one_echo_request(tmp_path: Pa
         assert got == pytest.approx(want, abs=1e-12)
     assert first["option_lengths"] == [4, 6, 4]
     assert json.loads(proc.stdout)["acc_norm"] is not None
+
+
+def _scored_ids(run_dir: Path) -> list[str]:
+    return [str(r["item_id"]) for r in records(run_dir) if r["endpoint"] == "baseline"]
+
+
+def test_sample_is_the_seeded_sample_and_limit_the_first_n(tmp_path: Path) -> None:
+    """--sample N keeps what --limit N meant before (a seeded sample, chosen by hash of seed and id);
+    --limit N is now the first N items, as it is in every command; [mcq] sample = N is --sample N."""
+    import hashlib
+
+    data = tmp_path / "items.jsonl"
+    write_items(data, 20)
+    ids = [f"q{i}" for i in range(20)]
+    # The rule, worked out here independently: the N ids with the smallest sha256("<seed>:<id>").
+    seeded = sorted(ids, key=lambda i: hashlib.sha256(f"3:{i}".encode()).digest())[:5]
+    config = tmp_path / "servecmp.toml"
+    with StubServer(StubState(model="base")) as b, StubServer(StubState(model="cand")) as c:
+        config.write_text(f'[baseline]\nurl = "{b.url}"\n[candidate]\nurl = "{c.url}"\n'
+                          f'[mcq]\ntask = "jsonl:{data}"\nsample = 5\nseed = 3\ntop_k = 5\n')
+        common = ["--baseline", b.url, "--candidate", c.url, "--task", f"jsonl:{data}", "--top-k", "5"]
+        runs = {name: tmp_path / name for name in ("sample", "limit", "config", "limit_over_config")}
+        assert servecmp("mcq", *common, "--sample", "5", "--seed", "3", "--runs-dir", str(runs["sample"])
+                        ).returncode == 0
+        assert servecmp("mcq", *common, "--limit", "4", "--runs-dir", str(runs["limit"])).returncode == 0
+        assert servecmp("mcq", "-c", str(config), "--runs-dir", str(runs["config"])).returncode == 0
+        # A --limit flag replaces the config file's sample: the two are alternatives.
+        assert servecmp("mcq", "-c", str(config), "--limit", "2", "--runs-dir", str(runs["limit_over_config"])
+                        ).returncode == 0
+        assert_one_line_error(servecmp("mcq", *common, "--limit", "4", "--sample", "5", "--runs-dir",
+                                       str(tmp_path / "x")),
+                              "--limit (the first N items) and --sample (a seeded sample of N) are alternatives")
+    assert sorted(_scored_ids(only_run_dir(runs["sample"]))) == sorted(seeded)
+    assert sorted(_scored_ids(only_run_dir(runs["config"]))) == sorted(seeded)
+    assert sorted(_scored_ids(only_run_dir(runs["limit"]))) == ["q0", "q1", "q2", "q3"]
+    assert sorted(_scored_ids(only_run_dir(runs["limit_over_config"]))) == ["q0", "q1"]
+    m = json.loads((only_run_dir(runs["sample"]) / "manifest.json").read_text())
+    assert (m["sample"], m["limit"], m["seed"], m["n_items"]) == (5, None, 3, 5)
+    m = json.loads((only_run_dir(runs["limit"]) / "manifest.json").read_text())
+    assert (m["sample"], m["limit"], m["n_items"]) == (None, 4, 4)
+
+
+def test_renamed_and_inapplicable_settings_are_one_line(tmp_path: Path) -> None:
+    old = tmp_path / "old.toml"
+    old.write_text('[mcq]\nlimit = 50\n')
+    assert_one_line_error(servecmp("mcq", "-c", str(old)),
+                          f"{old}: mcq: `limit` is now `sample` (a seeded sample of N items); rename the key")
+    logs = ROOT / "tests" / "fixtures" / "lmeval_real"
+    base = next(logs.rglob("samples_*.jsonl"))
+    assert_one_line_error(servecmp("mcq", "--from-lm-eval", str(base), str(base), "--baseline", "http://h:1",
+                                   "--sample", "3"),
+                          "--from-lm-eval reads two sample logs and calls no endpoint; --baseline, --sample do not "
+                          "apply to it (only --seed, --json, --show do)")
+    assert_one_line_error(servecmp("mcq", "--task", "piqa", "--fewshot", "2", "--baseline", "http://h:1",
+                                   "--candidate", "http://h:2"),
+                          "task piqa is scored zero-shot, as lm-eval scores it")
+
+
+def test_cli_modules_load_nothing_heavy_for_help() -> None:
+    """`servecmp --help` imports every command module: those must not pull in numpy, the OpenAI
+    client, pydantic models, rich tables or servecmp's services."""
+    code = ("import sys, servecmp._cli.mcq, servecmp._cli.report, servecmp._cli.demo; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'scipy', 'openai', 'pydantic', "
+            "'httpx', 'datasets') or m in ('rich.table', 'rich.console', 'rich.progress') "
+            "or (m.startswith('servecmp.') and not m.startswith(('servecmp._cli', 'servecmp.errors')))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_demo_ports_match_the_serving_defaults() -> None:
+    from servecmp._cli import demo
+    from servecmp.serving.modelpair import DEFAULT_PORTS
+
+    ports = {"baseline": demo.BASELINE_PORT, "candidate": demo.CANDIDATE_PORT}
+    assert ports == DEFAULT_PORTS

@@ -33,7 +33,7 @@ def _softmax(lps: list[float]) -> list[float]:
 def test_mcq_against_real_pair(vllm_pair: VllmPair, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     proc = _servecmp("mcq", "--baseline", vllm_pair.baseline_url, "--candidate", vllm_pair.candidate_url,
-                     "--task", "mmlu-sample", "--limit", "12", "--runs-dir", str(runs), "--json")
+                     "--task", "mmlu-sample", "--sample", "12", "--runs-dir", str(runs), "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     (run_dir,) = list(runs.iterdir())
@@ -54,7 +54,7 @@ def test_mcq_against_real_pair(vllm_pair: VllmPair, tmp_path: Path) -> None:
     # Logprobs round-trip: the record holds what the server returns for the same prompt.
     from servecmp.tasks import load_task
 
-    items = {it.item_id: it for it in load_task("mmlu-sample", limit=12, seed=0).items}
+    items = {it.item_id: it for it in load_task("mmlu-sample", sample=12, seed=0).items}
     item_id = sorted(base)[0]
     client = openai.OpenAI(base_url=vllm_pair.baseline_url, api_key="EMPTY")
     resp = client.completions.create(model=vllm_pair.baseline_model, prompt=items[item_id].prompt,
@@ -88,7 +88,7 @@ def test_demo_on_a_tiny_item_count(vllm_pair: VllmPair, tmp_path: Path) -> None:
     """The demo starts and stops its own pair; the shared pair stays up for other tests."""
     import psutil
 
-    proc = _servecmp("demo", "--limit", "4", "--mtbench-questions", "1", "--max-tokens", "24",
+    proc = _servecmp("demo", "--sample", "4", "--mtbench-questions", "1", "--max-tokens", "24",
                      "--runs-dir", str(tmp_path / "runs"), "--baseline-port", str(free_port()),
                      "--candidate-port", str(free_port()), timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

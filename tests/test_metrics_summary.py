@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -226,3 +227,47 @@ def test_summarize_records_duplicates_and_errors() -> None:
     tie.chosen = 1  # a scorer with another tie rule
     assert summarize_records([rerun], [tie], n_boot=N_BOOT)["pairing"]["stored_choice_mismatch"] == {
         "baseline": 0, "candidate": 1}
+
+
+def _pair_of_runs() -> tuple[list[McqRecord], list[McqRecord]]:
+    base = [_record("q1", "baseline", [-0.1, -3.0], 0, subject="math", topk=[(" A", -0.1), (" B", -3.0)],
+                    option_lengths=[2, 2]),
+            _record("q2", "baseline", [-2.0, -0.2], 1, subject="law", topk=[(" B", -0.2), (" A", -2.0)],
+                    option_lengths=[2, 2])]
+    cand = [_record("q1", "candidate", [-0.2, -2.0], 0, subject="math", topk=[(" A", -0.2), (" B", -2.0)],
+                    option_lengths=[2, 2]),
+            _record("q2", "candidate", [-0.3, -1.5], 1, subject="law", topk=[(" A", -0.3), (" B", -1.5)],
+                    option_lengths=[2, 2])]
+    return base, cand
+
+
+def test_the_typed_summary_mirrors_the_metrics_layout(tmp_path: Path) -> None:
+    from servecmp.mcq import summary as typed
+    from servecmp.metrics import SCHEMA_VERSION
+
+    assert (typed.SCHEMA, typed.VERSION) == (SCHEMA, SCHEMA_VERSION)
+    base, cand = _pair_of_runs()
+    run = typed.RunInfo(task="mmlu", source="a test", endpoints={
+        "baseline": typed.RunEndpoint(url="http://a/v1", model="m"),
+        "candidate": typed.RunEndpoint(url="http://b/v1", model="m-int8")})
+    s = typed.summary_from_records(base, cand, run, seed=0)
+    # Every key of the metrics dict is a field (the models forbid unknown keys), and back again.
+    plain = summarize_records(base, cand)
+    assert s.model_dump(mode="json") == {**plain, "run": run.model_dump(mode="json")}
+    # Typed access: q2 flips right -> wrong, hand-checked in test_summarize_records_pairs_and_groups.
+    assert (s.flips.flips, s.flips.correct_to_wrong, s.accuracy.diff.point) == (1, 1, -0.5)
+    assert s.topk_kl is not None and s.topk_kl.n == 2
+    assert [g.group for g in s.groups["subject"]] == ["law", "math"]
+
+    (tmp_path / "summary.json").write_text(json.dumps(s.model_dump(mode="json")))
+    assert typed.load_summary(tmp_path) == s
+    drifted = {**s.model_dump(mode="json"), "new_metric": 1}
+    (tmp_path / "summary.json").write_text(json.dumps(drifted))
+    with pytest.raises(UserError, match=r"summary.json: not a valid MCQ summary \(new_metric: Extra inputs"):
+        typed.load_summary(tmp_path)
+    old = {**s.model_dump(mode="json"), "schema": "servecmp.mcq_summary/1"}
+    del old["version"]
+    (tmp_path / "summary.json").write_text(json.dumps(old))
+    with pytest.raises(UserError, match=r"is an MCQ summary of layout servecmp.mcq_summary/1, not "
+                                        r"servecmp.mcq_summary/2; recompute it from the records with: servecmp report"):
+        typed.load_summary(tmp_path / "summary.json")

@@ -44,7 +44,8 @@ def test_baseline_dtype_is_float32_unless_the_cpu_has_bf16_instructions() -> Non
 
 def test_w4a16_needs_avx512_or_a_gpu() -> None:
     avx2 = frozenset({"avx2"})
-    assert scheme_support("w8a8", avx2) == (True, "")
+    for name in ("w8a8", "w8a8-tensor", "rtn-int4", "drop-1", "prune-20"):
+        assert scheme_support(name, avx2) == (True, ""), name
     ok, why = scheme_support("w4a16", avx2)
     assert not ok and "AVX-512" in why
     assert scheme_support("w4a16", avx2, gpu=True) == (True, "")

@@ -1,4 +1,5 @@
-"""Round-to-nearest W8A8 / W4A16 quantization into compressed-tensors format (servecmp.serving.quantize).
+"""Round-to-nearest W8A8 (per channel and per tensor) / W4A16 quantization into compressed-tensors
+format (servecmp.serving.quantize).
 
 Expected integers are worked out by hand; the config is checked against what the library's own
 ModelCompressor writes and against how vLLM's compressed-tensors loader reads it.
@@ -13,7 +14,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from servecmp.serving.cpu import SchemeName
 from servecmp.serving.quantize import (
     is_quantized_weight,
     max_abs_scales,
@@ -142,8 +142,9 @@ def test_vllm_reads_the_config_as_its_int8_w8a8_and_wna16_schemes() -> None:
         CompressedTensorsWNA16,
     )
 
-    cases: tuple[tuple[SchemeName, type], ...] = (
+    cases: tuple[tuple[str, type], ...] = (
         ("w8a8", CompressedTensorsW8A8Int8),
+        ("w8a8-tensor", CompressedTensorsW8A8Int8),
         ("w4a16", CompressedTensorsWNA16),
     )
     for name, expected in cases:
@@ -153,6 +154,10 @@ def test_vllm_reads_the_config_as_its_int8_w8a8_and_wna16_schemes() -> None:
         scheme = ct._get_scheme_from_parts(args["weights"], args.get("input_activations"), layer_name="x")
         assert isinstance(scheme, expected), name
         assert ct.ignore == ["lm_head"]
+        if name.startswith("w8a8"):  # dynamic per-token activations; weights per channel or per tensor
+            assert isinstance(scheme, CompressedTensorsW8A8Int8)
+            assert not scheme.is_static_input_scheme
+            assert scheme.strategy == ("tensor" if name == "w8a8-tensor" else "channel")
 
 
 def test_write_quantized_checkpoint_copies_sidecars_and_adds_the_config(tmp_path: Path) -> None:

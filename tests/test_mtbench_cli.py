@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from servecmp._cli.main import build_app
-from servecmp.errors import UserError
+from servecmp.errors import RunFailed, UserError
 from tests.test_mtbench_stub import ChatStub, ChatStubState
 
 QUESTIONS = [
@@ -49,21 +50,31 @@ class Stubs:
         ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _private_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def private_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The shared judgment cache defaults to the user cache dir; keep tests out of the real one.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setenv("SERVECMP_CACHE_DIR", str(tmp_path / "servecmp-cache"))
 
 
-@pytest.fixture
-def stubs(tmp_path: Path) -> Iterator[Stubs]:
+@contextmanager
+def running_stubs(tmp_path: Path) -> Iterator[Stubs]:
     with (
         ChatStub(ChatStubState(model="base-m", tag="[base]")) as base,
         ChatStub(ChatStubState(model="cand-m", tag="[cand]")) as cand,
         ChatStub(ChatStubState(model="judge-m")) as judge,
     ):
         yield Stubs(base, cand, judge, tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _private_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    private_user_cache(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def stubs(tmp_path: Path) -> Iterator[Stubs]:
+    with running_stubs(tmp_path) as s:
+        yield s
 
 
 def invoke(args: list[str]) -> Result:
@@ -86,6 +97,7 @@ def only_run(stubs: Stubs) -> Path:
 
 def test_full_run_report_and_files(stubs: Stubs) -> None:
     s = ok(stubs.args())
+    assert s["schema"] == "servecmp.mtbench_summary/1" and s["kind"] == "mtbench"
     assert s["complete"] is True
     base, cand = s["endpoints"]["baseline"], s["endpoints"]["candidate"]
     assert (base["model"], cand["model"]) == ("base-m", "cand-m")
@@ -193,7 +205,8 @@ def test_resume_after_judge_failures_repeats_no_successful_call(stubs: Stubs) ->
     stubs.write_config(judge_concurrency=1)  # so no successful answer is still in flight when it stops
     stubs.judge.state.fail_after = 5
     result = invoke(stubs.args())
-    assert isinstance(result.exception, UserError)
+    # RunFailed: the run stopped with its work saved (exit 3), unlike bad input (UserError, exit 2).
+    assert isinstance(result.exception, RunFailed) and result.exception.exit_code == 3
     message = str(result.exception)
     assert "judge" in message and "--resume" in message and "\n" not in message
     run = only_run(stubs)
@@ -213,7 +226,7 @@ def test_resume_after_judge_failures_repeats_no_successful_call(stubs: Stubs) ->
 def test_candidate_dying_mid_run_leaves_a_resumable_run(stubs: Stubs) -> None:
     stubs.cand.state.fail_after = 3  # three answer turns, then 503 (no retries configured)
     result = invoke(stubs.args())
-    assert isinstance(result.exception, UserError)
+    assert isinstance(result.exception, RunFailed) and result.exception.exit_code == 3
     assert str(result.exception).startswith("candidate endpoint failed:")
     assert "--resume" in str(result.exception)
     assert stubs.judge.state.n_chat == 0
@@ -247,7 +260,7 @@ def test_paid_judge_without_tty_or_yes_is_refused_before_any_call(
     stubs: Stubs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STUB_JUDGE_KEY", "sk-test-secret")
-    args = stubs.args("--judge-api-key-env", "STUB_JUDGE_KEY")
+    args = stubs.args("--judge-key-env", "STUB_JUDGE_KEY")
     result = invoke(args)
     assert isinstance(result.exception, UserError)
     assert "--yes" in str(result.exception)
@@ -265,7 +278,7 @@ def test_paid_judge_without_tty_or_yes_is_refused_before_any_call(
 
 def test_missing_judge_key_fails_before_generation(stubs: Stubs, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STUB_JUDGE_KEY", raising=False)
-    result = invoke(stubs.args("--judge-api-key-env", "STUB_JUDGE_KEY", "--yes"))
+    result = invoke(stubs.args("--judge-key-env", "STUB_JUDGE_KEY", "--yes"))
     assert isinstance(result.exception, UserError)
     assert "STUB_JUDGE_KEY" in str(result.exception)
     assert stubs.base.state.n_chat == 0

@@ -61,6 +61,8 @@ class ChatStubState:
     fail_after: int | None = None
     down_after: int | None = None
     chat_requests: list[dict[str, Any]] = field(default_factory=list)
+    #: The Authorization header of each chat request (None when absent), in arrival order.
+    authorizations: list[str | None] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -77,6 +79,7 @@ def make_chat_app(state: ChatStubState) -> Starlette:
         with state.lock:
             n = state.n_chat
             state.chat_requests.append(body)
+            state.authorizations.append(request.headers.get("authorization"))
         if state.down_after is not None and n >= state.down_after:
             raise ConnectionAbortedError("stub endpoint is down")
         if state.fail_after is not None and n >= state.fail_after:

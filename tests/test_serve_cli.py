@@ -91,9 +91,9 @@ def test_a_typo_in_a_server_section_names_the_key(tmp_path: Path) -> None:
 
 
 def test_unknown_candidate_scheme_is_refused() -> None:
-    proc = servecmp("models", "build", "--candidate-scheme", "w2a2")
+    proc = servecmp("models", "build", "--scheme", "w2a2")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
-    assert "unknown candidate scheme 'w2a2' (known: w8a8, w4a16)" in err
+    assert "unknown candidate scheme 'w2a2' (known: w8a8, w8a8-tensor, w4a16, rtn-intB (B 2-8, simulated), " in err
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from servecmp.config import ShadowConfig
 from servecmp.shadow.proxy import build_app, build_proxy
+from servecmp.shadow.wiring import ShadowEndpoints
 from tests.stub_shadow import ServerThread, StubControl, answer_tokens, build_stub_app, free_port
 
 CHAT = "/v1/chat/completions"
@@ -70,9 +71,9 @@ def _reset_primary(primary: tuple[ServerThread, StubControl]) -> None:
 class Proxy:
     """A proxy on a thread; `stop()` drains the mirror and closes the database."""
 
-    def __init__(self, cfg: ShadowConfig, rng: random.Random | None = None) -> None:
+    def __init__(self, cfg: ShadowConfig, endpoints: ShadowEndpoints, rng: random.Random | None = None) -> None:
         self.cfg = cfg
-        self.proxy = build_proxy(cfg, rng=rng)
+        self.proxy = build_proxy(cfg, endpoints, rng=rng)
         self.server = ServerThread(build_app(self.proxy)).start()
         self.url = self.server.url
         self._stopped = False
@@ -102,11 +103,12 @@ class Proxy:
 def make_proxy(tmp_path: Path, primary: tuple[ServerThread, StubControl]) -> Iterator[Any]:
     started: list[Proxy] = []
 
-    def make(candidate_url: str, rng: random.Random | None = None, **kw: Any) -> Proxy:
-        settings: dict[str, Any] = {"primary": primary[0].url, "candidate": candidate_url,
-                                    "db": str(tmp_path / "shadow.db"), "mirror_process": False}
+    def make(candidate_url: str, rng: random.Random | None = None, *, secondary: str | None = None,
+             candidate_key_env: str | None = None, **kw: Any) -> Proxy:
+        settings: dict[str, Any] = {"db": str(tmp_path / "shadow.db"), "mirror_process": False}
         settings.update(kw)
-        p = Proxy(ShadowConfig(**settings), rng)
+        endpoints = ShadowEndpoints.of(primary[0].url, candidate_url, secondary, api_key_env=candidate_key_env)
+        p = Proxy(ShadowConfig(**settings), endpoints, rng)
         started.append(p)
         return p
 
@@ -244,8 +246,8 @@ def test_primary_dropping_the_connection_drops_the_client(
 
 
 def test_unreachable_primary_gives_502_json(tmp_path: Path, candidate: tuple[str, StubControl]) -> None:
-    cfg = ShadowConfig(primary=down_url(), candidate=candidate[0], db=str(tmp_path / "s.db"), mirror_process=False)
-    proxy = Proxy(cfg)
+    cfg = ShadowConfig(db=str(tmp_path / "s.db"), mirror_process=False)
+    proxy = Proxy(cfg, ShadowEndpoints.of(down_url(), candidate[0]))
     try:
         r = post(proxy.url, CHAT, chat_body())
         assert r.status_code == 502
@@ -331,7 +333,7 @@ def test_authorization_goes_to_the_primary_only(
 ) -> None:
     monkeypatch.setenv("CAND_KEY", "sk-candidate-own")
     cand_url, ctl = candidate
-    proxy = make_proxy(cand_url, candidate_api_key_env="CAND_KEY")
+    proxy = make_proxy(cand_url, candidate_key_env="CAND_KEY")
     r = post(proxy.url, CHAT, chat_body(), headers={"Authorization": "Bearer sk-client-secret"})
     assert r.status_code == 200
     proxy.stop()

@@ -16,6 +16,7 @@ from servecmp._cli.main import build_app
 from servecmp.config import ShadowConfig
 from servecmp.errors import UserError
 from servecmp.shadow.replay import load_requests, parse_request_line, replay
+from servecmp.shadow.wiring import ShadowEndpoints
 from tests.stub_shadow import ServerThread, StubControl, build_stub_app
 
 
@@ -69,8 +70,8 @@ def test_replay_records_the_same_measures(
     p, c, _, _ = endpoints
     requests = load_requests(_jsonl(tmp_path / "reqs.jsonl", 6), limit=5)
     assert len(requests) == 5
-    cfg = ShadowConfig(primary=p.url, candidate=c.url, db=str(tmp_path / "r.db"))
-    outcome = asyncio.run(replay(cfg, requests, rps=200, max_in_flight=2))
+    cfg = ShadowConfig(db=str(tmp_path / "r.db"))
+    outcome = asyncio.run(replay(cfg, ShadowEndpoints.of(p.url, c.url), requests, send_rps=200, max_in_flight=2))
     assert (outcome.sent, outcome.compared, outcome.primary_failed) == (5, 5, 0)
     conn = sqlite3.connect(cfg.db)
     rows = conn.execute("SELECT source, endpoint, stream, target, other_error, kl_mean, edit_distance FROM pairs "
@@ -98,7 +99,7 @@ def test_replay_cli_and_hash_only_database(
     app = build_app()
     db = tmp_path / "h.db"
     res = CliRunner().invoke(app, ["shadow", "replay", str(_jsonl(tmp_path / "q.jsonl", 3)), "--primary", p.url,
-                                   "--candidate", c.url, "--db", str(db), "--rps", "100", "--hash-only",
+                                   "--candidate", c.url, "--db", str(db), "--send-rps", "100", "--hash-only",
                                    "--no-teacher-forced"])
     assert res.exit_code == 0, res.output
     with pytest.raises(UserError, match="hash-only"):
@@ -107,7 +108,7 @@ def test_replay_cli_and_hash_only_database(
                                    "--candidate", c.url, "--db", str(db)])
     assert isinstance(res.exception, UserError)
     res = CliRunner().invoke(app, ["shadow", "replay", str(tmp_path / "q.jsonl"), "--primary", p.url,
-                                   "--candidate", c.url, "--db", str(db), "--rps", "0"])
+                                   "--candidate", c.url, "--db", str(db), "--send-rps", "0"])
     assert isinstance(res.exception, UserError)
 
 
@@ -116,6 +117,7 @@ def test_replay_with_primary_down(tmp_path: Path, endpoints: tuple[ServerThread,
     from tests.stub_shadow import free_port
 
     _, c, _, _ = endpoints
-    cfg = ShadowConfig(primary=f"http://127.0.0.1:{free_port()}", candidate=c.url, db=str(tmp_path / "d.db"))
-    outcome = asyncio.run(replay(cfg, load_requests(_jsonl(tmp_path / "q.jsonl", 2)), rps=100))
+    cfg = ShadowConfig(db=str(tmp_path / "d.db"))
+    down = ShadowEndpoints.of(f"http://127.0.0.1:{free_port()}", c.url)
+    outcome = asyncio.run(replay(cfg, down, load_requests(_jsonl(tmp_path / "q.jsonl", 2)), send_rps=100))
     assert (outcome.sent, outcome.compared, outcome.primary_failed) == (2, 0, 2)

@@ -4,18 +4,38 @@ store's bookkeeping (writer queue, privacy, bad files)."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from scipy import stats
 from typer.testing import CliRunner
 
 from servecmp._cli.main import build_app
 from servecmp.errors import UserError
-from servecmp.shadow.report import load, summarise
-from servecmp.shadow.store import Counters, PairRecord, PairWriter, RunInfo, open_readonly, register_run
+from servecmp.shadow.report import (
+    MaxMeasure,
+    MeanMeasure,
+    RateMeasure,
+    ShadowCounters,
+    ShadowSummary,
+    load,
+    load_summary,
+    render,
+    summarise,
+)
+from servecmp.shadow.store import (
+    COUNTER_NAMES,
+    Counters,
+    PairRecord,
+    PairWriter,
+    RunInfo,
+    open_readonly,
+    register_run,
+)
 
 HOUR = 1_700_000_000 - 1_700_000_000 % 3600  # the start of an hour (UTC)
 
@@ -55,59 +75,80 @@ def rows_of(records: list[PairRecord]) -> list[dict[str, Any]]:
 
 
 def measure(summary: dict[str, Any], key: str) -> dict[str, Any]:
+    """One measure of a summary read back from --json."""
     return next(m for m in summary["measures"] if m["key"] == key)
+
+
+def rate(s: ShadowSummary, key: str) -> RateMeasure:
+    m = s.measure(key)
+    assert isinstance(m, RateMeasure)
+    return m
+
+
+def mean(s: ShadowSummary, key: str) -> MeanMeasure:
+    m = s.measure(key)
+    assert isinstance(m, MeanMeasure)
+    return m
 
 
 def test_rates_intervals_and_paired_tests() -> None:
     s = summarise(rows_of(scenario(8)), n_boot=200)
-    mismatch = measure(s, "mismatch")
-    assert (mismatch["candidate"]["count"], mismatch["candidate"]["n"]) == (8, 10)  # the timeout is undefined
+    mismatch = rate(s, "mismatch")
+    assert (mismatch.candidate.count, mismatch.candidate.n) == (8, 10)  # the timeout is undefined
     ci = stats.binomtest(8, 10).proportion_ci(method="wilson")
-    assert mismatch["candidate"]["low"] == pytest.approx(ci.low)
-    assert mismatch["candidate"]["high"] == pytest.approx(ci.high)
-    assert (mismatch["secondary"]["count"], mismatch["secondary"]["n"]) == (0, 11)
-    excess = mismatch["excess"]
-    assert (excess["only_candidate"], excess["only_secondary"], excess["n"]) == (8, 0, 10)
-    assert excess["diff"] == pytest.approx(0.8)
-    assert excess["p_value"] == pytest.approx(2 * 0.5**8)  # exact McNemar: 8 of 8 discordant one way
-    assert excess["significant"] is True
+    assert mismatch.candidate.low == pytest.approx(ci.low)
+    assert mismatch.candidate.high == pytest.approx(ci.high)
+    assert mismatch.secondary is not None
+    assert (mismatch.secondary.count, mismatch.secondary.n) == (0, 11)
+    excess = mismatch.excess
+    assert excess is not None
+    assert (excess.only_candidate, excess.only_secondary, excess.n) == (8, 0, 10)
+    assert excess.diff == pytest.approx(0.8)
+    assert excess.p_value == pytest.approx(2 * 0.5**8)  # exact McNemar: 8 of 8 discordant one way
+    assert excess.significant is True
+    assert excess.test == "exact McNemar"
 
-    errors = measure(s, "error")
-    assert (errors["candidate"]["count"], errors["candidate"]["n"]) == (1, 11)
-    assert errors["excess"]["p_value"] == 1.0 and errors["excess"]["significant"] is False
+    errors = rate(s, "error")
+    assert (errors.candidate.count, errors.candidate.n) == (1, 11)
+    assert errors.excess is not None
+    assert errors.excess.p_value == 1.0 and errors.excess.significant is False
 
-    edit = measure(s, "edit_distance")
-    assert edit["candidate"]["mean"] == pytest.approx(sum(0.1 * k for k in range(1, 9)) / 10)
+    edit = mean(s, "edit_distance")
+    assert edit.candidate.mean == pytest.approx(sum(0.1 * k for k in range(1, 9)) / 10)
     # 8 distinct positive paired differences and 2 zeros (dropped): exact signed-rank p = 2 / 2^8.
-    assert edit["excess"]["p_value"] == pytest.approx(2 / 2**8)
-    assert measure(s, "first_diff")["excess"] is None  # defined on different subsets: not tested
-    assert measure(s, "kl_max")["candidate"]["max"] is None  # no row has it in this scenario
+    assert edit.excess is not None and edit.excess.p_value == pytest.approx(2 / 2**8)
+    assert edit.excess.test == "Wilcoxon signed-rank"
+    assert mean(s, "first_diff").excess is None  # defined on different subsets: not tested
+    kl_max = s.measure("kl_max")
+    assert isinstance(kl_max, MaxMeasure) and kl_max.candidate.max is None  # no row has it in this scenario
 
 
 def test_not_significant_is_not_called_significant() -> None:
     s = summarise(rows_of(scenario(5)), n_boot=200)
-    excess = measure(s, "mismatch")["excess"]
-    assert excess["p_value"] == pytest.approx(2 * 0.5**5)  # 0.0625
-    assert excess["significant"] is False
+    excess = rate(s, "mismatch").excess
+    assert excess is not None
+    assert excess.p_value == pytest.approx(2 * 0.5**5)  # 0.0625
+    assert excess.significant is False
 
 
 def test_without_secondary_there_is_no_floor_and_no_test() -> None:
     s = summarise([r for r in rows_of(scenario(8)) if r["target"] == "candidate"], n_boot=200)
-    assert s["has_secondary"] is False
-    assert all(m["secondary"] is None and m["excess"] is None for m in s["measures"])
+    assert s.has_secondary is False
+    assert all(m.secondary is None and m.excess is None for m in s.measures)
 
 
 def test_worst_and_hourly() -> None:
     s = summarise(rows_of(scenario(8)), worst_n=3, n_boot=200)
-    assert [w["request_id"] for w in s["worst"]] == ["r7", "r6", "r5"]
-    assert s["worst"][0]["prompt"] == "prompt r7"
-    first, second = s["hourly"]
-    assert (first["requests"], first["candidate_mismatch_rate"]) == (6, 1.0)
-    assert second["requests"] == 5
-    assert second["candidate_mismatch_rate"] == pytest.approx(2 / 4)  # r6, r7 differ; r8, r9 match
-    assert second["candidate_error_rate"] == pytest.approx(1 / 5)
-    assert second["secondary_mismatch_rate"] == 0.0
-    assert s["candidate_errors"] == {"timeout": 1}
+    assert [w.request_id for w in s.worst] == ["r7", "r6", "r5"]
+    assert s.worst[0].prompt == "prompt r7"
+    first, second = s.hourly
+    assert (first.requests, first.candidate_mismatch.rate) == (6, 1.0)
+    assert second.requests == 5
+    assert second.candidate_mismatch.rate == pytest.approx(2 / 4)  # r6, r7 differ; r8, r9 match
+    assert (second.candidate_mismatch.count, second.candidate_mismatch.n) == (2, 4)
+    assert second.candidate_errors.rate == pytest.approx(1 / 5)
+    assert second.secondary_mismatch is not None and second.secondary_mismatch.rate == 0.0
+    assert s.candidate_errors == {"timeout": 1}
 
 
 def _write_db(path: Path, records: list[PairRecord], *, hash_only: bool = False) -> RunInfo:
@@ -135,7 +176,7 @@ def test_database_round_trip(tmp_path: Path) -> None:
     assert runs[0]["run_id"] == "run1"
     from_db = summarise(rows, counters=counters, n_boot=200)
     in_memory = summarise(rows_of(records), counters=counters, n_boot=200)
-    assert from_db["measures"] == in_memory["measures"]
+    assert from_db.measures == in_memory.measures
 
 
 def test_cli_report_json_and_table(tmp_path: Path) -> None:
@@ -195,3 +236,58 @@ def test_bad_database_files(tmp_path: Path) -> None:
                   sample_rate=1.0, settings={})
     with pytest.raises(UserError):
         register_run(blocker / "sub" / "s.db", run)
+
+
+def test_report_show_and_its_old_name_worst(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    _write_db(db, scenario(8))
+    app = build_app()
+    runner = CliRunner()
+    for flag in ("--show", "--worst"):
+        res = runner.invoke(app, ["shadow", "report", str(db), "--json", "--n-boot", "200", flag, "2"])
+        assert res.exit_code == 0, res.output
+        assert [w["request_id"] for w in json.loads(res.stdout)["worst"]] == ["r7", "r6"]
+    res = runner.invoke(app, ["shadow", "report", str(db), "--show", "1", "--worst", "2"])
+    assert isinstance(res.exception, UserError)
+
+
+def test_summary_is_typed_versioned_and_reads_back(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    _write_db(db, scenario(8))
+    summary = load_summary(db, worst_n=3, n_boot=200)
+    data = summary.model_dump(mode="json")
+    assert (data["schema"], data["version"], data["database"]) == ("servecmp.shadow_summary", 1, str(db))
+    assert data["settings"] == {"confidence": 0.95, "alpha": 0.05, "n_boot": 200, "worst_n": 3}
+    assert data["counters"]["requests"] == 11 and data["counters"]["dropped_queue_full"] == 2
+    (run,) = data["runs"]
+    assert (run["run_id"], run["mode"], run["baseline_url"], run["secondary_url"]) == (
+        "run1", "serve", "http://127.0.0.1:1", "http://127.0.0.1:3")
+    assert [m["kind"] for m in data["measures"]] == ["rate"] * 3 + ["mean"] * 7 + ["max"] * 2
+    assert ShadowSummary.model_validate(json.loads(json.dumps(data))) == summary
+    assert list(ShadowCounters.model_fields) == list(COUNTER_NAMES)  # one list of counters, kept in step
+
+
+def test_cli_report_prints_what_load_summary_and_render_give(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    _write_db(db, scenario(8))
+    res = CliRunner().invoke(build_app(), ["shadow", "report", str(db), "--n-boot", "200", "--show", "4"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    out = io.StringIO()
+    render(load_summary(db, worst_n=4, n_boot=200), Console(file=out, width=200), db)
+    assert res.stdout == out.getvalue()
+
+
+def test_servecmp_report_prints_the_same_as_shadow_report(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    _write_db(db, scenario(8))
+    app = build_app()
+    runner = CliRunner()
+    for extra in (["--show", "3"], ["--show", "3", "--json"]):
+        shadow = runner.invoke(app, ["shadow", "report", str(db), *extra], env={"COLUMNS": "200"})
+        generic = runner.invoke(app, ["report", str(db), *extra], env={"COLUMNS": "200"})
+        assert shadow.exit_code == generic.exit_code == 0, (shadow.output, generic.output)
+        assert generic.stdout == shadow.stdout
+    data = json.loads(generic.stdout)
+    assert measure(data, "mismatch")["excess"]["p_value"] == pytest.approx(2 * 0.5**8)
+    assert [w["request_id"] for w in data["worst"]] == ["r7", "r6", "r5"]

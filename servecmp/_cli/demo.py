@@ -16,19 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from servecmp._cli.mcq import McqOptions, run_mcq
-from servecmp.config import Config
-from servecmp.endpoints import EndpointSpec
+from servecmp._cli.common import RunsDir
 from servecmp.errors import UserError
-from servecmp.mcq.render import render_mcq_report
-from servecmp.runstore import new_run_dir
-from servecmp.serving.modelpair import DEFAULT_PORTS, embedded_servers, ensure_embedded_pair
-from servecmp.serving.servers import ServerPair
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from servecmp.mtbench.run import MtBenchResult
+
+#: The embedded pair's ports (servecmp.serving.modelpair.DEFAULT_PORTS), spelled out here so that
+#: `--help` does not import the serving stack; test_demo_ports_match_the_serving_defaults checks them.
+BASELINE_PORT = 8001
+CANDIDATE_PORT = 8002
 
 
 @contextmanager
@@ -44,21 +44,33 @@ def _step(console: Console, name: str, timings: list[tuple[str, float]]) -> Iter
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        limit: Annotated[int | None, typer.Option(
-            help="MMLU items to compare (default: all 228 of the vendored sample).")] = None,
+        sample: Annotated[int | None, typer.Option(
+            "--sample", min=1, help="A seeded sample of N MMLU items (default: all 228 of the vendored sample).",
+        )] = None,
         mtbench_questions: Annotated[int, typer.Option(
             help="MT-Bench questions to answer and judge (0 skips MT-Bench).")] = 4,
         max_tokens: Annotated[int, typer.Option(help="New tokens per MT-Bench answer turn.")] = 128,
-        runs_dir: Annotated[Path, typer.Option(help="Where run directories are created.")] = Path("runs"),
-        baseline_port: Annotated[int, typer.Option()] = DEFAULT_PORTS["baseline"],
-        candidate_port: Annotated[int, typer.Option()] = DEFAULT_PORTS["candidate"],
+        runs_dir: RunsDir = None,
+        baseline_port: Annotated[int, typer.Option()] = BASELINE_PORT,
+        candidate_port: Annotated[int, typer.Option()] = CANDIDATE_PORT,
     ) -> None:
         """Serve the embedded bf16/int8 pair locally and compare them (MMLU sample + short MT-Bench)."""
+        from rich.console import Console
+
+        from servecmp.endpoints import EndpointSpec
+        from servecmp.mcq.render import render_mcq_report
+        from servecmp.mcq.run import run_mcq
+        from servecmp.mcq.settings import McqSettings
+        from servecmp.runstore import new_run_dir
+        from servecmp.serving.modelpair import embedded_servers, ensure_embedded_pair
+        from servecmp.serving.servers import ServerPair
+
         console = Console()
         timings: list[tuple[str, float]] = []
         t_start = time.monotonic()
         if mtbench_questions < 0:
             raise UserError("--mtbench-questions must be 0 or more")
+        runs = runs_dir if runs_dir is not None else Path("runs")
 
         with _step(console, "1/4 embedded model pair", timings), console.status(
             "building the pair on first use (GGUF → checkpoint → int8), then cached"
@@ -67,7 +79,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"  baseline : {pair.baseline_dir}\n  candidate: {pair.candidate_dir}", highlight=False)
 
         servers = embedded_servers(pair, baseline_port=baseline_port, candidate_port=candidate_port)
-        server_dir = new_run_dir(runs_dir, "demo-servers")
+        server_dir = new_run_dir(runs, "demo-servers")
         with _step(console, "2/4 start both vLLM servers", timings):
             pair_ctx = ServerPair(servers, run_dir=server_dir, console=console)
             pair_ctx.__enter__()
@@ -79,23 +91,23 @@ def register(app: typer.Typer) -> None:
                               f"({servers[role].dtype}, log {pair_ctx.handles[role].log_path})", highlight=False)
 
             with _step(console, "3/4 MMLU 5-shot: accuracy, flips, KL, top margin", timings):
-                opts = McqOptions(
+                settings = McqSettings(
                     baseline=EndpointSpec(base_url=urls["baseline"], model=names["baseline"]),
                     candidate=EndpointSpec(base_url=urls["candidate"], model=names["candidate"]),
-                    task="mmlu-sample", limit=limit, runs_dir=runs_dir,
+                    task="mmlu-sample", sample=sample, runs_dir=runs,
                 )
-                mcq_dir, summary = run_mcq(opts, console)
+                mcq = run_mcq(settings, console)
 
             mt_result = None
             if mtbench_questions:
                 with _step(console, "4/4 MT-Bench (answers + local judge)", timings):
-                    mt_result = _run_mtbench(urls, names, mtbench_questions, max_tokens, runs_dir, console)
+                    mt_result = _run_mtbench(urls, names, mtbench_questions, max_tokens, runs, console)
         finally:
             pair_ctx.__exit__(None, None, None)
 
         console.rule("[bold]Results")
-        render_mcq_report(summary, console)
-        console.print(f"MCQ run directory: {mcq_dir}", highlight=False)
+        render_mcq_report(mcq.summary, console)
+        console.print(f"MCQ run directory: {mcq.run_dir}", highlight=False)
         if mt_result is not None:
             from servecmp.mtbench.render import render
 
@@ -109,6 +121,7 @@ def register(app: typer.Typer) -> None:
 
 def _run_mtbench(urls: dict[str, str], names: dict[str, str], n: int, max_tokens: int, runs_dir: Path,
                  console: Console) -> MtBenchResult:
+    from servecmp.config import Config
     from servecmp.mtbench.run import RunIO, execute
     from servecmp.mtbench.settings import MtBenchOptions, new_settings
 

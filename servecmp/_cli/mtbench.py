@@ -1,22 +1,55 @@
-"""`servecmp mtbench` and `servecmp correlate`."""
+"""`servecmp mtbench`: answers from both endpoints, judged, compared.
+
+Only stdlib, typer and servecmp's shared CLI pieces are imported here at module level, so
+`servecmp --help` does not pay for pydantic, rich tables or the OpenAI SDK; the work is imported
+inside the command.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from servecmp.config import load_config
+from servecmp._cli.common import (
+    Baseline,
+    BaselineKeyEnv,
+    BaselineModel,
+    Candidate,
+    CandidateKeyEnv,
+    CandidateModel,
+    Concurrency,
+    ConfigFile,
+    Json,
+    Limit,
+    Resume,
+    Retries,
+    Rps,
+    RunsDir,
+    Show,
+    Timeout,
+)
 from servecmp.errors import UserError
-from servecmp.mtbench.render import render
-from servecmp.mtbench.run import RunIO, execute
-from servecmp.mtbench.rundir import MtRunPaths
-from servecmp.mtbench.settings import MtBenchOptions, new_settings, resumed_settings
+
+
+class ModeChoice(StrEnum):
+    """--mode: typer checks the choice, so a typo fails in the parser with one line."""
+
+    single = "single"
+    pairwise = "pairwise"
+    both = "both"
+
+
+#: Kept in step with servecmp.mtbench.settings.ACCEPTED_ON_RESUME (a test compares them); written
+#: out here so --help needs no import of the settings module.
+RESUME_HELP = (
+    "With --resume RUN_DIR every setting comes from the run's manifest and flags that would change "
+    "the comparison are refused. These apply: --mode, --concurrency, --rps, --timeout, --retries, "
+    "--judge-rps, --max-judge-calls, --judge-cache, --show, --json, --yes, -c/--config (only for "
+    "[judge] max_judge_calls and cache_dir, [mtbench] show)."
+)
 
 
 def _categories(value: str | None) -> list[str] | None:
@@ -32,13 +65,21 @@ def _confirm(prompt: str) -> bool:
     return typer.confirm(prompt, default=False, err=True)
 
 
-def _fmt(x: float | int | None, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
+def _judge_key_env(new: str | None, old: str | None) -> str | None:
+    if new is not None and old is not None and new != old:
+        raise UserError("--judge-api-key-env is the old name of --judge-key-env; pass one of them")
+    return new if new is not None else old
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
+    @app.command(epilog=RESUME_HELP)
     def mtbench(
+        baseline: Baseline = None,
+        candidate: Candidate = None,
+        baseline_model: BaselineModel = None,
+        candidate_model: CandidateModel = None,
+        baseline_key_env: BaselineKeyEnv = None,
+        candidate_key_env: CandidateKeyEnv = None,
         questions: Annotated[
             Path | None,
             typer.Option(help="Your own question file (MT-Bench JSONL layout); default: the 80 vendored."),
@@ -47,19 +88,17 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="Reference answers (FastChat answer layout) for math/reasoning/coding."),
         ] = None,
-        limit: Annotated[int | None, typer.Option(help="Only the first N selected questions.")] = None,
         categories: Annotated[
             str | None, typer.Option(help="Comma-separated categories, e.g. math,coding,writing.")
         ] = None,
+        limit: Limit = None,
         max_tokens: Annotated[
-            int | None, typer.Option(help="New tokens per answer turn (FastChat: 1024).")
+            int | None, typer.Option(min=1, help="New tokens per answer turn (FastChat: 1024).")
         ] = None,
-        baseline: Annotated[
-            str | None, typer.Option(help="Baseline endpoint URL (OpenAI-compatible).")
-        ] = None,
-        baseline_model: Annotated[str | None, typer.Option(help="Model name at the baseline.")] = None,
-        candidate: Annotated[str | None, typer.Option(help="Candidate endpoint URL.")] = None,
-        candidate_model: Annotated[str | None, typer.Option(help="Model name at the candidate.")] = None,
+        concurrency: Concurrency = None,
+        rps: Rps = None,
+        timeout: Timeout = None,
+        retries: Retries = None,
         judge_url: Annotated[
             str | None,
             typer.Option(
@@ -69,11 +108,15 @@ def register(app: typer.Typer) -> None:
         judge_model: Annotated[
             str | None, typer.Option(help="Judge model (default gpt-4 on OpenAI).")
         ] = None,
-        judge_api_key_env: Annotated[
+        judge_key_env: Annotated[
             str | None,
             typer.Option(
-                help="Name of the env var holding the judge's API key (default on OpenAI: OPENAI_API_KEY)."
+                "--judge-key-env",
+                help="Name of the env var holding the judge's API key (default on OpenAI: OPENAI_API_KEY).",
             ),
+        ] = None,
+        judge_api_key_env: Annotated[
+            str | None, typer.Option("--judge-api-key-env", hidden=True, help="Old name of --judge-key-env.")
         ] = None,
         judge_force_format: Annotated[
             bool | None,
@@ -82,35 +125,43 @@ def register(app: typer.Typer) -> None:
                 help="Force a parseable rating (vLLM structured outputs); default: only for the demo judge.",
             ),
         ] = None,
-        mode: Annotated[str | None, typer.Option(help="single, pairwise or both (default both).")] = None,
-        resume: Annotated[Path | None, typer.Option(help="Finish an interrupted run (RUN_DIR).")] = None,
-        show: Annotated[
-            int | None, typer.Option(help="Show the N questions with the largest drop (default 5).")
+        mode: Annotated[
+            ModeChoice | None,
+            typer.Option(case_sensitive=False, help="Single-answer grading, pairwise, or both (default both)."),
         ] = None,
         max_judge_calls: Annotated[
-            int | None, typer.Option(help="Make at most N new judge calls in this invocation.")
+            int | None, typer.Option(min=0, help="Make at most N new judge calls in this invocation.")
         ] = None,
-        judge_rps: Annotated[float | None, typer.Option(help="Judge requests per second.")] = None,
+        judge_rps: Annotated[float | None, typer.Option(help="Judge requests per second, at most.")] = None,
         judge_cache: Annotated[
             str | None,
             typer.Option(
                 help="Shared judgment cache directory, or 'off' (default: <servecmp cache>/judgments)."
             ),
         ] = None,
-        runs_dir: Annotated[Path | None, typer.Option(help="Where run directories are created.")] = None,
         yes: Annotated[
             bool, typer.Option("--yes", "-y", help="Do not ask before paying for judge calls.")
         ] = False,
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print the summary as one JSON object.")
-        ] = False,
-        config: Annotated[Path | None, typer.Option("--config", "-c", help="servecmp.toml")] = None,
+        show: Show = None,
+        as_json: Json = False,
+        runs_dir: RunsDir = None,
+        resume: Resume = None,
+        config: ConfigFile = None,
     ) -> None:
         """MT-Bench: answers from both endpoints, judged 1-10 and pairwise; score difference and drops."""
+        import json
+        import sys
+
+        from rich.console import Console
+
+        from servecmp.config import load_config
+        from servecmp.mtbench.render import render
+        from servecmp.mtbench.run import RunIO, run_blocking
+        from servecmp.mtbench.rundir import MtRunPaths
+        from servecmp.mtbench.settings import MtBenchOptions, new_settings, resumed_settings
+
         console = Console(stderr=True)
         cfg = load_config(config)
-        if max_judge_calls is not None and max_judge_calls < 0:
-            raise UserError("--max-judge-calls must be 0 or more")
         opts = MtBenchOptions(
             questions=questions,
             references=references,
@@ -119,13 +170,19 @@ def register(app: typer.Typer) -> None:
             max_tokens=max_tokens,
             baseline=baseline,
             baseline_model=baseline_model,
+            baseline_key_env=baseline_key_env,
             candidate=candidate,
             candidate_model=candidate_model,
+            candidate_key_env=candidate_key_env,
+            concurrency=concurrency,
+            rps=rps,
+            timeout=timeout,
+            retries=retries,
             judge_url=judge_url,
             judge_model=judge_model,
-            judge_api_key_env=judge_api_key_env,
+            judge_key_env=_judge_key_env(judge_key_env, judge_api_key_env),
             judge_force_format=judge_force_format,
-            mode=mode,
+            mode=mode.value if mode is not None else None,
             resume=resume,
             max_judge_calls=max_judge_calls,
             judge_rps=judge_rps,
@@ -138,11 +195,11 @@ def register(app: typer.Typer) -> None:
         if resume is not None:
             paths = MtRunPaths(resume)
             settings, manifest = resumed_settings(paths, opts, cfg)
-            result = asyncio.run(execute(settings, io, resume=(paths, manifest)))
+            result = run_blocking(settings, io, resume=(paths, manifest))
         else:
             settings = new_settings(opts, cfg)
             root = runs_dir or Path(cfg.mtbench.runs_dir)
-            result = asyncio.run(execute(settings, io, runs_root=root))
+            result = run_blocking(settings, io, runs_root=root)
         if as_json:
             typer.echo(json.dumps(result.summary.model_dump(mode="json"), indent=2, ensure_ascii=False))
         else:

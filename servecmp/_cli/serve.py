@@ -1,33 +1,40 @@
-"""`servecmp serve` (run a baseline and a candidate vLLM server) and `servecmp models build`."""
+"""`servecmp serve` (run a baseline and a candidate vLLM server) and `servecmp models build`.
+
+Module level imports only the standard library, typer and servecmp.errors, so `--help` stays fast;
+everything else is imported inside the commands.
+"""
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from servecmp.config import ServeConfig, ServerConfig, load_config
 from servecmp.errors import UserError
-from servecmp.runstore import new_run_dir
-from servecmp.serving.cpu import SCHEME_NAMES, SchemeName, describe_cpu, read_cpu_flags, scheme_support
-from servecmp.serving.modelpair import DEFAULT_PORTS, embedded_servers, ensure_embedded_pair
-from servecmp.serving.servers import ServerPair
 
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from servecmp.config import ServeConfig, ServerConfig
+    from servecmp.serving.cpu import Scheme
+
+#: The candidate scheme forms (servecmp.serving.cpu.SCHEME_HELP, repeated here to keep --help light;
+#: tests/test_ladder.py checks the two agree).
+SCHEME_HELP = "w8a8, w8a8-tensor, w4a16, rtn-intB (B 2-8, simulated), drop-N (layers), prune-P (percent 1-99)"
+
+
+@functools.cache
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _say(message: str) -> None:
-    console.print(f"servecmp: {message}", highlight=False, soft_wrap=True)
-
-
-def _scheme(value: str) -> SchemeName:
-    for name in SCHEME_NAMES:
-        if value.lower() == name:
-            return name
-    raise UserError(f"unknown candidate scheme {value!r} (known: {', '.join(SCHEME_NAMES)})")
+    _console().print(f"servecmp: {message}", highlight=False, soft_wrap=True)
 
 
 def configured_servers(serve: ServeConfig) -> dict[str, ServerConfig] | None:
@@ -45,19 +52,31 @@ def resolve_servers(
     *,
     baseline_port: int | None = None,
     candidate_port: int | None = None,
-    scheme: SchemeName = "w8a8",
+    scheme: str | Scheme = "w8a8",
+    flags: frozenset[str] | None = None,
 ) -> dict[str, ServerConfig]:
-    """The configured pair, or else the embedded default pair (built on first use); ports from flags."""
+    """The configured pair, or else the embedded default pair (built on first use); ports from flags.
+
+    A candidate scheme this machine cannot serve is refused before anything is built or started.
+    """
+    from servecmp.serving.cpu import parse_scheme, read_cpu_flags, scheme_support
+    from servecmp.serving.modelpair import DEFAULT_PORTS, embedded_servers, ensure_embedded_pair
+
     servers = configured_servers(serve)
     if servers is None:
-        with console.status("preparing the embedded model pair (first use builds it, about a minute)"):
-            pair = ensure_embedded_pair(candidate_scheme=scheme, log=_say)
-        servers = embedded_servers(
+        flags = read_cpu_flags() if flags is None else flags
+        parsed = parse_scheme(scheme)
+        ok, why = scheme_support(parsed, flags)
+        if not ok:
+            raise UserError(f"candidate scheme {parsed.name}: {why}")
+        with _console().status("preparing the embedded model pair (first use builds it, about a minute)"):
+            pair = ensure_embedded_pair(candidate_scheme=parsed, log=_say)
+        return embedded_servers(
             pair,
             baseline_port=baseline_port or DEFAULT_PORTS["baseline"],
             candidate_port=candidate_port or DEFAULT_PORTS["candidate"],
+            flags=flags,
         )
-        return servers
     overrides = {"baseline": baseline_port, "candidate": candidate_port}
     return {
         role: cfg.model_copy(update={"port": overrides[role]}) if overrides[role] else cfg
@@ -72,7 +91,7 @@ def register(app: typer.Typer) -> None:
         baseline_port: Annotated[int | None, typer.Option(help="Port of the baseline server.")] = None,
         candidate_port: Annotated[int | None, typer.Option(help="Port of the candidate server.")] = None,
         candidate_scheme: Annotated[
-            str, typer.Option(help="Embedded pair only: the candidate's quantization (w8a8, w4a16).")
+            str, typer.Option(help=f"Embedded pair only: the candidate's compression ({SCHEME_HELP}).")
         ] = "w8a8",
         runs_dir: Annotated[Path | None, typer.Option(help="Where the run directory (logs) goes.")] = None,
         startup_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for both.")] = None,
@@ -82,8 +101,16 @@ def register(app: typer.Typer) -> None:
         The servers come from serve.baseline / serve.candidate in servecmp.toml, or else are the
         embedded SmolLM2 pair (built on first use). Logs go to a run directory.
         """
+        from rich.console import Console
+
+        from servecmp.config import load_config
+        from servecmp.runstore import new_run_dir
+        from servecmp.serving.cpu import parse_scheme
+        from servecmp.serving.servers import ServerPair
+
+        console = _console()
         cfg = load_config(config)
-        scheme = _scheme(candidate_scheme)
+        scheme = parse_scheme(candidate_scheme)
         servers = resolve_servers(
             cfg.serve, baseline_port=baseline_port, candidate_port=candidate_port, scheme=scheme
         )
@@ -116,21 +143,38 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             console.print(f"servecmp: stopped both servers (logs in {run_dir})")
 
-    models = typer.Typer(help="The embedded default model pair (SmolLM2-135M-Instruct and a quantized copy).",
+    models = typer.Typer(help="The embedded default model pair (SmolLM2-135M-Instruct and a compressed copy).",
                          no_args_is_help=True)
 
     @models.command("build")
     def build(
-        candidate_scheme: Annotated[str, typer.Option(help="Candidate quantization (w8a8, w4a16).")] = "w8a8",
+        scheme_name: Annotated[
+            str,
+            typer.Option("--scheme", "--candidate-scheme", help=f"The candidate's compression ({SCHEME_HELP})."),
+        ] = "w8a8",
     ) -> None:
-        """Build (or find in the cache) the embedded pair and print the two checkpoint directories."""
-        scheme = _scheme(candidate_scheme)
+        """Build (or find in the cache) the baseline and one candidate; print both checkpoint directories.
+
+        Each checkpoint is built once and reused; the baseline is shared by every candidate.
+        """
+        from rich.console import Console
+
+        from servecmp.serving.cpu import describe_cpu, parse_scheme, read_cpu_flags, scheme_support
+        from servecmp.serving.modelpair import ensure_embedded_pair
+
+        scheme = parse_scheme(scheme_name)
         pair = ensure_embedded_pair(candidate_scheme=scheme, log=_say)
         flags = read_cpu_flags()
         ok, why = scheme_support(scheme, flags)
         out = Console()
         out.print(f"baseline  {pair.baseline_dir}", highlight=False, soft_wrap=True)
         out.print(f"candidate {pair.candidate_dir}", highlight=False, soft_wrap=True)
-        console.print(f"cpu: {describe_cpu(flags)}" + ("" if ok else f"; note: {why}"), highlight=False)
+        _console().print(
+            f"candidate {scheme.name}: {scheme.describe()}; served as {pair.candidate_name}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        note = "" if ok else f"; note: {why}"
+        _console().print(f"cpu: {describe_cpu(flags)}{note}", highlight=False, soft_wrap=True)
 
     app.add_typer(models, name="models")

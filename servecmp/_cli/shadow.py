@@ -1,64 +1,110 @@
-"""`servecmp shadow serve | report | replay`."""
+"""`servecmp shadow serve | report | replay`.
+
+The endpoints are the shared ones: `--baseline` (the primary: clients get its answers; `--primary`
+is the same option), `--candidate`, `--secondary`, their `--<role>-model` and `--<role>-key-env`,
+over the `[baseline]` / `[candidate]` / `[secondary]` sections of servecmp.toml; `[shadow]` holds
+only the proxy's own settings.
+
+Only the standard library, typer and the shared option types are imported at module level, so
+`servecmp --help` stays fast: the config (pydantic), the proxy (uvicorn, aiohttp) and the report
+are imported inside the commands.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import json
-import logging
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 
-from servecmp.config import ShadowConfig, load_config
+from servecmp._cli.common import (
+    BaselineKeyEnv,
+    BaselineModel,
+    Candidate,
+    CandidateKeyEnv,
+    CandidateModel,
+    ConfigFile,
+    Json,
+    Limit,
+    Secondary,
+    SecondaryKeyEnv,
+    SecondaryModel,
+    Show,
+    TopK,
+)
 from servecmp.errors import UserError
+
+if TYPE_CHECKING:
+    from servecmp.config import Config, ShadowConfig
+    from servecmp.shadow.wiring import ShadowEndpoints
 
 shadow_app = typer.Typer(
     help="Mirror live OpenAI-compatible traffic to a candidate and measure how far it diverges.",
     no_args_is_help=True,
 )
 
-console = Console()
-err_console = Console(stderr=True)
-
-ConfigOpt = typer.Option(None, "--config", help="servecmp.toml to read (default: ./servecmp.toml if any).")
-PrimaryOpt = typer.Option(None, "--primary", help="Baseline endpoint URL (http://host:port[/v1]).")
-CandidateOpt = typer.Option(None, "--candidate", help="Candidate endpoint URL.")
-SecondaryOpt = typer.Option(
-    None, "--secondary", help="A second replica of the baseline: measures the noise floor."
-)
-DbOpt = typer.Option(None, "--db", help="SQLite database for the comparisons (default shadow.db).")
-HashOpt = typer.Option(
-    None, "--hash-only/--store-text", help="Store only SHA-256 of prompts and answers (no text)."
-)
-TfOpt = typer.Option(
-    None, "--teacher-forced/--no-teacher-forced",
-    help="Score the primary's answer under the candidate with vLLM prompt_logprobs (KL, top-1, Δp).",
-)
-TopKOpt = typer.Option(None, "--top-k", help="Top-k logprobs per position for teacher forcing.")
-CandModelOpt = typer.Option(None, "--candidate-model", help="Model name to send to the candidate.")
-SecModelOpt = typer.Option(None, "--secondary-model", help="Model name to send to the secondary.")
-MaxDbOpt = typer.Option(None, "--max-db-mb", help="Stop recording when the database reaches this size.")
+#: `--primary` stays as the name shadow used first; it is the same option as `--baseline`.
+BaselineOrPrimary = Annotated[
+    str | None,
+    typer.Option("--baseline", "--primary",
+                 help="Baseline endpoint URL: the primary, whose answers clients get (--primary: same)."),
+]
+Db = Annotated[str | None, typer.Option("--db", help="SQLite database for the comparisons (default shadow.db).")]
+HashOnly = Annotated[
+    bool | None, typer.Option("--hash-only/--store-text", help="Store only SHA-256 of prompts and answers (no text).")
+]
+TeacherForced = Annotated[
+    bool | None,
+    typer.Option("--teacher-forced/--no-teacher-forced",
+                 help="Score the primary's answer under the candidate with vLLM prompt_logprobs (KL, top-1, Δp)."),
+]
+MaxDbMb = Annotated[
+    float | None, typer.Option("--max-db-mb", help="Stop recording when the database reaches this size.")
+]
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(shadow_app, name="shadow")
 
 
-def _config(path: Path | None, **overrides: Any) -> ShadowConfig:
-    base = load_config(path).shadow
-    data = base.model_dump()
+def _shadow_settings(cfg: Config, **overrides: Any) -> ShadowConfig:
+    """`[shadow]` with the flags that were given (None: not given) on top."""
+    from pydantic import ValidationError
+
+    from servecmp.config import ShadowConfig
+
+    data = cfg.shadow.model_dump()
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return ShadowConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"shadow option {loc}: {first['msg']}") from exc
+        raise UserError(f"shadow option {loc}: {first['msg']}") from None
+
+
+def _endpoints(
+    cfg: Config, *, baseline: str | None, candidate: str | None, secondary: str | None,
+    baseline_model: str | None, candidate_model: str | None, secondary_model: str | None,
+    baseline_key_env: str | None, candidate_key_env: str | None, secondary_key_env: str | None,
+) -> ShadowEndpoints:
+    """The sections of servecmp.toml with the flags on top; a URL that is not one fails here, at once."""
+    from servecmp.endpoints import endpoint_from
+    from servecmp.shadow.wiring import ShadowEndpoints
+
+    return ShadowEndpoints(
+        baseline=endpoint_from("baseline", cfg.baseline, baseline, model=baseline_model,
+                               api_key_env=baseline_key_env),
+        candidate=endpoint_from("candidate", cfg.candidate, candidate, model=candidate_model,
+                                api_key_env=candidate_key_env),
+        secondary=(
+            endpoint_from("secondary", cfg.secondary, secondary, model=secondary_model,
+                          api_key_env=secondary_key_env)
+            if secondary is not None or cfg.secondary is not None
+            else None
+        ),
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -72,37 +118,58 @@ def _is_loopback(host: str) -> bool:
 
 @shadow_app.command("serve")
 def serve(
-    primary: str | None = PrimaryOpt,
-    candidate: str | None = CandidateOpt,
-    secondary: str | None = SecondaryOpt,
-    host: str | None = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1)."),
-    port: int | None = typer.Option(None, "--port", help="Port to listen on (default 8100)."),
-    db: str | None = DbOpt,
-    sample_rate: float | None = typer.Option(None, "--sample-rate", help="Share of requests to mirror."),
-    hash_only: bool | None = HashOpt,
-    max_db_mb: float | None = MaxDbOpt,
-    queue_size: int | None = typer.Option(None, "--queue-size", help="Mirror jobs waiting at most."),
-    mirror_concurrency: int | None = typer.Option(None, "--mirror-concurrency", help="Comparisons at once."),
-    candidate_model: str | None = CandModelOpt,
-    secondary_model: str | None = SecModelOpt,
-    teacher_forced: bool | None = TfOpt,
-    top_k: int | None = TopKOpt,
-    in_process: bool = typer.Option(
-        False, "--in-process", help="Compare in the proxy's own process (default: a separate, niced one)."
-    ),
-    access_log: bool = typer.Option(False, "--access-log", help="Log each request line (no bodies)."),
-    config: Path | None = ConfigOpt,
+    baseline: BaselineOrPrimary = None,
+    candidate: Candidate = None,
+    secondary: Secondary = None,
+    baseline_model: BaselineModel = None,
+    candidate_model: CandidateModel = None,
+    secondary_model: SecondaryModel = None,
+    baseline_key_env: BaselineKeyEnv = None,
+    candidate_key_env: CandidateKeyEnv = None,
+    secondary_key_env: SecondaryKeyEnv = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port to listen on (default 8100).")] = None,
+    db: Db = None,
+    sample_rate: Annotated[float | None, typer.Option("--sample-rate", help="Share of requests to mirror.")] = None,
+    hash_only: HashOnly = None,
+    max_db_mb: MaxDbMb = None,
+    queue_size: Annotated[int | None, typer.Option("--queue-size", help="Mirror jobs waiting at most.")] = None,
+    mirror_concurrency: Annotated[
+        int | None, typer.Option("--mirror-concurrency", help="Comparisons at once.")
+    ] = None,
+    teacher_forced: TeacherForced = None,
+    top_k: TopK = None,
+    in_process: Annotated[
+        bool, typer.Option("--in-process", help="Compare in the proxy's own process (default: a separate, niced one).")
+    ] = False,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log each request line (no bodies).")] = False,
+    config: ConfigFile = None,
 ) -> None:
-    """Run the proxy: clients get the primary's responses unchanged; the candidate gets a copy."""
-    import uvicorn
+    """Run the proxy: clients get the primary's (baseline's) responses unchanged; the candidate gets a copy.
 
+    The client's own Authorization header goes to the primary only. The key named by
+    --baseline-key-env is for the requests servecmp itself makes to the primary (teacher-forced
+    scoring), as is --baseline-model; the candidate and secondary get their own keys and models.
+    """
+    import logging
+    import sys
+
+    import uvicorn
+    from rich.console import Console
+
+    from servecmp.config import load_config
     from servecmp.shadow.proxy import build_app, build_proxy
 
-    cfg = _config(
-        config, primary=primary, candidate=candidate, secondary=secondary, host=host, port=port, db=db,
-        sample_rate=sample_rate, hash_only=hash_only, max_db_mb=max_db_mb, queue_size=queue_size,
-        mirror_concurrency=mirror_concurrency, candidate_model=candidate_model,
-        secondary_model=secondary_model, teacher_forced=teacher_forced, top_k=top_k,
+    err_console = Console(stderr=True)
+    file_cfg = load_config(config)
+    endpoints = _endpoints(
+        file_cfg, baseline=baseline, candidate=candidate, secondary=secondary, baseline_model=baseline_model,
+        candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
+        candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env,
+    )
+    cfg = _shadow_settings(
+        file_cfg, host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only, max_db_mb=max_db_mb,
+        queue_size=queue_size, mirror_concurrency=mirror_concurrency, teacher_forced=teacher_forced, top_k=top_k,
         mirror_process=False if in_process else None,
     )
     if not _is_loopback(cfg.host):
@@ -110,13 +177,13 @@ def serve(
                           "that can reach it uses the primary through this proxy[/]")
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    proxy = build_proxy(cfg)
-    floor = f", secondary {cfg.secondary}" if cfg.secondary else ""
+    proxy = build_proxy(cfg, endpoints)
+    floor = f", secondary {endpoints.secondary.base_url}" if endpoints.secondary else ""
     err_console.print(
-        f"shadow: http://{cfg.host}:{cfg.port} → primary {cfg.primary}; mirroring {cfg.sample_rate:.0%} to "
-        f"candidate {cfg.candidate}{floor}; recording to {cfg.db}"
+        f"shadow: http://{cfg.host}:{cfg.port} → primary (baseline) {endpoints.baseline.base_url}; mirroring "
+        f"{cfg.sample_rate:.0%} to candidate {endpoints.candidate.base_url}{floor}; recording to {cfg.db}"
         + (" (hashes only)" if cfg.hash_only else ""),
-        highlight=False,
+        highlight=False, markup=False,
     )
     uvicorn.run(build_app(proxy), host=cfg.host, port=cfg.port, log_level="warning", access_log=access_log,
                 server_header=False, date_header=False)
@@ -124,56 +191,92 @@ def serve(
 
 @shadow_app.command("report")
 def report(
-    db: Path = typer.Argument(..., help="Shadow database written by `shadow serve` or `shadow replay`."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    worst: int = typer.Option(10, "--worst", min=0, help="How many worst-diverging requests to list."),
-    n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap resamples for the intervals."),
+    db: Annotated[Path, typer.Argument(help="Shadow database written by `shadow serve` or `shadow replay`.")],
+    as_json: Json = False,
+    show: Show = None,
+    worst: Annotated[int | None, typer.Option("--worst", min=0, hidden=True, help="Old name of --show.")] = None,
+    n_boot: Annotated[int, typer.Option("--n-boot", min=100, help="Bootstrap resamples for the intervals.")] = 2000,
 ) -> None:
-    """Summarise a shadow database: rates with 95% intervals, the noise floor, worst requests, per hour."""
-    from servecmp.shadow.report import load, render, summarise
+    """Summarise a shadow database: rates with 95% intervals, the noise floor, worst requests, per hour.
 
-    rows, counters, runs = load(db)
-    summary = summarise(rows, counters=counters, runs=runs, worst_n=worst, n_boot=n_boot)
+    `servecmp report DB` prints the same.
+    """
+    import json
+
+    from rich.console import Console
+
+    from servecmp.shadow.report import load_summary, render
+
+    if show is not None and worst is not None and show != worst:
+        raise UserError(f"--show {show} and --worst {worst} disagree (--worst is the old name of --show)")
+    worst_n = show if show is not None else worst if worst is not None else 10
+    summary = load_summary(db, worst_n=worst_n, n_boot=n_boot)
     if as_json:
-        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(summary.model_dump(mode="json"), indent=2, ensure_ascii=False))
     else:
-        render(summary, console, db)
+        render(summary, Console(), db)
 
 
 @shadow_app.command("replay")
 def replay_cmd(
-    file: Path = typer.Argument(..., help="OpenAI request JSONL, or a shadow database recorded with text."),
-    primary: str | None = PrimaryOpt,
-    candidate: str | None = CandidateOpt,
-    secondary: str | None = SecondaryOpt,
-    db: str | None = DbOpt,
-    rps: float = typer.Option(2.0, "--rps", help="Requests started per second."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Replay at most this many requests."),
-    max_in_flight: int = typer.Option(8, "--max-in-flight", min=1, help="Requests in flight at most."),
-    hash_only: bool | None = HashOpt,
-    max_db_mb: float | None = MaxDbOpt,
-    candidate_model: str | None = CandModelOpt,
-    secondary_model: str | None = SecModelOpt,
-    teacher_forced: bool | None = TfOpt,
-    top_k: int | None = TopKOpt,
-    config: Path | None = ConfigOpt,
+    file: Annotated[Path, typer.Argument(help="OpenAI request JSONL, or a shadow database recorded with text.")],
+    baseline: BaselineOrPrimary = None,
+    candidate: Candidate = None,
+    secondary: Secondary = None,
+    baseline_model: BaselineModel = None,
+    candidate_model: CandidateModel = None,
+    secondary_model: SecondaryModel = None,
+    baseline_key_env: BaselineKeyEnv = None,
+    candidate_key_env: CandidateKeyEnv = None,
+    secondary_key_env: SecondaryKeyEnv = None,
+    db: Db = None,
+    send_rps: Annotated[
+        float,
+        typer.Option("--send-rps",
+                     help="Requests started per second: the send rate (not a per-endpoint cap like --rps elsewhere)."),
+    ] = 2.0,
+    old_rps: Annotated[float | None, typer.Option("--rps", hidden=True, help="Renamed --send-rps.")] = None,
+    limit: Limit = None,
+    max_in_flight: Annotated[int, typer.Option("--max-in-flight", min=1, help="Requests in flight at most.")] = 8,
+    hash_only: HashOnly = None,
+    max_db_mb: MaxDbMb = None,
+    teacher_forced: TeacherForced = None,
+    top_k: TopK = None,
+    config: ConfigFile = None,
 ) -> None:
-    """Send recorded requests to the primary and the candidate (and secondary) and record the measures."""
+    """Send recorded requests to the primary (baseline) and the candidate (and secondary); record the measures.
+
+    --baseline-model, when given, replaces the model named in the requests sent to the primary.
+    """
+    import asyncio
+
+    from rich.console import Console
+
+    from servecmp.config import load_config
     from servecmp.shadow.replay import load_requests, replay
 
-    cfg = _config(
-        config, primary=primary, candidate=candidate, secondary=secondary, db=db, hash_only=hash_only,
-        max_db_mb=max_db_mb, candidate_model=candidate_model, secondary_model=secondary_model,
-        teacher_forced=teacher_forced, top_k=top_k,
+    if old_rps is not None:
+        # Elsewhere --rps caps servecmp's own requests per endpoint; here the number is the rate the
+        # replay sends at, a different concept, so it has a different name.
+        raise UserError("shadow replay: --rps is now --send-rps (the rate requests are sent at)")
+    if send_rps <= 0:
+        raise UserError("--send-rps must be positive")
+    err_console = Console(stderr=True)
+    file_cfg = load_config(config)
+    endpoints = _endpoints(
+        file_cfg, baseline=baseline, candidate=candidate, secondary=secondary, baseline_model=baseline_model,
+        candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
+        candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env,
     )
-    if rps <= 0:
-        raise UserError("--rps must be positive")
+    cfg = _shadow_settings(file_cfg, db=db, hash_only=hash_only, max_db_mb=max_db_mb,
+                           teacher_forced=teacher_forced, top_k=top_k)
     requests = load_requests(file, limit)
-    err_console.print(f"shadow replay: {len(requests)} requests at {rps:g}/s → {cfg.db}", highlight=False)
-    outcome = asyncio.run(replay(cfg, requests, rps=rps, max_in_flight=max_in_flight))
+    err_console.print(f"shadow replay: {len(requests)} requests at {send_rps:g}/s → {cfg.db}",
+                      highlight=False, markup=False)
+    outcome = asyncio.run(replay(cfg, endpoints, requests, send_rps=send_rps, max_in_flight=max_in_flight))
     err_console.print(
         f"shadow replay: sent {outcome.sent}, compared {outcome.compared}, primary failed "
         f"{outcome.primary_failed} in {outcome.seconds:.1f} s (run {outcome.run_id}); "
         f"see `servecmp shadow report {cfg.db}`",
-        highlight=False,
+        highlight=False, markup=False,
     )

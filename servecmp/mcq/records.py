@@ -3,6 +3,9 @@
 Data flows one way: a task loader yields `McqItem`s, the scorer turns each (item, endpoint) into
 one `McqRecord` (appended to the run's JSONL as soon as it exists), and the metrics read arrays
 built from those records. Nothing here does I/O.
+
+A run directory holds manifest.json (`servecmp.mcq.settings.McqManifest`), `RECORDS`,
+`ITEM_ERRORS` and summary.json (`servecmp.mcq.summary.McqSummary`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from servecmp.records import EndpointRole
+
+#: One `McqRecord` per line, appended as results arrive.
+RECORDS = "records.jsonl"
+#: Items an endpoint refused (HTTP 400/413/422, e.g. a prompt over its context length). Kept apart
+#: from records so the metrics never see them; a resume tries them again (say, after a server
+#: restart with a longer --max-model-len).
+ITEM_ERRORS = "item_errors.jsonl"
 
 #: How a task is scored.
 #: - "letter": the prompt ends with "Answer:" and each option is one next token (" A", " B", ...);

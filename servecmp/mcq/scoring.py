@@ -8,6 +8,9 @@ common case costs one request per item instead of lm-eval's one request per opti
 Continuation tasks (ARC, HellaSwag, ...): one request per item carrying every option as an element
 of a prompt list (`echo=True`), so vLLM's prefix cache computes the shared context once; an option's
 score is the sum of the logprobs of the tokens that start at or after the end of its context.
+
+Responses are the decoded JSON `EndpointClient.completion` returns (dicts; no SDK objects, which
+cost more CPU to build than everything else servecmp does per item), read by key.
 """
 
 from __future__ import annotations
@@ -28,15 +31,16 @@ class EchoScore:
     n_tokens: int
 
 
-def continuation_logprob(logprobs: Any, context_len: int, text_len: int) -> EchoScore:
+def continuation_logprob(logprobs: dict[str, Any], context_len: int, text_len: int) -> EchoScore:
     """Sum the echoed logprobs of tokens whose text starts in [context_len, text_len).
 
-    `text_len` excludes the generated token vLLM appends after the prompt (max_tokens=1). The
-    first prompt token has no logprob (None); it never belongs to a continuation.
+    `logprobs` is a choice's ``logprobs`` object (``text_offset``, ``token_logprobs``). `text_len`
+    excludes the generated token vLLM appends after the prompt (max_tokens=1). The first prompt
+    token has no logprob (None); it never belongs to a continuation.
     """
     total = 0.0
     n = 0
-    for offset, lp in zip(logprobs.text_offset, logprobs.token_logprobs, strict=False):
+    for offset, lp in zip(logprobs["text_offset"], logprobs["token_logprobs"], strict=False):
         if offset < context_len or offset >= text_len:
             continue
         if lp is None:
@@ -49,20 +53,27 @@ def continuation_logprob(logprobs: Any, context_len: int, text_len: int) -> Echo
     return EchoScore(total, n)
 
 
-def _usage(resp: Any) -> tuple[int, int]:
-    usage = getattr(resp, "usage", None)
-    if usage is None:
+def parse_usage(resp: dict[str, Any]) -> tuple[int, int]:
+    """(prompt_tokens, completion_tokens) of a response; (0, 0) when it reports no usage."""
+    usage = resp.get("usage")
+    if not usage:
         return 0, 0
-    return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
-def parse_topk(resp: Any) -> list[tuple[str, float]]:
-    """The top-k (token, logprob) pairs at the first generated position, most likely first."""
-    choice = resp.choices[0]
-    top = choice.logprobs.top_logprobs[0] if choice.logprobs and choice.logprobs.top_logprobs else None
+def _second(kv: tuple[str, float]) -> float:
+    return kv[1]
+
+
+def parse_topk(resp: dict[str, Any]) -> list[tuple[str, float]]:
+    """The top-k (token, logprob) pairs at the first generated position, most likely first
+    (ties keep the server's order)."""
+    logprobs = resp["choices"][0].get("logprobs")
+    tops = logprobs.get("top_logprobs") if logprobs else None
+    top = tops[0] if tops else None
     if not top:
         return []
-    return sorted(((str(t), float(lp)) for t, lp in top.items()), key=lambda kv: -kv[1])
+    return sorted(((str(t), float(lp)) for t, lp in top.items()), key=_second, reverse=True)
 
 
 def argmax(values: list[float]) -> int:
@@ -75,15 +86,15 @@ def argmax(values: list[float]) -> int:
 
 
 async def _echo_scores(client: EndpointClient, item: McqItem,
-                       options: list[int]) -> tuple[list[EchoScore], Any, float]:
+                       options: list[int]) -> tuple[list[EchoScore], dict[str, Any], float]:
     """Score `options` in one request (a prompt list); returns (scores, response, latency)."""
     texts = [item.context_for(i) + item.continuations[i] for i in options]
     resp, latency = await client.completion(texts, max_tokens=1, logprobs=1, echo=True)
-    by_index = {c.index: c for c in resp.choices}
+    by_index = {c["index"]: c for c in resp["choices"]}
     scores = []
     for j, i in enumerate(options):
         ctx = item.context_for(i)
-        scores.append(continuation_logprob(by_index[j].logprobs, len(ctx), len(texts[j])))
+        scores.append(continuation_logprob(by_index[j]["logprobs"], len(ctx), len(texts[j])))
     return scores, resp, latency
 
 
@@ -118,14 +129,14 @@ async def _score_letter(client: EndpointClient, item: McqItem, role: EndpointRol
     topk = parse_topk(resp)
     top = dict(topk)
     option_lp: list[float] = [top.get(c, math.nan) for c in item.continuations]
-    prompt_tokens, completion_tokens = _usage(resp)
+    prompt_tokens, completion_tokens = parse_usage(resp)
     n_requests = 1
     missing = [i for i, lp in enumerate(option_lp) if math.isnan(lp)]
     if missing:
         scores, resp2, _ = await _echo_scores(client, item, missing)
         for i, s in zip(missing, scores, strict=True):
             option_lp[i] = s.logprob
-        p2, c2 = _usage(resp2)
+        p2, c2 = parse_usage(resp2)
         prompt_tokens += p2
         completion_tokens += c2
         n_requests += 1
@@ -135,5 +146,5 @@ async def _score_letter(client: EndpointClient, item: McqItem, role: EndpointRol
 
 async def _score_continuation(client: EndpointClient, item: McqItem, role: EndpointRole) -> McqRecord:
     scores, resp, latency = await _echo_scores(client, item, list(range(len(item.continuations))))
-    return _record(item, role, [sc.logprob for sc in scores], topk=[], latency=latency, usage=_usage(resp),
+    return _record(item, role, [sc.logprob for sc in scores], topk=[], latency=latency, usage=parse_usage(resp),
                    n_requests=1)

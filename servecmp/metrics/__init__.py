@@ -28,7 +28,8 @@ record shapes recur:
 
 Numbers that are undefined (empty subsets, constant inputs to a test) are ``null``, never NaN::
 
-    schema          "servecmp.mcq_summary/1"
+    schema          "servecmp.mcq_summary/2"
+    version         2
     settings        {confidence, n_boot, seed, kl_units: "nats", prob_floor, margin_edges}
     n_items         paired items compared
     n_options       k (columns of the option matrices, after padding)
@@ -51,6 +52,10 @@ Numbers that are undefined (empty subsets, constant inputs to a test) are ``null
     pairing         (records only) {paired, unpaired_baseline, unpaired_candidate, duplicates_baseline,
                      duplicates_candidate, stored_choice_mismatch: {baseline, candidate}}
     tasks           (records only) sorted task names
+
+`servecmp.mcq.summary.McqSummary` is this layout as a typed model, plus a ``run`` section (where
+the records came from: run_dir, task, source, n_items_planned, complete, endpoints,
+requests_per_item, item_errors); it is what summary.json and ``--json`` hold.
 """
 
 from servecmp.metrics.from_records import PairedRecords, pair_records, summarize_records
@@ -94,12 +99,13 @@ from servecmp.metrics.stats import (
     wilcoxon_paired,
     wilson_ci,
 )
-from servecmp.metrics.summary import SCHEMA, jsonable, summarize_mcq
+from servecmp.metrics.summary import SCHEMA, SCHEMA_VERSION, jsonable, summarize_mcq
 
 __all__ = [
     "DEFAULT_MARGIN_EDGES",
     "NO_ANSWER",
     "SCHEMA",
+    "SCHEMA_VERSION",
     "Correlation",
     "Distribution",
     "Estimate",

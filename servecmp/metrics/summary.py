@@ -24,8 +24,10 @@ from servecmp.metrics.stats import (
     joint_bootstrap_means,
 )
 
-#: Identifies the layout of the dict `summarize_mcq` returns; bump it when a key changes meaning.
-SCHEMA = "servecmp.mcq_summary/1"
+#: Identifies the layout of the dict `summarize_mcq` returns; bump both when a key changes meaning.
+#: Version 2 added `version` and the typed `run` section (`servecmp.mcq.summary.McqSummary`).
+SCHEMA = "servecmp.mcq_summary/2"
+SCHEMA_VERSION = 2
 
 
 def summarize_mcq(
@@ -97,6 +99,7 @@ def summarize_mcq(
 
     out: dict[str, Any] = {
         "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
         "settings": {"confidence": confidence, "n_boot": n_boot, "seed": seed, "kl_units": "nats",
                      "prob_floor": mcq.PROB_FLOOR, "margin_edges": list(margin_edges)},
         "n_items": n,

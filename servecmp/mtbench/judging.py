@@ -23,8 +23,6 @@ from servecmp.mtbench.records import AnswerRecord, GameStatus, JudgmentStatus, P
 from servecmp.records import ROLES, EndpointRole
 from servecmp.runstore import JsonlAppender
 
-Mode = Literal["single", "pairwise", "both"]
-
 
 @dataclass(frozen=True)
 class SingleJob:

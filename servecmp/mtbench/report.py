@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from statistics import fmean
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from servecmp.judges.pairwise import PairOutcome, combine_games, tally
 from servecmp.metrics.stats import paired_bootstrap_diff_ci, wilcoxon_paired
@@ -88,7 +88,15 @@ class Drop(BaseModel):
     candidate_answers: list[str]
 
 
+#: Names this summary layout, as MCQ summaries say "servecmp.mcq_summary/1"; bumped on an incompatible change.
+SUMMARY_SCHEMA = "servecmp.mtbench_summary/1"
+
+
 class MtBenchSummary(BaseModel):
+    # `schema` is the JSON key; the attribute has another name because BaseModel.schema exists.
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    summary_schema: str = Field(default=SUMMARY_SCHEMA, alias="schema")
     kind: str = "mtbench"
     judge_model: str
     judge_url: str

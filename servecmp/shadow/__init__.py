@@ -2,7 +2,9 @@
 
 Modules: `proxy` (the ASGI reverse proxy), `workers` (where comparisons run), `mirror` (one
 comparison), `measures` (pure divergence measures), `teacher_forcing` (vLLM prompt_logprobs
-scoring), `payloads` (reading bodies and SSE), `store` (SQLite), `report`, `replay`, `upstream`
-(endpoints and HTTP clients), `wiring` (config → pieces), `stub` (a fake server for tests and the
-benchmark), `cli`.
+scoring), `payloads` (reading bodies and SSE), `store` (SQLite), `report` (the typed
+`ShadowSummary`, also behind `servecmp report DB`), `replay`, `upstream` (aiohttp clients built from
+`servecmp.endpoints.EndpointSpec`), `wiring` (`[shadow]` settings + endpoints → pieces). The command
+line is `servecmp._cli.shadow`; the fake server the tests and the benchmark use is
+`tests/stub_shadow.py`.
 """

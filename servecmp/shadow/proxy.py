@@ -32,7 +32,7 @@ from servecmp.shadow.mirror import MirrorJob
 from servecmp.shadow.payloads import PATH_KINDS, EndpointKind, is_event_stream
 from servecmp.shadow.store import Counters
 from servecmp.shadow.upstream import HOP_BY_HOP, REQUEST_DROP, UPSTREAM_ERRORS, Upstream
-from servecmp.shadow.wiring import build_comparison, capture_bytes, primary_upstream, start_run
+from servecmp.shadow.wiring import ShadowEndpoints, build_comparison, capture_bytes, primary_upstream, start_run
 from servecmp.shadow.workers import LocalMirror, MirrorSink, ProcessMirror
 
 #: Non-streamed bodies up to this size are read whole and sent in one piece; larger or unknown
@@ -269,20 +269,22 @@ class ShadowProxy:
         await self.primary.aclose()
 
 
-def build_proxy(cfg: ShadowConfig, *, rng: random.Random | None = None) -> ShadowProxy:
-    """A proxy wired from one config section; registers the run in the database."""
-    run = start_run(cfg, mode="serve")
+def build_proxy(
+    cfg: ShadowConfig, endpoints: ShadowEndpoints, *, rng: random.Random | None = None
+) -> ShadowProxy:
+    """A proxy wired from the `[shadow]` settings and the endpoints; registers the run in the database."""
+    run = start_run(cfg, endpoints, mode="serve")
     mirror: MirrorSink
     if cfg.mirror_process:
-        process_mirror = ProcessMirror(cfg, run)
+        process_mirror = ProcessMirror(cfg, endpoints, run)
         counters = process_mirror.counters
         mirror = process_mirror
     else:
         counters = Counters()
-        mirror = LocalMirror(build_comparison(cfg, run, counters), counters, queue_size=cfg.queue_size,
+        mirror = LocalMirror(build_comparison(cfg, endpoints, run, counters), counters, queue_size=cfg.queue_size,
                              workers=cfg.mirror_concurrency)
     return ShadowProxy(
-        primary=primary_upstream(cfg),
+        primary=primary_upstream(cfg, endpoints),
         mirror=mirror,
         counters=counters,
         sample_rate=cfg.sample_rate,

@@ -4,8 +4,10 @@ the secondary) at a chosen rate, and record the same measures as the live proxy.
 Input: OpenAI request JSONL, one request body per line (the endpoint is /v1/chat/completions when
 the body has ``messages``, else /v1/completions), or ``{"url": "/v1/chat/completions", "body": {...}}``
 per line; or a shadow database recorded without ``--hash-only`` (its request bodies are replayed).
-Requests start on a fixed schedule (``rps``), at most ``max_in_flight`` at a time; the sampling rate
-does not apply (every request is compared).
+Requests start on a fixed schedule (``send_rps``, the CLI's ``--send-rps``: the rate requests are sent
+at, not a per-endpoint cap like ``--rps`` elsewhere), at most ``max_in_flight`` at a time; the
+sampling rate does not apply (every request is compared). With a baseline model name
+(``--baseline-model``) the requests name it for the primary; otherwise they go as recorded.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from servecmp.shadow.mirror import MirrorJob
 from servecmp.shadow.payloads import PATH_KINDS
 from servecmp.shadow.store import Counters
 from servecmp.shadow.upstream import UPSTREAM_ERRORS, Upstream
-from servecmp.shadow.wiring import ComparisonParts, build_comparison, start_run
+from servecmp.shadow.wiring import ComparisonParts, ShadowEndpoints, build_comparison, start_run
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -110,7 +112,21 @@ class ReplayOutcome:
     seconds: float
 
 
+def _for_primary(primary: Upstream, req: ReplayRequest) -> ReplayRequest:
+    """The request as the primary gets it: with the baseline's model name, when one was given."""
+    if primary.model is None:
+        return req
+    try:
+        body = json.loads(req.body)
+    except ValueError:
+        return req  # not ours to fix: the primary answers it as it would the client
+    if not isinstance(body, dict) or body.get("model") == primary.model:
+        return req
+    return ReplayRequest(req.path, json.dumps({**body, "model": primary.model}).encode())
+
+
 async def _send_primary(primary: Upstream, req: ReplayRequest) -> MirrorJob:
+    req = _for_primary(primary, req)
     t0 = time.perf_counter()
     async with asyncio.timeout(primary.timeout_s):
         async with primary.session.post(f"{primary.url}{req.path}", data=req.body,
@@ -133,17 +149,18 @@ async def _send_primary(primary: Upstream, req: ReplayRequest) -> MirrorJob:
 
 async def replay(
     cfg: ShadowConfig,
+    endpoints: ShadowEndpoints,
     requests: list[ReplayRequest],
     *,
-    rps: float,
+    send_rps: float,
     max_in_flight: int = 8,
 ) -> ReplayOutcome:
-    """Replay ``requests`` against the configured endpoints and store the comparisons in ``cfg.db``."""
-    if rps <= 0:
-        raise UserError("--rps must be positive")
-    run = start_run(cfg, mode="replay")
+    """Replay ``requests`` against ``endpoints`` and store the comparisons in ``cfg.db``."""
+    if send_rps <= 0:
+        raise UserError("--send-rps must be positive")
+    run = start_run(cfg, endpoints, mode="replay")
     counters = Counters()
-    parts: ComparisonParts = build_comparison(cfg, run, counters)
+    parts: ComparisonParts = build_comparison(cfg, endpoints, run, counters)
     parts.writer.start()
     slots = asyncio.Semaphore(max(1, max_in_flight))
     failed = compared = 0
@@ -168,7 +185,7 @@ async def replay(
     tasks = []
     try:
         for i, req in enumerate(requests):
-            delay = t_start + i / rps - time.perf_counter()
+            delay = t_start + i / send_rps - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             await slots.acquire()  # a slow endpoint slows the schedule rather than piling up requests

@@ -1,4 +1,4 @@
-"""`servecmp shadow report`: what the shadow database says about the candidate.
+"""`servecmp shadow report` (and `servecmp report DB`): what the shadow database says about the candidate.
 
 For each measure: the candidate's rate or mean with a 95% interval, the same for the secondary (the
 baseline's second replica: the noise floor, how much the baseline disagrees with itself), and the
@@ -8,25 +8,57 @@ signed-rank test (paired tests, because both endpoints answered the same request
 called significant only when its test gives p < 0.05; each line is tested on its own (no correction
 for the number of lines). Without a secondary there is no floor and no test.
 
-`summarise` is pure (rows in, a JSON-ready dict out); `load` reads the database; `render` prints.
+`summarise` is pure (rows in, a `ShadowSummary` out); `load` reads the database; `load_summary` is
+both; `render` prints. ``--json`` is ``ShadowSummary.model_dump(mode="json")``, whose layout is
+(undefined numbers, e.g. a rate over no requests, are ``null``, never NaN)::
+
+    schema              "servecmp.shadow_summary"
+    version             1
+    database            the file read (null when summarised from rows)
+    settings            {confidence, alpha, n_boot, worst_n}
+    runs                [{run_id, started_at, mode, baseline_url, candidate_url, secondary_url,
+                          hash_only, sample_rate, settings}]   (baseline = the primary)
+    counters            {requests, sampled_out, mirrored, dropped_*, ...}   summed over runs
+    compared_requests   requests the candidate was compared on
+    has_secondary       whether there is a noise floor
+    first, last         ISO times of the first and last comparison
+    candidate_errors    {error code: count}; teacher_forced_errors likewise
+    measures            [{kind: "rate", key, label, candidate: Rate, secondary: Rate | null,
+                          excess: RateExcess | null}
+                         {kind: "mean", ..., candidate: Mean, secondary, excess: MeanExcess | null}
+                         {kind: "max", ..., candidate: {max, n}, secondary, excess: null}]
+    worst               [{time, request_id, endpoint, stream, first_diff, edit_distance, length_ratio,
+                          kl_mean, top1_agree, prompt}]   by edit distance, then KL
+    hourly              [{hour, requests, candidate_errors: Rate, candidate_mismatch: Rate,
+                          secondary_mismatch: Rate | null, candidate_edit_distance: {mean, n},
+                          candidate_kl_mean: {mean, n}}]
+
+    Rate        {count, n, rate, low, high}                 Wilson interval
+    Mean        {mean, low, high, n}                        percentile bootstrap interval
+    RateExcess  {n, diff, low, high, only_candidate, only_secondary, p_value, test: "exact McNemar",
+                 significant}                               candidate − floor, paired
+    MeanExcess  {n, diff, low, high, p_value, test: "Wilcoxon signed-rank", significant}
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from servecmp.errors import UserError
 from servecmp.metrics.stats import (
+    DEFAULT_CONFIDENCE,
     bootstrap_mean_ci,
     mcnemar_exact,
     paired_bootstrap_diff_ci,
@@ -35,6 +67,9 @@ from servecmp.metrics.stats import (
 )
 from servecmp.shadow.store import COUNTER_NAMES, open_readonly
 
+SCHEMA: Final = "servecmp.shadow_summary"
+#: Bumped whenever the layout changes (readers refuse fields they do not know).
+VERSION: Final = 1
 ALPHA = 0.05
 Row = dict[str, Any]
 Indicator = Callable[[Row], bool | None]
@@ -77,19 +112,221 @@ MAXES: list[tuple[str, str]] = [
 ]
 
 
+# ---- the summary's types -----------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    # Reading a summary back (e.g. a stored --json) should fail loudly on a field it does not know.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Rate(_Model):
+    """A share with its Wilson interval; ``rate``/``low``/``high`` are null when ``n`` is 0."""
+
+    count: int
+    n: int
+    rate: float | None
+    low: float | None
+    high: float | None
+
+
+class Mean(_Model):
+    """A mean with its percentile bootstrap interval; null values when ``n`` is 0."""
+
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int
+
+
+class Largest(_Model):
+    max: float | None
+    n: int
+
+
+class PlainMean(_Model):
+    """A mean without an interval (per-hour rows: a bootstrap per hour would cost more than it tells)."""
+
+    mean: float | None
+    n: int
+
+
+class RateExcess(_Model):
+    """Candidate − floor on the requests both answered, with the exact McNemar test."""
+
+    n: int
+    diff: float | None
+    low: float | None
+    high: float | None
+    #: Discordant pairs: only the candidate's indicator is true / only the secondary's.
+    only_candidate: int
+    only_secondary: int
+    p_value: float | None
+    test: Literal["exact McNemar"] = "exact McNemar"
+    significant: bool
+
+
+class MeanExcess(_Model):
+    """Mean paired difference candidate − floor, with the Wilcoxon signed-rank test."""
+
+    n: int
+    diff: float | None
+    low: float | None
+    high: float | None
+    p_value: float | None
+    test: Literal["Wilcoxon signed-rank"] = "Wilcoxon signed-rank"
+    significant: bool
+
+
+class RateMeasure(_Model):
+    kind: Literal["rate"] = "rate"
+    key: str
+    label: str
+    candidate: Rate
+    secondary: Rate | None
+    excess: RateExcess | None
+
+
+class MeanMeasure(_Model):
+    kind: Literal["mean"] = "mean"
+    key: str
+    label: str
+    candidate: Mean
+    secondary: Mean | None
+    #: None also for a measure defined on different subsets of requests per endpoint (no pairing).
+    excess: MeanExcess | None
+
+
+class MaxMeasure(_Model):
+    kind: Literal["max"] = "max"
+    key: str
+    label: str
+    candidate: Largest
+    secondary: Largest | None
+    excess: None = None
+
+
+Measure = Annotated[RateMeasure | MeanMeasure | MaxMeasure, Field(discriminator="kind")]
+
+
+class WorstRequest(_Model):
+    time: str
+    request_id: str
+    endpoint: str
+    stream: bool
+    first_diff: int | None
+    edit_distance: float | None
+    length_ratio: float | None
+    kl_mean: float | None
+    top1_agree: float | None
+    #: The prompt's start, or ``sha256:<prefix>`` for a database recorded with --hash-only.
+    prompt: str
+
+
+class HourRow(_Model):
+    hour: str
+    #: Requests compared with the candidate in this hour.
+    requests: int
+    candidate_errors: Rate
+    candidate_mismatch: Rate
+    secondary_mismatch: Rate | None
+    candidate_edit_distance: PlainMean
+    candidate_kl_mean: PlainMean
+
+
+class RunSummary(_Model):
+    """One `shadow serve` or `shadow replay` run recorded in the database."""
+
+    run_id: str
+    started_at: str
+    mode: str
+    #: The primary's URL.
+    baseline_url: str | None
+    candidate_url: str | None
+    secondary_url: str | None
+    hash_only: bool
+    sample_rate: float
+    #: The run's non-secret settings as stored (the `[shadow]` section and model names; never keys).
+    settings: dict[str, Any]
+
+
+class ShadowCounters(_Model):
+    """Event counts summed over runs (see `servecmp.shadow.store.COUNTER_NAMES` for their meaning)."""
+
+    requests: int = 0
+    sampled_out: int = 0
+    mirrored: int = 0
+    dropped_queue_full: int = 0
+    dropped_writer_full: int = 0
+    dropped_db_full: int = 0
+    dropped_too_large: int = 0
+    dropped_shutdown: int = 0
+    client_disconnected: int = 0
+    primary_unreachable: int = 0
+    primary_dropped: int = 0
+    mirror_failures: int = 0
+
+
+class ReportSettings(_Model):
+    confidence: float = DEFAULT_CONFIDENCE
+    #: A paired test is called significant when p < alpha (each measure on its own).
+    alpha: float = ALPHA
+    n_boot: int
+    worst_n: int
+
+
+class ShadowSummary(_Model):
+    """Everything `shadow report` prints, typed and versioned (see the module docstring's layout)."""
+
+    # "schema" is a (deprecated) BaseModel attribute, hence the alias; dumps use the alias anyway.
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True, validate_by_name=True,
+                              validate_by_alias=True)
+
+    schema_: Literal["servecmp.shadow_summary"] = Field(default=SCHEMA, alias="schema")
+    version: Literal[1] = VERSION
+    database: str | None = None
+    settings: ReportSettings
+    runs: list[RunSummary]
+    counters: ShadowCounters
+    compared_requests: int
+    has_secondary: bool
+    first: str | None
+    last: str | None
+    candidate_errors: dict[str, int]
+    teacher_forced_errors: dict[str, int]
+    measures: list[Measure]
+    worst: list[WorstRequest]
+    hourly: list[HourRow]
+
+    def measure(self, key: str) -> RateMeasure | MeanMeasure | MaxMeasure:
+        for m in self.measures:
+            if m.key == key:
+                return m
+        raise KeyError(key)
+
+
+# ---- computing it ------------------------------------------------------------------------------
+
+
 def _clean(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _rate(rows: Sequence[Row], ind: Indicator) -> dict[str, Any]:
+def _rate(rows: Sequence[Row], ind: Indicator) -> Rate:
     vals = [v for v in (ind(r) for r in rows) if v is not None]
-    return asdict(wilson_ci(sum(vals), len(vals)))
+    p = wilson_ci(sum(vals), len(vals))
+    return Rate(count=p.count, n=p.n, rate=p.rate, low=p.low, high=p.high)
 
 
-def _mean(rows: Sequence[Row], col: str, n_boot: int) -> dict[str, Any]:
+def _mean(rows: Sequence[Row], col: str, n_boot: int) -> Mean:
     vals = [float(r[col]) for r in rows if r[col] is not None and math.isfinite(float(r[col]))]
     est = bootstrap_mean_ci(vals, n_boot=n_boot)
-    return {"mean": est.point, "low": est.low, "high": est.high, "n": est.n}
+    return Mean(mean=est.point, low=est.low, high=est.high, n=est.n)
+
+
+def _largest(rows: Sequence[Row], col: str) -> Largest:
+    vals = [float(r[col]) for r in rows if r[col] is not None]
+    return Largest(max=max(vals) if vals else None, n=len(vals))
 
 
 def _paired(
@@ -109,28 +346,27 @@ def _paired(
     return a, b
 
 
-def _paired_rate(cand: dict[str, Row], sec: dict[str, Row], ind: Indicator, n_boot: int) -> dict[str, Any]:
+def _paired_rate(cand: dict[str, Row], sec: dict[str, Row], ind: Indicator, n_boot: int) -> RateExcess:
     floor, candidate = _paired(cand, sec, ind)
     b = sum(1 for f, c in zip(floor, candidate, strict=True) if c and not f)  # only the candidate fails
     c_ = sum(1 for f, c in zip(floor, candidate, strict=True) if f and not c)  # only the secondary fails
     diff = paired_bootstrap_diff_ci(floor, candidate, n_boot=n_boot)
     p = mcnemar_exact(b, c_) if floor else None
-    return {
-        "n": len(floor), "diff": diff.point, "low": diff.low, "high": diff.high,
-        "only_candidate": b, "only_secondary": c_,
-        "p_value": p, "test": "exact McNemar", "significant": p is not None and p < ALPHA,
-    }
+    return RateExcess(
+        n=len(floor), diff=diff.point, low=diff.low, high=diff.high, only_candidate=b, only_secondary=c_,
+        p_value=p, significant=p is not None and p < ALPHA,
+    )
 
 
-def _paired_mean(cand: dict[str, Row], sec: dict[str, Row], col: str, n_boot: int) -> dict[str, Any]:
+def _paired_mean(cand: dict[str, Row], sec: dict[str, Row], col: str, n_boot: int) -> MeanExcess:
     floor, candidate = _paired(cand, sec, lambda r: _clean(r[col]))
     diff = paired_bootstrap_diff_ci(floor, candidate, n_boot=n_boot)
     test = wilcoxon_paired(floor, candidate) if floor else None
     p = test.pvalue if test is not None else None
-    return {
-        "n": len(floor), "diff": diff.point, "low": diff.low, "high": diff.high,
-        "p_value": p, "test": "Wilcoxon signed-rank", "significant": p is not None and p < ALPHA,
-    }
+    return MeanExcess(
+        n=len(floor), diff=diff.point, low=diff.low, high=diff.high, p_value=p,
+        significant=p is not None and p < ALPHA,
+    )
 
 
 def _iso(ts: float) -> str:
@@ -141,14 +377,9 @@ def _hour(ts: float) -> str:
     return datetime.fromtimestamp(ts - ts % 3600, UTC).strftime("%Y-%m-%d %H:00Z")
 
 
-def _avg(vals: Sequence[float | None]) -> float | None:
+def _plain_mean(vals: Sequence[float | None]) -> PlainMean:
     xs = [float(v) for v in vals if v is not None]
-    return sum(xs) / len(xs) if xs else None
-
-
-def _share(rows: Sequence[Row], ind: Indicator) -> float | None:
-    vals = [v for v in (ind(r) for r in rows) if v is not None]
-    return sum(vals) / len(vals) if vals else None
+    return PlainMean(mean=sum(xs) / len(xs) if xs else None, n=len(xs))
 
 
 def _snippet(r: Row, width: int = 60) -> str:
@@ -158,6 +389,21 @@ def _snippet(r: Row, width: int = 60) -> str:
     return f"sha256:{str(r['prompt_sha256'])[:12]}"
 
 
+def _run(r: Row) -> RunSummary:
+    settings = r.get("settings")
+    if isinstance(settings, str):
+        try:
+            settings = json.loads(settings)
+        except ValueError:
+            settings = None
+    return RunSummary(
+        run_id=str(r["run_id"]), started_at=_iso(float(r["started_at"])), mode=str(r["mode"]),
+        baseline_url=r.get("primary_url"), candidate_url=r.get("candidate_url"),
+        secondary_url=r.get("secondary_url"), hash_only=bool(r["hash_only"]),
+        sample_rate=float(r["sample_rate"]), settings=settings if isinstance(settings, dict) else {},
+    )
+
+
 def summarise(
     rows: Sequence[Row],
     *,
@@ -165,9 +411,10 @@ def summarise(
     runs: Sequence[Row] = (),
     worst_n: int = 10,
     n_boot: int = 2000,
-) -> dict[str, Any]:
-    """The report as plain data. ``rows`` are `PairRecord` columns (one dict per row); means and
-    paired differences get percentile bootstrap intervals from ``n_boot`` resamples."""
+) -> ShadowSummary:
+    """The report as a typed summary. ``rows`` are `PairRecord` columns (one dict per row), ``runs``
+    rows of the database's ``runs`` table; means and paired differences get percentile bootstrap
+    intervals from ``n_boot`` resamples (seeded: the same database gives the same numbers)."""
     by_target: dict[str, dict[str, Row]] = defaultdict(dict)
     for r in rows:
         by_target[r["target"]][r["request_id"]] = r
@@ -175,44 +422,35 @@ def summarise(
     has_floor = bool(sec)
     cand_rows, sec_rows = list(cand.values()), list(sec.values())
 
-    measures: list[dict[str, Any]] = []
+    measures: list[RateMeasure | MeanMeasure | MaxMeasure] = []
     for key, label, ind in RATES:
-        measures.append({
-            "key": key, "label": label, "kind": "rate",
-            "candidate": _rate(cand_rows, ind),
-            "secondary": _rate(sec_rows, ind) if has_floor else None,
-            "excess": _paired_rate(cand, sec, ind, n_boot) if has_floor else None,
-        })
+        measures.append(RateMeasure(
+            key=key, label=label, candidate=_rate(cand_rows, ind),
+            secondary=_rate(sec_rows, ind) if has_floor else None,
+            excess=_paired_rate(cand, sec, ind, n_boot) if has_floor else None,
+        ))
     for col, label, tested in MEANS:
-        measures.append({
-            "key": col, "label": label, "kind": "mean",
-            "candidate": _mean(cand_rows, col, n_boot),
-            "secondary": _mean(sec_rows, col, n_boot) if has_floor else None,
-            "excess": _paired_mean(cand, sec, col, n_boot) if has_floor and tested else None,
-        })
+        measures.append(MeanMeasure(
+            key=col, label=label, candidate=_mean(cand_rows, col, n_boot),
+            secondary=_mean(sec_rows, col, n_boot) if has_floor else None,
+            excess=_paired_mean(cand, sec, col, n_boot) if has_floor and tested else None,
+        ))
     for col, label in MAXES:
-        def biggest(rs: Sequence[Row], c: str = col) -> dict[str, Any]:
-            vals = [float(r[c]) for r in rs if r[c] is not None]
-            return {"max": max(vals) if vals else None, "n": len(vals)}
-
-        measures.append({
-            "key": col, "label": label, "kind": "max",
-            "candidate": biggest(cand_rows), "secondary": biggest(sec_rows) if has_floor else None,
-            "excess": None,
-        })
+        measures.append(MaxMeasure(
+            key=col, label=label, candidate=_largest(cand_rows, col),
+            secondary=_largest(sec_rows, col) if has_floor else None,
+        ))
 
     ranked = sorted(
         (r for r in cand_rows if r["edit_distance"] is not None),
         key=lambda r: (-float(r["edit_distance"]), -float(r["kl_mean"] if r["kl_mean"] is not None else -1)),
     )
     worst = [
-        {
-            "time": _iso(r["ts"]),
-            "request_id": r["request_id"], "endpoint": r["endpoint"], "stream": bool(r["stream"]),
-            "first_diff": r["first_diff"], "edit_distance": r["edit_distance"],
-            "length_ratio": r["length_ratio"], "kl_mean": r["kl_mean"], "top1_agree": r["top1_agree"],
-            "prompt": _snippet(r),
-        }
+        WorstRequest(
+            time=_iso(r["ts"]), request_id=r["request_id"], endpoint=r["endpoint"], stream=bool(r["stream"]),
+            first_diff=r["first_diff"], edit_distance=r["edit_distance"], length_ratio=r["length_ratio"],
+            kl_mean=r["kl_mean"], top1_agree=r["top1_agree"], prompt=_snippet(r),
+        )
         for r in ranked[:worst_n]
     ]
 
@@ -221,15 +459,15 @@ def summarise(
         if r["target"] in ("candidate", "secondary"):
             hours[_hour(r["ts"])][r["target"]].append(r)
     hourly = [
-        {
-            "hour": h,
-            "requests": len(g["candidate"]),
-            "candidate_error_rate": _share(g["candidate"], _error),
-            "candidate_mismatch_rate": _share(g["candidate"], _mismatch),
-            "secondary_mismatch_rate": _share(g["secondary"], _mismatch) if has_floor else None,
-            "candidate_edit_distance": _avg([r["edit_distance"] for r in g["candidate"]]),
-            "candidate_kl_mean": _avg([r["kl_mean"] for r in g["candidate"]]),
-        }
+        HourRow(
+            hour=h,
+            requests=len(g["candidate"]),
+            candidate_errors=_rate(g["candidate"], _error),
+            candidate_mismatch=_rate(g["candidate"], _mismatch),
+            secondary_mismatch=_rate(g["secondary"], _mismatch) if has_floor else None,
+            candidate_edit_distance=_plain_mean([r["edit_distance"] for r in g["candidate"]]),
+            candidate_kl_mean=_plain_mean([r["kl_mean"] for r in g["candidate"]]),
+        )
         for h, g in sorted(hours.items())
     ]
 
@@ -241,19 +479,22 @@ def summarise(
         if r["other_error"]:
             other_errors[r["other_error"]] += 1
     times = [float(r["ts"]) for r in rows]
-    return {
-        "runs": list(runs),
-        "counters": dict(counters or {}),
-        "compared_requests": len(cand),
-        "has_secondary": has_floor,
-        "first": _iso(min(times)) if times else None,
-        "last": _iso(max(times)) if times else None,
-        "candidate_errors": dict(sorted(other_errors.items())),
-        "teacher_forced_errors": dict(sorted(tf_errors.items())),
-        "measures": measures,
-        "worst": worst,
-        "hourly": hourly,
-    }
+    known = counters or {}
+    return ShadowSummary(
+        settings=ReportSettings(n_boot=n_boot, worst_n=worst_n),
+        runs=[_run(r) for r in runs],
+        # Counters a newer servecmp may have added are not this version's to report.
+        counters=ShadowCounters(**{name: int(known.get(name, 0)) for name in COUNTER_NAMES}),
+        compared_requests=len(cand),
+        has_secondary=has_floor,
+        first=_iso(min(times)) if times else None,
+        last=_iso(max(times)) if times else None,
+        candidate_errors=dict(sorted(other_errors.items())),
+        teacher_forced_errors=dict(sorted(tf_errors.items())),
+        measures=measures,
+        worst=worst,
+        hourly=hourly,
+    )
 
 
 def load(path: Path) -> tuple[list[Row], dict[str, int], list[Row]]:
@@ -268,7 +509,7 @@ def load(path: Path) -> tuple[list[Row], dict[str, int], list[Row]]:
             dict(r)
             for r in conn.execute(
                 "SELECT run_id, started_at, mode, primary_url, candidate_url, secondary_url, hash_only, "
-                "sample_rate FROM runs ORDER BY started_at"
+                "sample_rate, settings FROM runs ORDER BY started_at"
             )
         ]
     except sqlite3.DatabaseError as exc:
@@ -276,6 +517,14 @@ def load(path: Path) -> tuple[list[Row], dict[str, int], list[Row]]:
     finally:
         conn.close()
     return rows, counters, runs
+
+
+def load_summary(db: Path, *, worst_n: int = 10, n_boot: int = 2000) -> ShadowSummary:
+    """The summary of a shadow database (what `shadow report` and `servecmp report DB` print)."""
+    rows, counters, runs = load(db)
+    summary = summarise(rows, counters=counters, runs=runs, worst_n=worst_n, n_boot=n_boot)
+    summary.database = str(db)
+    return summary
 
 
 # ---- rendering ---------------------------------------------------------------------------------
@@ -289,89 +538,105 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _cell(kind: str, d: dict[str, Any] | None) -> str:
+def _cell(d: Rate | Mean | Largest | None) -> str:
     if d is None:
         return "—"
-    if kind == "rate":
-        if d["n"] == 0:
+    if isinstance(d, Rate):
+        if d.n == 0:
             return "— (n=0)"
-        return f"{_pct(d['rate'])} [{_pct(d['low'])}, {_pct(d['high'])}] (n={d['n']})"
-    if kind == "mean":
-        if d["n"] == 0:
+        return f"{_pct(d.rate)} [{_pct(d.low)}, {_pct(d.high)}] (n={d.n})"
+    if isinstance(d, Mean):
+        if d.n == 0:
             return "— (n=0)"
-        return f"{_num(d['mean'])} [{_num(d['low'])}, {_num(d['high'])}] (n={d['n']})"
-    return f"{_num(d['max'])} (n={d['n']})"
+        return f"{_num(d.mean)} [{_num(d.low)}, {_num(d.high)}] (n={d.n})"
+    return f"{_num(d.max)} (n={d.n})"
 
 
-def _excess(kind: str, e: dict[str, Any] | None) -> tuple[str, str]:
+def _excess(e: RateExcess | MeanExcess | None) -> tuple[str, str]:
     if e is None:
         return "—", "—"
-    if e["n"] == 0:
+    if e.n == 0:
         return "— (no pairs)", "—"
-    fmt = _pct if kind == "rate" else _num
-    diff = f"{fmt(e['diff'])} [{fmt(e['low'])}, {fmt(e['high'])}]"
-    p = e["p_value"]
-    test = e["test"].split()[-1]  # "McNemar" / "signed-rank": the full name is in --json
+    fmt = _pct if isinstance(e, RateExcess) else _num
+    diff = f"{fmt(e.diff)} [{fmt(e.low)}, {fmt(e.high)}]"
+    p = e.p_value
+    test = e.test.split()[-1]  # "McNemar" / "signed-rank": the full name is in --json
     if p is None:
         verdict = "no differences to test"
-    elif e["significant"]:
+    elif e.significant:
         verdict = f"[bold red]differs[/] (p={p:.2g}, {test})"
     else:
         verdict = f"not significant (p={p:.2g}, {test})"
     return diff, verdict
 
 
+def _share(r: Rate | None) -> str:
+    if r is None:
+        return "—"
+    return "—" if r.n == 0 else f"{_pct(r.rate)} ({r.count}/{r.n})"
+
+
 def _counts(d: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in d.items())
 
 
-def render(summary: dict[str, Any], console: Console, db: Path | None = None) -> None:
-    c = summary["counters"]
-    head = Table(title=f"Shadow traffic{f' — {db}' if db else ''}", show_header=False)
+def _distinct(values: Sequence[str | None]) -> str:
+    return ", ".join(dict.fromkeys(v for v in values if v)) or "—"
+
+
+def render(summary: ShadowSummary, console: Console, db: Path | None = None) -> None:
+    where = db if db is not None else summary.database
+    # escape(): a path or URL may hold brackets, which rich would read as markup.
+    head = Table(title=f"Shadow traffic{f' — {escape(str(where))}' if where else ''}", show_header=False)
     head.add_column("what")
     head.add_column("value")
-    head.add_row("runs", str(len(summary["runs"])))
-    head.add_row("span", f"{summary['first'] or '—'} → {summary['last'] or '—'}")
-    head.add_row("requests compared", str(summary["compared_requests"]))
-    head.add_row("noise floor", "secondary replica" if summary["has_secondary"] else "none (no --secondary)")
+    head.add_row("runs", str(len(summary.runs)))
+    if summary.runs:
+        head.add_row("baseline (primary)", escape(_distinct([r.baseline_url for r in summary.runs])))
+        head.add_row("candidate", escape(_distinct([r.candidate_url for r in summary.runs])))
+        if any(r.secondary_url for r in summary.runs):
+            head.add_row("secondary", escape(_distinct([r.secondary_url for r in summary.runs])))
+    head.add_row("span", f"{summary.first or '—'} → {summary.last or '—'}")
+    head.add_row("requests compared", str(summary.compared_requests))
+    head.add_row("noise floor", "secondary replica" if summary.has_secondary else "none (no --secondary)")
     for name in COUNTER_NAMES:
-        if c.get(name):
-            head.add_row(name.replace("_", " "), str(c[name]))
-    if summary["candidate_errors"]:
-        head.add_row("candidate errors", _counts(summary["candidate_errors"]))
-    if summary["teacher_forced_errors"]:
-        head.add_row("teacher-forced skipped", _counts(summary["teacher_forced_errors"]))
+        value = getattr(summary.counters, name)
+        if value:
+            head.add_row(name.replace("_", " "), str(value))
+    if summary.candidate_errors:
+        head.add_row("candidate errors", _counts(summary.candidate_errors))
+    if summary.teacher_forced_errors:
+        head.add_row("teacher-forced skipped", _counts(summary.teacher_forced_errors))
     console.print(head)
 
     t = Table(title="Candidate vs the primary, above the secondary's noise floor (95% intervals)")
     for col in ("measure", "candidate", "noise floor (secondary)", "candidate − floor", "paired test, 5%"):
         t.add_column(col)
-    for m in summary["measures"]:
-        diff, verdict = _excess(m["kind"], m["excess"])
-        kind = m["kind"]
-        t.add_row(m["label"], _cell(kind, m["candidate"]), _cell(kind, m["secondary"]), diff, verdict)
+    for m in summary.measures:
+        diff, verdict = _excess(m.excess)
+        t.add_row(m.label, _cell(m.candidate), _cell(m.secondary), diff, verdict)
     console.print(t)
 
-    if summary["worst"]:
+    if summary.worst:
         w = Table(title="Worst-diverging requests (candidate, by edit distance then KL)")
         for col in ("time", "request", "endpoint", "first diff", "edit dist.", "len. ratio", "KL", "top-1",
                     "prompt"):
             w.add_column(col)
-        for r in summary["worst"]:
+        for r in summary.worst:
             w.add_row(
-                r["time"], r["request_id"][:8], r["endpoint"] + (" (stream)" if r["stream"] else ""),
-                str(r["first_diff"]) if r["first_diff"] is not None else "—", _num(r["edit_distance"]),
-                _num(r["length_ratio"], 2), _num(r["kl_mean"], 4), _num(r["top1_agree"], 2), r["prompt"],
+                r.time, r.request_id[:8], r.endpoint + (" (stream)" if r.stream else ""),
+                str(r.first_diff) if r.first_diff is not None else "—", _num(r.edit_distance),
+                _num(r.length_ratio, 2), _num(r.kl_mean, 4), _num(r.top1_agree, 2), escape(r.prompt),
             )
         console.print(w)
 
-    if summary["hourly"]:
+    if summary.hourly:
         h = Table(title="Per hour (UTC)")
         for col in ("hour", "requests", "cand. errors", "cand. differs", "floor differs", "cand. edit dist.",
                     "cand. KL"):
             h.add_column(col)
-        for r in summary["hourly"]:
-            h.add_row(r["hour"], str(r["requests"]), _pct(r["candidate_error_rate"]),
-                      _pct(r["candidate_mismatch_rate"]), _pct(r["secondary_mismatch_rate"]),
-                      _num(r["candidate_edit_distance"]), _num(r["candidate_kl_mean"], 4))
+        for hr in summary.hourly:
+            h.add_row(hr.hour, str(hr.requests), _share(hr.candidate_errors), _share(hr.candidate_mismatch),
+                      _share(hr.secondary_mismatch), _num(hr.candidate_edit_distance.mean),
+                      _num(hr.candidate_kl_mean.mean, 4))
         console.print(h)

@@ -13,7 +13,7 @@ How (vLLM 0.32's OpenAI server; all requests off the response path):
    position, the top-k plus the actual token, keyed by token id; the answer positions are the tail.
 4. The primary's own top-k: from its response's logprobs when the client asked for them and their
    tokens line up with the decoded answer ids (compared by token text); otherwise the same
-   ``prompt_logprobs`` request to the primary (with ``primary_api_key_env``'s key, never the client's),
+   ``prompt_logprobs`` request to the primary (with the baseline's ``api_key_env`` key, never the client's),
    unless ``tf_score_primary`` is off (then only requests that asked for logprobs are scored).
 
 The same tokenizer is assumed on all endpoints (a quantized copy of one model). Anything that fails
@@ -235,7 +235,8 @@ class TeacherForcer:
         primary_ids: list[Position] | None = None
         if from_response is None:
             try:
-                primary_ids = await self.score_ids(self.primary, client_model, ids, start)
+                # The baseline's model name when one was given (--baseline-model), else the client's.
+                primary_ids = await self.score_ids(self.primary, self.primary.model or client_model, ids, start)
             except Exception as exc:  # noqa: BLE001
                 code = f"primary_{_error_code(exc)}"
                 outcomes.update({name: TfOutcome(error=code) for name in scored})

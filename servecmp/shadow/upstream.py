@@ -1,4 +1,5 @@
-"""One upstream endpoint of the shadow proxy: its URL, credentials, model name and pooled client.
+"""One upstream endpoint of the shadow proxy: its URL, credentials, model name and pooled client,
+built from an `EndpointSpec` (servecmp's one endpoint layer: URL forms, key lookup).
 
 The client is aiohttp rather than httpx: measured on this project's 2-core machine against the
 loopback stub, one keep-alive request cost ~0.2 ms of CPU with aiohttp and ~0.9 ms (2 ms with 20
@@ -7,8 +8,8 @@ the proxy makes two upstream requests per client request (primary + candidate).
 `scripts/bench_shadow.py` measures the result.
 
 The primary is reached with the client's own headers (its Authorization included); the candidate and
-the secondary only ever get the key named by their own ``*_api_key_env`` setting. Keys live in
-memory only: never in a record, a log line or an error message.
+the secondary only ever get the key named by their own ``api_key_env`` (``--candidate-key-env``,
+...). Keys live in memory only: never in a record, a log line or an error message.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from servecmp.errors import UserError
+from servecmp.endpoints import EndpointSpec, api_key_from_env, root_url
 
 #: Headers that describe one hop of a connection, never forwarded (RFC 9110 §7.6.1), plus Host,
 #: which names the proxy, and Content-Length, which the client library recomputes from the body.
@@ -75,31 +75,16 @@ def error_code(exc: BaseException) -> str:
     return "garbage"
 
 
-def base_url(url: str) -> str:
-    """``http://h:p``, ``http://h:p/v1`` or ``.../v1/`` → ``http://h:p`` (paths are appended per call)."""
-    url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise UserError(f"endpoint URL {url!r} must start with http:// or https://")
-    if url.endswith("/v1"):
-        url = url[: -len("/v1")]
-    return url
-
-
-def api_key_from_env(env_name: str | None, role: str) -> str | None:
-    if not env_name:
-        return None
-    key = os.environ.get(env_name)
-    if not key:
-        raise UserError(f"environment variable {env_name} ({role} API key) is not set")
-    return key
-
-
 @dataclass
 class Upstream:
     role: str  # "primary", "candidate" or "secondary"
+    #: The server root (``http://host:port``): routes such as ``/v1/models`` and vLLM's ``/tokenize``
+    #: are appended to it.
     url: str
     timeout_s: float
-    #: Model name to put in mirrored requests; ``None`` until known (then the client's is kept).
+    #: Model name for requests servecmp makes to this endpoint (mirrored ones, teacher-forced scoring,
+    #: replay); ``None`` until known, and then the client's is kept. Never put in requests the proxy
+    #: forwards to the primary for a client: those go through unchanged.
     model: str | None = None
     #: The ``Authorization`` value for requests this proxy makes on its own (never the client's).
     authorization: str | None = field(default=None, repr=False)
@@ -109,23 +94,17 @@ class Upstream:
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
 
     @classmethod
-    def create(
-        cls,
-        role: str,
-        url: str,
-        *,
-        timeout_s: float,
-        model: str | None = None,
-        api_key_env: str | None = None,
-    ) -> Upstream:
-        key = api_key_from_env(api_key_env, role)
+    def create(cls, role: str, spec: EndpointSpec, *, timeout_s: float) -> Upstream:
+        """The upstream for ``spec``; UserError when its key variable is named but not set."""
+        # The primary is the baseline: that is what its key variable is called everywhere else.
+        key = api_key_from_env(spec.api_key_env, "baseline" if role == "primary" else role)
         return cls(
             role=role,
-            url=base_url(url),
+            url=root_url(spec.base_url),
             timeout_s=timeout_s,
-            model=model,
+            model=spec.model,
             authorization=f"Bearer {key}" if key else None,
-            _resolved=model is not None,
+            _resolved=spec.model is not None,
         )
 
     @property

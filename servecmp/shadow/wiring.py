@@ -1,50 +1,77 @@
-"""Building the pieces of `shadow serve` and `shadow replay` from the `[shadow]` config section."""
+"""Building the pieces of `shadow serve` and `shadow replay` from the `[shadow]` settings and the
+endpoints (`[baseline]` = the primary, `[candidate]`, `[secondary]`, as for every command)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from servecmp.config import ShadowConfig
-from servecmp.errors import UserError
+from servecmp.endpoints import EndpointSpec, api_key_from_env
 from servecmp.shadow.mirror import Comparer
 from servecmp.shadow.store import Counters, PairWriter, RunInfo, register_run
 from servecmp.shadow.teacher_forcing import TeacherForcer
-from servecmp.shadow.upstream import Upstream, api_key_from_env, base_url
-
-#: Settings that name where keys are: not secret themselves, but left out of the database anyway.
-SECRET_FIELDS = {"primary_api_key_env", "candidate_api_key_env", "secondary_api_key_env"}
+from servecmp.shadow.upstream import Upstream
 
 
-def new_run(cfg: ShadowConfig, *, mode: str) -> RunInfo:
-    """Check the endpoint settings (URLs, that key variables are set) and describe the run."""
-    if not cfg.primary or not cfg.candidate:
-        raise UserError("shadow needs --primary and --candidate URLs (or [shadow] primary/candidate)")
-    api_key_from_env(cfg.primary_api_key_env, "primary")
-    api_key_from_env(cfg.candidate_api_key_env, "candidate")
-    api_key_from_env(cfg.secondary_api_key_env, "secondary")
+@dataclass(frozen=True)
+class ShadowEndpoints:
+    """The endpoints of a shadow run. Plain data (pickled to the mirror process); keys are named by
+    their environment variables, so nothing here is secret."""
+
+    #: The primary: clients get its answers, unchanged.
+    baseline: EndpointSpec
+    candidate: EndpointSpec
+    #: A second replica of the baseline: the noise floor.
+    secondary: EndpointSpec | None = None
+
+    @classmethod
+    def of(
+        cls, baseline: str, candidate: str, secondary: str | None = None, **candidate_fields: Any
+    ) -> ShadowEndpoints:
+        """Shorthand for URLs (tests, scripts); ``candidate_fields`` are more `EndpointSpec` fields."""
+        return cls(
+            EndpointSpec(base_url=baseline),
+            EndpointSpec(base_url=candidate, **candidate_fields),
+            EndpointSpec(base_url=secondary) if secondary else None,
+        )
+
+    def roles(self) -> dict[str, EndpointSpec]:
+        out = {"baseline": self.baseline, "candidate": self.candidate}
+        if self.secondary is not None:
+            out["secondary"] = self.secondary
+        return out
+
+
+def new_run(cfg: ShadowConfig, endpoints: ShadowEndpoints, *, mode: str) -> RunInfo:
+    """Check that the named key variables are set and describe the run."""
+    for role, spec in endpoints.roles().items():
+        api_key_from_env(spec.api_key_env, role)
+    settings: dict[str, Any] = cfg.model_dump()
+    # Model names are worth knowing when reading the report; key variable names are left out of the
+    # database (not secret themselves, but nothing a report needs).
+    settings.update({f"{role}_model": spec.model for role, spec in endpoints.roles().items()})
     return RunInfo(
         mode=mode,
-        primary_url=base_url(cfg.primary),
-        candidate_url=base_url(cfg.candidate),
-        secondary_url=base_url(cfg.secondary) if cfg.secondary else None,
+        primary_url=endpoints.baseline.base_url,
+        candidate_url=endpoints.candidate.base_url,
+        secondary_url=endpoints.secondary.base_url if endpoints.secondary else None,
         hash_only=cfg.hash_only,
         sample_rate=cfg.sample_rate,
-        settings=cfg.model_dump(exclude=SECRET_FIELDS),
+        settings=settings,
     )
 
 
-def start_run(cfg: ShadowConfig, *, mode: str) -> RunInfo:
+def start_run(cfg: ShadowConfig, endpoints: ShadowEndpoints, *, mode: str) -> RunInfo:
     """`new_run` + record it in the database (which is created if needed)."""
-    run = new_run(cfg, mode=mode)
+    run = new_run(cfg, endpoints, mode=mode)
     register_run(Path(cfg.db), run, max_db_mb=cfg.max_db_mb)
     return run
 
 
-def primary_upstream(cfg: ShadowConfig) -> Upstream:
-    assert cfg.primary is not None
-    up = Upstream.create("primary", cfg.primary, timeout_s=cfg.primary_timeout_s,
-                         api_key_env=cfg.primary_api_key_env)
+def primary_upstream(cfg: ShadowConfig, endpoints: ShadowEndpoints) -> Upstream:
+    up = Upstream.create("primary", endpoints.baseline, timeout_s=cfg.primary_timeout_s)
     # No stricter connect limit than the client's own would be: on a stalled host a 10 s connect
     # can fail through the proxy where the direct call would have waited and succeeded.
     up.connect_timeout_s = cfg.primary_timeout_s
@@ -63,21 +90,14 @@ class ComparisonParts:
             await up.aclose()
 
 
-def build_comparison(cfg: ShadowConfig, run: RunInfo, counters: Counters) -> ComparisonParts:
+def build_comparison(
+    cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo, counters: Counters
+) -> ComparisonParts:
     """The candidate/secondary upstreams, teacher forcing, comparer and database writer of a run."""
-    assert cfg.candidate is not None
-    primary = primary_upstream(cfg)
-    targets = {
-        "candidate": Upstream.create(
-            "candidate", cfg.candidate, timeout_s=cfg.candidate_timeout_s,
-            model=cfg.candidate_model, api_key_env=cfg.candidate_api_key_env,
-        )
-    }
-    if cfg.secondary:
-        targets["secondary"] = Upstream.create(
-            "secondary", cfg.secondary, timeout_s=cfg.candidate_timeout_s,
-            model=cfg.secondary_model, api_key_env=cfg.secondary_api_key_env,
-        )
+    primary = primary_upstream(cfg, endpoints)
+    targets = {"candidate": Upstream.create("candidate", endpoints.candidate, timeout_s=cfg.candidate_timeout_s)}
+    if endpoints.secondary is not None:
+        targets["secondary"] = Upstream.create("secondary", endpoints.secondary, timeout_s=cfg.candidate_timeout_s)
     writer = PairWriter(
         Path(cfg.db), run, counters, max_db_mb=cfg.max_db_mb, queue_size=cfg.writer_queue_size
     )

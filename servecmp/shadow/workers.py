@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from servecmp.config import ShadowConfig
 from servecmp.shadow.mirror import MirrorJob
 from servecmp.shadow.store import COUNTER_NAMES, Counters, RunInfo, save_counters
-from servecmp.shadow.wiring import ComparisonParts, build_comparison
+from servecmp.shadow.wiring import ComparisonParts, ShadowEndpoints, build_comparison
 
 log = logging.getLogger("servecmp.shadow")
 
@@ -114,7 +114,7 @@ class LocalMirror:
 class ProcessMirror:
     """Comparisons in a child process fed through a bounded ``multiprocessing`` queue."""
 
-    def __init__(self, cfg: ShadowConfig, run: RunInfo) -> None:
+    def __init__(self, cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo) -> None:
         ctx = multiprocessing.get_context("spawn")  # fork is unsafe in a process with threads
         self.shared = ctx.RawArray("q", len(COUNTER_NAMES))
         self.counters = Counters(self.shared)
@@ -128,7 +128,7 @@ class ProcessMirror:
         self._run_id = run.run_id
         self._proc = ctx.Process(
             target=child_main,
-            args=(cfg, run, self._queue, self.shared, self._taken, self._stop_now),
+            args=(cfg, endpoints, run, self._queue, self.shared, self._taken, self._stop_now),
             name="servecmp-shadow-mirror",
             daemon=True,
         )
@@ -181,7 +181,9 @@ class ProcessMirror:
             log.exception("shadow: could not store the final counters")
 
 
-def child_main(cfg: ShadowConfig, run: RunInfo, jobs: Any, shared: Any, taken: Any, stop_now: Any) -> None:
+def child_main(
+    cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo, jobs: Any, shared: Any, taken: Any, stop_now: Any
+) -> None:
     """Entry point of the mirror process."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -191,13 +193,14 @@ def child_main(cfg: ShadowConfig, run: RunInfo, jobs: Any, shared: Any, taken: A
     if cfg.mirror_nice:
         with contextlib.suppress(OSError):
             os.nice(cfg.mirror_nice)
-    asyncio.run(_child(cfg, run, jobs, Counters(shared), taken, stop_now, os.getppid()))
+    asyncio.run(_child(cfg, endpoints, run, jobs, Counters(shared), taken, stop_now, os.getppid()))
 
 
 async def _child(
-    cfg: ShadowConfig, run: RunInfo, jobs: Any, counters: Counters, taken: Any, stop_now: Any, parent_pid: int
+    cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo, jobs: Any, counters: Counters, taken: Any,
+    stop_now: Any, parent_pid: int,
 ) -> None:
-    parts = build_comparison(cfg, run, counters)
+    parts = build_comparison(cfg, endpoints, run, counters)
     parts.writer.start()
     loop = asyncio.get_running_loop()
     slots = threading.Semaphore(cfg.mirror_concurrency)

@@ -4,8 +4,9 @@
 
 `answer` is the gold index (0-based) or its letter ("B"). `choices` holds 2 to 26 strings.
 Items are zero-shot unless a few-shot file of the same format is given: then every row of that
-file, in order, is an exemplar for every item. A row with a `subject` gets the MMLU subject
-header line; a row without one starts straight with its exemplars or question.
+file (or its first N rows, `--fewshot N`), in order, is an exemplar for every item. A row with a
+`subject` gets the MMLU subject header line; a row without one starts straight with its
+exemplars or question.
 Items without an `id` are numbered by their line number in the file ("L<line>").
 """
 
@@ -118,8 +119,15 @@ def read_rows(path: Path) -> list[JsonlRow]:
     return rows
 
 
-def load_jsonl(path: Path, *, task: str, fewshot: Path | None = None) -> list[McqItem]:
+def load_jsonl(path: Path, *, task: str, fewshot: Path | None = None, n_shots: int | None = None) -> list[McqItem]:
+    """The items of `path`; with a `fewshot` file, its rows (the first `n_shots` of them, when
+    given) are the exemplars of every item."""
     shots = [row.question for row in read_rows(fewshot)] if fewshot is not None else []
+    if n_shots is not None:
+        if n_shots > len(shots):
+            have = f"{fewshot} has {len(shots)} rows" if fewshot is not None else "no few-shot file was given"
+            raise UserError(f"--fewshot {n_shots}: {have}")
+        shots = shots[:n_shots]
     return [
         McqItem(
             item_id=row.item_id,

@@ -2,8 +2,9 @@
 
 Every source yields the same items for the same rows: the subject header, the subject's first
 five dev rows as exemplars (lm-eval's `first_n` sampler, Hendrycks' `gen_prompt`), then the test
-question ending in "Answer:". `item_id` is "<subject>/<row index in the subject's test file>", so
-ids from the vendored sample, the full CSVs and the hub agree.
+question ending in "Answer:". `n_shots` (lm-eval's `num_fewshot`, `--fewshot N`) takes fewer
+exemplars: the first n dev rows, 0 being zero-shot. `item_id` is "<subject>/<row index in the
+subject's test file>", so ids from the vendored sample, the full CSVs and the hub agree.
 """
 
 from __future__ import annotations
@@ -34,17 +35,27 @@ _HF_AGGREGATE_CONFIGS = frozenset({"all", "auxiliary_train"})
 SAMPLE_PACKAGE = "servecmp.prompts"
 SAMPLE_DIR = "mmlu_sample"
 
-MMLU_FORMAT = f"mmlu-{N_SHOTS}shot-v1|exemplars=first {N_SHOTS} dev rows in order|{LETTER_FORMAT}"
+
+def mmlu_format(n_shots: int = N_SHOTS) -> str:
+    """The prompt-format description (hashed into run manifests) for `n_shots` exemplars."""
+    return f"mmlu-{n_shots}shot-v1|exemplars=first {n_shots} dev rows in order|{LETTER_FORMAT}"
+
+
+MMLU_FORMAT = mmlu_format(N_SHOTS)
 
 _CSV_LAYOUT = "question, A, B, C, D, answer"
 _INDEXED_CSV_LAYOUT = "row index, question, A, B, C, D, answer"
 
 
 def build_items(
-    task: str, subject: str, dev: Sequence[LetterQuestion], test: Sequence[tuple[int, LetterQuestion]]
+    task: str,
+    subject: str,
+    dev: Sequence[LetterQuestion],
+    test: Sequence[tuple[int, LetterQuestion]],
+    n_shots: int = N_SHOTS,
 ) -> list[McqItem]:
     header = subject_header(subject)
-    shots = dev[:N_SHOTS]
+    shots = dev[:n_shots]
     return [
         McqItem(
             item_id=f"{subject}/{index}",
@@ -109,7 +120,7 @@ def _csv_question(
     return index, LetterQuestion(question=question, choices=tuple(choices), answer=gold)
 
 
-def load_csv_dir(root: Path, *, task: str, indexed: bool = False) -> list[McqItem]:
+def load_csv_dir(root: Path, *, task: str, indexed: bool = False, n_shots: int = N_SHOTS) -> list[McqItem]:
     """All subjects of a directory holding `dev/<subject>_dev.csv` and `test/<subject>_test.csv`."""
     if not root.is_dir():
         raise UserError(f"MMLU data directory {root} not found")
@@ -130,9 +141,9 @@ def load_csv_dir(root: Path, *, task: str, indexed: bool = False) -> list[McqIte
         if not dev_path.is_file():
             raise UserError(f"{dev_path} not found: the {N_SHOTS}-shot prompt takes its exemplars from it")
         dev = [q for _, q in read_csv_rows(dev_path)]
-        if len(dev) < N_SHOTS:
-            raise UserError(f"{dev_path} has {len(dev)} rows; the {N_SHOTS}-shot prompt needs {N_SHOTS}")
-        items.extend(build_items(task, subject, dev, read_csv_rows(test_path, indexed=indexed)))
+        if len(dev) < n_shots:
+            raise UserError(f"{dev_path} has {len(dev)} rows; the {n_shots}-shot prompt needs {n_shots}")
+        items.extend(build_items(task, subject, dev, read_csv_rows(test_path, indexed=indexed), n_shots))
     return items
 
 
@@ -147,8 +158,8 @@ def sample_dir() -> Path:
     return root
 
 
-def load_sample(*, task: str) -> list[McqItem]:
-    return load_csv_dir(sample_dir(), task=task, indexed=True)
+def load_sample(*, task: str, n_shots: int = N_SHOTS) -> list[McqItem]:
+    return load_csv_dir(sample_dir(), task=task, indexed=True, n_shots=n_shots)
 
 
 # --- Hugging Face cais/mmlu ---------------------------------------------------------------------
@@ -165,7 +176,7 @@ def hf_question(row: dict[str, Any], where: str) -> LetterQuestion:
     return LetterQuestion(question=question, choices=tuple(choices), answer=answer)
 
 
-def load_hf(*, task: str, local_dir: Path | None = None) -> list[McqItem]:
+def load_hf(*, task: str, local_dir: Path | None = None, n_shots: int = N_SHOTS) -> list[McqItem]:
     """`cais/mmlu`, one config per subject: from the hub, or from a local copy of the hub repo
     (`DIR/<subject>/{dev,test}-*.parquet`), whose subjects are its sub-directories."""
     if local_dir is None:
@@ -182,7 +193,7 @@ def load_hf(*, task: str, local_dir: Path | None = None) -> list[McqItem]:
             rows = hf_source.load_split(HF_DATASET, subject, split, local_dir=local_dir)
             splits[split] = [(i, hf_question(row, f"{where}, row {i}")) for i, row in enumerate(rows)]
         dev = [q for _, q in splits["dev"]]
-        if len(dev) < N_SHOTS:
-            raise UserError(f"{HF_DATASET} {subject}: dev split has {len(dev)} rows, need {N_SHOTS}")
-        items.extend(build_items(task, subject, dev, splits["test"]))
+        if len(dev) < n_shots:
+            raise UserError(f"{HF_DATASET} {subject}: dev split has {len(dev)} rows, need {n_shots}")
+        items.extend(build_items(task, subject, dev, splits["test"], n_shots))
     return items

@@ -1,0 +1,333 @@
+"""An MCQ comparison's summary as one typed, versioned model: records → `McqSummary` → summary.json.
+
+`McqSummary` mirrors, field for field, the dict `servecmp.metrics.summarize_records` computes (its
+layout is documented in `servecmp.metrics`) plus a `run` section saying where the records came
+from. Models forbid unknown keys, so the metrics and this model cannot drift apart silently.
+
+Everything that reads a summary goes through this model: the terminal report
+(`servecmp.mcq.render`), `--json` (`McqSummary.model_dump(mode="json")`), `servecmp report`,
+and later readers such as correlate and verdict gates. A summary is always recomputable from a run
+directory's records (`summarize_run`); summary.json is a cache of that, written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from servecmp.errors import UserError
+from servecmp.mcq.records import ITEM_ERRORS, RECORDS, McqRecord
+from servecmp.records import ROLES, EndpointRole
+from servecmp.runstore import SUMMARY, iter_jsonl, load_records, read_json, write_json_atomic
+
+#: Layout identifier and version; `servecmp.metrics.summary` writes the same two values.
+SCHEMA: Literal["servecmp.mcq_summary/2"] = "servecmp.mcq_summary/2"
+VERSION: Literal[2] = 2
+
+
+class _Model(BaseModel):
+    # A key the model does not know means the metrics' layout changed without this model.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Estimate(_Model):
+    """A point estimate with its confidence interval over `n` observations (None when n == 0)."""
+
+    point: float | None
+    low: float | None
+    high: float | None
+    n: int
+
+
+class Proportion(_Model):
+    """`count` of `n` with a Wilson interval (rate/low/high None when n == 0)."""
+
+    count: int
+    n: int
+    rate: float | None
+    low: float | None
+    high: float | None
+
+
+class Distribution(_Model):
+    """Mean (with bootstrap interval), median, p90, p99 and max of a per-item quantity."""
+
+    n: int
+    mean: float | None
+    median: float | None
+    p90: float | None
+    p99: float | None
+    max: float | None
+    mean_ci: Estimate
+
+
+class OptionKl(Distribution):
+    """Per-item KL(baseline ‖ candidate) over the renormalised options, nats."""
+
+    #: Items where the candidate gave an option zero probability and the floor stood in.
+    n_floored: int
+
+
+class SharedTokens(_Model):
+    mean: float | None
+    min: int | None
+
+
+class TopkKl(_Model):
+    """The top-k next-token KL lower bound (see `servecmp.metrics.kl`)."""
+
+    n: int
+    kl_hat: Distribution
+    unresolved_baseline_mass: Distribution
+    n_exact: int
+    n_floored: int
+    shared_tokens: SharedTokens
+    estimator: str
+
+
+class SummarySettings(_Model):
+    confidence: float
+    n_boot: int
+    seed: int
+    kl_units: Literal["nats"]
+    prob_floor: float
+    margin_edges: list[float]
+
+
+class RoleCounts(_Model):
+    baseline: int
+    candidate: int
+
+
+class Accuracy(_Model):
+    baseline: Estimate
+    candidate: Estimate
+    #: candidate − baseline
+    diff: Estimate
+
+
+class Flips(_Model):
+    n: int
+    flips: int
+    correct_to_wrong: int
+    wrong_to_correct: int
+    rate: Proportion
+    mcnemar_p: float | None
+
+
+class AccNorm(_Model):
+    """The choice metrics again with lm-eval's length-normalised choices."""
+
+    accuracy: Accuracy
+    flips: Flips
+    answer_changes: Proportion
+
+
+class MarginByCorrectness(_Model):
+    when_correct: Estimate
+    when_wrong: Estimate
+    mann_whitney_p: float | None
+
+
+class MarginBucket(_Model):
+    low_edge: float
+    high_edge: float
+    changes: Proportion
+
+
+class Correlation(_Model):
+    n: int
+    spearman_r: float | None
+    spearman_p: float | None
+    pearson_r: float | None
+    pearson_p: float | None
+    p_method: str
+
+
+class TopMargin(_Model):
+    n: int
+    by_baseline_correctness: MarginByCorrectness
+    change_by_bucket: list[MarginBucket]
+    margin_change_correlation: Correlation
+
+
+class GroupRow(_Model):
+    group: str
+    n: int
+    acc_baseline: float
+    acc_candidate: float
+    delta_acc: float
+    flips: int
+    correct_to_wrong: int
+    wrong_to_correct: int
+    flip_rate: float
+    answer_change_rate: float
+    mean_option_kl: float | None
+    mean_topk_kl: float | None
+
+
+class Pairing(_Model):
+    paired: int
+    unpaired_baseline: int
+    unpaired_candidate: int
+    duplicates_baseline: int
+    duplicates_candidate: int
+    stored_choice_mismatch: RoleCounts
+
+
+class RunEndpoint(_Model):
+    #: The endpoint's base URL (lm-eval import: the sample-log file the answers came from).
+    url: str
+    model: str
+
+
+class ItemErrors(_Model):
+    """Items an endpoint refused that no later attempt answered: left out of every metric."""
+
+    count: int
+    example: str
+
+
+class RunInfo(_Model):
+    """Where the summarised records came from."""
+
+    #: None when the records did not come from a run directory (lm-eval logs).
+    run_dir: str | None = None
+    task: str
+    #: Human description of the items' source, e.g. "vendored MMLU sample (prompts/mmlu_sample)".
+    source: str
+    #: Items the run set out to score (None: not a servecmp run).
+    n_items_planned: int | None = None
+    #: False while a run is unfinished (interrupted, or an endpoint failed).
+    complete: bool = True
+    endpoints: dict[EndpointRole, RunEndpoint] = Field(default_factory=dict)
+    #: Mean requests per scored item, per endpoint (1.0 when every option was in the top-k).
+    requests_per_item: dict[EndpointRole, float] = Field(default_factory=dict)
+    item_errors: dict[EndpointRole, ItemErrors] = Field(default_factory=dict)
+
+
+class McqSummary(_Model):
+    """Everything the MCQ report shows. Numbers that are undefined are None, never NaN."""
+
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True, validate_by_name=True,
+                              validate_by_alias=True)
+
+    # `schema` would shadow a BaseModel attribute; the JSON key stays "schema".
+    schema_: Literal["servecmp.mcq_summary/2"] = Field(default=SCHEMA, alias="schema")
+    version: Literal[2] = VERSION
+    settings: SummarySettings
+    #: Items both endpoints answered (the ones every metric is computed over).
+    n_items: int
+    n_options: int
+    no_answer: RoleCounts
+    accuracy: Accuracy
+    flips: Flips
+    answer_changes: Proportion
+    acc_norm: AccNorm | None
+    option_kl: OptionKl
+    topk_kl: TopkKl | None
+    top_margin: TopMargin
+    groups: dict[str, list[GroupRow]]
+    pairing: Pairing
+    tasks: list[str]
+    run: RunInfo
+
+
+def summary_from_records(base: Sequence[McqRecord], cand: Sequence[McqRecord], run: RunInfo, *,
+                         seed: int = 0) -> McqSummary:
+    """Every metric over the items both endpoints answered, as a typed summary."""
+    from servecmp.metrics.from_records import summarize_records
+
+    data = summarize_records(base, cand, seed=seed)
+    return McqSummary.model_validate({**data, "run": run.model_dump()})
+
+
+def summarize_run(run_dir: Path) -> McqSummary:
+    """Recompute every metric from a run directory's records; write summary.json and return it.
+
+    Works on unfinished runs (the report then says so). UserError when no item has been answered by
+    both endpoints yet.
+    """
+    from servecmp.mcq.settings import read_manifest
+
+    manifest = read_manifest(run_dir)
+    records = load_records(run_dir / RECORDS, McqRecord)
+    by_role: dict[EndpointRole, list[McqRecord]] = {r: [x for x in records if x.endpoint == r] for r in ROLES}
+    if not by_role["baseline"] or not by_role["candidate"]:
+        raise UserError(f"{run_dir}: no item has been answered by both endpoints yet")
+    run = RunInfo(
+        run_dir=str(run_dir),
+        task=manifest.task,
+        source=manifest.source_description,
+        n_items_planned=manifest.n_items,
+        complete=manifest.finished_at is not None,
+        endpoints={role: RunEndpoint(url=manifest.endpoint(role).base_url, model=manifest.endpoint(role).model or "")
+                   for role in ROLES},
+        requests_per_item=_requests_per_item(records),
+        item_errors=_item_errors(run_dir, records),
+    )
+    summary = summary_from_records(by_role["baseline"], by_role["candidate"], run, seed=manifest.seed)
+    write_summary(run_dir, summary)
+    return summary
+
+
+def summarize_lmeval(base_path: Path, cand_path: Path, *, seed: int = 0) -> McqSummary:
+    """The same summary from two lm-evaluation-harness `--log_samples` files; no endpoint is called."""
+    from servecmp.tasks.lmeval_import import load_lmeval_pair
+
+    base, cand, task = load_lmeval_pair(base_path, cand_path)
+    run = RunInfo(task=task, source="lm-eval sample logs",
+                  endpoints={"baseline": RunEndpoint(url=str(base_path), model=""),
+                             "candidate": RunEndpoint(url=str(cand_path), model="")})
+    return summary_from_records(base, cand, run, seed=seed)
+
+
+def write_summary(run_dir: Path, summary: McqSummary) -> None:
+    write_json_atomic(run_dir / SUMMARY, summary.model_dump(mode="json"))
+
+
+def load_summary(path: Path) -> McqSummary:
+    """A stored summary (a run directory's summary.json, or the file itself), as written.
+
+    UserError for a file that is not an MCQ summary of this version; `summarize_run` recomputes
+    one from the records instead.
+    """
+    file = path / SUMMARY if path.is_dir() else path
+    raw: Any = read_json(file)
+    if not isinstance(raw, dict) or not str(raw.get("schema", "")).startswith("servecmp.mcq_summary/"):
+        raise UserError(f"{file} is not an MCQ summary")
+    if raw.get("version") != VERSION:
+        raise UserError(f"{file} is an MCQ summary of layout {raw.get('schema')}, not {SCHEMA}; "
+                        f"recompute it from the records with: servecmp report {file.parent}")
+    try:
+        return McqSummary.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(f"{file}: not a valid MCQ summary ({'.'.join(map(str, first['loc']))}: "
+                        f"{first['msg']})") from exc
+
+
+def _item_errors(run_dir: Path, records: list[McqRecord]) -> dict[EndpointRole, ItemErrors]:
+    """Items an endpoint refused and that no later attempt (a resume) answered."""
+    answered = {(r.item_id, r.endpoint) for r in records}
+    items: dict[EndpointRole, set[str]] = {}
+    example: dict[EndpointRole, str] = {}
+    for e in iter_jsonl(run_dir / ITEM_ERRORS):
+        role = e["endpoint"]
+        if (e["item_id"], role) in answered:
+            continue
+        items.setdefault(role, set()).add(e["item_id"])
+        example.setdefault(role, e["error"])
+    return {role: ItemErrors(count=len(ids), example=example[role]) for role, ids in items.items()}
+
+
+def _requests_per_item(records: list[McqRecord]) -> dict[EndpointRole, float]:
+    out: dict[EndpointRole, float] = {}
+    for role in ROLES:
+        rs = [r for r in records if r.endpoint == role]
+        if rs:
+            out[role] = sum(r.n_requests for r in rs) / len(rs)
+    return out
