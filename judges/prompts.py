@@ -95,6 +95,25 @@ def _reference_kwargs(reference: Sequence[str] | None, multi_turn: bool) -> dict
     return kwargs
 
 
+def _render(
+    prompt: JudgePrompt,
+    turn: int,
+    reference: Sequence[str] | None,
+    /,
+    **turns: Sequence[str],
+) -> list[Message]:
+    """The messages of `prompt` with each of `turns` (questions, answers) filled in.
+
+    A turn-1 prompt takes `{name}` (the first turn); the turn-2 one takes `{name}_1` and `{name}_2`.
+    """
+    if turn == 2:
+        fields = {f"{name}_{i}": values[i - 1] for name, values in turns.items() for i in (1, 2)}
+    else:
+        fields = {name: values[0] for name, values in turns.items()}
+    user = prompt.prompt_template.format(**fields, **_reference_kwargs(reference, turn == 2))
+    return _messages(prompt, user)
+
+
 def render_single(
     prompt: JudgePrompt,
     questions: Sequence[str],
@@ -104,18 +123,7 @@ def render_single(
     reference: Sequence[str] | None = None,
 ) -> list[Message]:
     """Messages asking for a 1-10 rating of `answers[turn - 1]` (turn 2 shows the whole dialogue)."""
-    kwargs = _reference_kwargs(reference, turn == 2)
-    if turn == 2:
-        user = prompt.prompt_template.format(
-            question_1=questions[0],
-            question_2=questions[1],
-            answer_1=answers[0],
-            answer_2=answers[1],
-            **kwargs,
-        )
-    else:
-        user = prompt.prompt_template.format(question=questions[0], answer=answers[0], **kwargs)
-    return _messages(prompt, user)
+    return _render(prompt, turn, reference, question=questions, answer=answers)
 
 
 def render_pair(
@@ -128,19 +136,4 @@ def render_pair(
     reference: Sequence[str] | None = None,
 ) -> list[Message]:
     """Messages asking which of assistant A and assistant B answered better."""
-    kwargs = _reference_kwargs(reference, turn == 2)
-    if turn == 2:
-        user = prompt.prompt_template.format(
-            question_1=questions[0],
-            question_2=questions[1],
-            answer_a_1=answers_a[0],
-            answer_b_1=answers_b[0],
-            answer_a_2=answers_a[1],
-            answer_b_2=answers_b[1],
-            **kwargs,
-        )
-    else:
-        user = prompt.prompt_template.format(
-            question=questions[0], answer_a=answers_a[0], answer_b=answers_b[0], **kwargs
-        )
-    return _messages(prompt, user)
+    return _render(prompt, turn, reference, question=questions, answer_a=answers_a, answer_b=answers_b)

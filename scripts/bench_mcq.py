@@ -3,6 +3,7 @@
     python scripts/bench_mcq.py --baseline http://127.0.0.1:8101/v1 --candidate http://127.0.0.1:8102/v1 \
         [--n 200] [--m 20] [--concurrency 4] [--tokenizer CHECKPOINT_DIR] [--out DIR] [--profile] \
         [--cli-runs 3]
+    python scripts/bench_mcq.py --stub [--n 200] [--cli-runs 0]
 
 0. The machine: CPU model, the feature flags vLLM's CPU kernels care about (avx2, avx512f,
    avx512_bf16, amx_bf16) and the load average before and after, since other work on the machine
@@ -21,23 +22,28 @@
 
 Prints figures; asserts nothing. `--out DIR` keeps servecmp's records.jsonl and lm-eval's output.
 `--profile` runs the servecmp part under cProfile and prints where its CPU time goes. `--m 0` skips
-lm-eval (the slow part).
+lm-eval (the slow part). `--stub` scores against two fixed-answer stubs (tests/stub_openai.py, each in
+its own process, so their CPU is not servecmp's) instead of a served pair: servecmp's own CPU per
+item with no model in the way; it implies `--m 0`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import json
 import math
 import os
 import pstats
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +65,7 @@ from bench_cli import BUDGET_S, time_cli  # noqa: E402
 from lmeval_task_data import TASK, servecmp_items, write_task_data  # noqa: E402
 
 TASKS_DIR = Path(__file__).resolve().parent / "lmeval_tasks"
+STUB = Path(__file__).resolve().parent.parent / "tests" / "stub_openai.py"
 #: servecmp's own CPU per MCQ item, both endpoints together (issue 8: "Fast").
 CPU_BUDGET_MS = 1.5
 #: The /proc/cpuinfo flags that decide how fast vLLM's CPU kernels (and bf16) run.
@@ -138,7 +145,7 @@ async def _score(
     base_url: str, cand_url: str, n: int, concurrency: int, run_dir: Path, live: bool
 ) -> tuple[float, CompletionClock, dict[str, str]]:
     items = servecmp_items(n)
-    clients: dict[EndpointRole, EndpointClient] = {
+    clients: dict[str, EndpointClient] = {
         "baseline": EndpointClient(EndpointSpec(base_url=base_url, max_concurrency=concurrency)),
         "candidate": EndpointClient(EndpointSpec(base_url=cand_url, max_concurrency=concurrency)),
     }
@@ -182,6 +189,37 @@ def run_servecmp(base_url: str, cand_url: str, n: int, concurrency: int, run_dir
         models=models,
         records=by_role,
     )
+
+
+@contextlib.contextmanager
+def stub_pair() -> Iterator[tuple[str, str]]:
+    """Two fixed-answer OpenAI-compatible stubs (tests/stub_openai.py), each in its own process;
+    yields their base URLs."""
+    procs: list[subprocess.Popen[bytes]] = []
+    urls = []
+    try:
+        for model in ("stub-baseline", "stub-candidate"):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            procs.append(subprocess.Popen([sys.executable, str(STUB), str(port), model],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            urls.append(f"http://127.0.0.1:{port}/v1")
+        deadline = time.monotonic() + 30
+        for url in urls:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url + "/models", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"stub at {url} did not start")
+                time.sleep(0.1)
+        yield urls[0], urls[1]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
 
 
 def checkpoint_of(base_url: str) -> str:
@@ -258,8 +296,10 @@ def parity(samples: list[dict[str, Any]], records: dict[str, McqRecord]) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", required=True, help="baseline URL (…/v1)")
-    parser.add_argument("--candidate", required=True, help="candidate URL (…/v1)")
+    parser.add_argument("--baseline", help="baseline URL (…/v1)")
+    parser.add_argument("--candidate", help="candidate URL (…/v1)")
+    parser.add_argument("--stub", action="store_true",
+                        help="score against two local fixed-answer stubs instead (servecmp's own CPU; implies --m 0)")
     parser.add_argument("--n", type=int, default=200, help="items servecmp scores (≤ 228, the sample's size)")
     parser.add_argument("--m", type=int, default=20, help="items lm-eval scores (the first M of the N; 0: skip)")
     parser.add_argument("--concurrency", type=int, default=4, help="servecmp requests in flight per endpoint")
@@ -275,6 +315,12 @@ def main() -> None:
         parser.error(f"--n must be between 1 and {len(servecmp_items())} (the vendored sample's size)")
     if not 0 <= args.m <= args.n:
         parser.error("--m must be between 0 and --n")
+    if args.stub:
+        if args.baseline or args.candidate:
+            parser.error("--stub replaces --baseline and --candidate")
+        args.m = 0
+    elif not (args.baseline and args.candidate):
+        parser.error("--baseline and --candidate are required (or --stub)")
 
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-mcq-"))
     run_dir = work / "servecmp-run"
@@ -283,8 +329,10 @@ def main() -> None:
     run_dir.mkdir(parents=True)
 
     print_machine()
-    sc = run_servecmp(args.baseline, args.candidate, args.n, args.concurrency, run_dir, args.profile,
-                      args.live_progress)
+    with stub_pair() if args.stub else contextlib.nullcontext((args.baseline, args.candidate)) as (base, cand):
+        if args.stub:
+            print(f"fixed-answer stubs (tests/stub_openai.py): {base} {cand}")
+        sc = run_servecmp(base, cand, args.n, args.concurrency, run_dir, args.profile, args.live_progress)
     n = sc.n_items
     print(f"\nservecmp: {n} MMLU 5-shot items, both endpoints at once, {args.concurrency} in flight each")
     for role in ROLES:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from servecmp.endpoints import EndpointSpec, normalise_url
 from servecmp.errors import UserError
+from servecmp.gates import GateConfig
 
 DEFAULT_CONFIG = "servecmp.toml"
 
@@ -38,6 +39,10 @@ class McqConfig(_Section):
     seed: int = 0
     top_k: int = Field(default=20, ge=1)
     runs_dir: str = "runs"
+    #: Compare the baseline with `[secondary]` (a replica of it) too: the noise floor (--secondary).
+    secondary: bool = False
+    #: Ask a seeded sample of N items again on every endpoint after the main pass (--noise-floor).
+    noise_floor: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -51,6 +56,13 @@ class McqConfig(_Section):
                 "renamed_key", "`limit` is now `sample` (a seeded sample of N items); rename the key"
             )
         return data
+
+
+class CandidateEndpoint(EndpointSpec):
+    """One `[[candidates]]` entry: an endpoint plus its name in the run (default: the served model's
+    name, or "candidate" when it is the only one)."""
+
+    name: str | None = None
 
 
 class ServerConfig(_Section):
@@ -205,11 +217,14 @@ class Config(_Section):
     candidate: EndpointSpec | None = None
     #: A second replica of the baseline: the noise floor (shadow today).
     secondary: EndpointSpec | None = None
+    candidates: list[CandidateEndpoint] = Field(default_factory=list)  # `[[candidates]]`: several, one run (mcq)
     mcq: McqConfig = Field(default_factory=McqConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     mtbench: MtBenchConfig = Field(default_factory=MtBenchConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    #: `[gate]`: per run kind, the gates its commands apply (see servecmp.gates); `--gate` replaces them.
+    gate: GateConfig = Field(default_factory=GateConfig)
 
 
 def parse_config(data: dict[str, Any], origin: str = "config") -> Config:

@@ -4,6 +4,9 @@ Input: run directories of one baseline against several candidates (e.g. int8, in
 MCQ runs (manifest kind "mcq", summary.json from servecmp.metrics) and MT-Bench runs (kind
 "mtbench", summary.json from servecmp.mtbench.report).
 
+A multi-candidate MCQ run (`servecmp mcq --candidate A --candidate B ...`) gives one row per
+candidate (`read_runs`); a single-candidate run gives one.
+
 Pairing rule: runs belong to the same candidate when their manifests name the same candidate
 endpoint, i.e. the same model name and the same normalised URL (`.../v1`). Each candidate may
 have at most one MCQ run and one MT-Bench run; a candidate with only one of them keeps its row
@@ -157,6 +160,30 @@ def read_run(run_dir: Path, kl: KlSource = "option") -> RunFacts:
     )
 
 
+def read_runs(run_dir: Path, kl: KlSource = "option") -> list[RunFacts]:
+    """Every candidate of a run directory: one `RunFacts` for a single-candidate run (`read_run`),
+    one per candidate for a multi-candidate MCQ run (summary.json holding a
+    "servecmp.mcq_comparison/1", each candidate's full MCQ summary inside)."""
+    summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).is_file() else None
+    if not (isinstance(summary, dict) and str(summary.get("schema", "")).startswith("servecmp.mcq_comparison/")):
+        return [read_run(run_dir, kl)]
+    manifest = read_model(run_dir / MANIFEST, RunManifest)
+    base = summary.get("baseline") or {}
+    baseline = Endpoint(model=str(base.get("model", "")), url=normalise_url(str(base.get("url", ""))))
+    out = []
+    for c in summary.get("candidates") or []:
+        ep = c.get("endpoint") or {}
+        facts = mcq_facts_from_summary(c.get("summary") or {}, kl)
+        if kl == "topk" and facts.kl is None:
+            raise UserError(f"{run_dir}: no top-k KL for candidate {c.get('name')} (use --kl option)")
+        out.append(RunFacts(run_dir, "mcq", manifest.task, baseline,
+                            Endpoint(model=str(ep.get("model", "")), url=normalise_url(str(ep.get("url", "")))),
+                            mcq=facts))
+    if not out:
+        raise UserError(f"{run_dir / SUMMARY}: an MCQ comparison without candidates")
+    return out
+
+
 def pair_runs(runs: Sequence[RunFacts]) -> tuple[list[CandidateRow], list[str]]:
     """One row per candidate endpoint (first-seen order) and warnings about the baselines."""
     rows: dict[Endpoint, CandidateRow] = {}
@@ -240,8 +267,17 @@ def report_dict(rows: Sequence[CandidateRow], corr: Sequence[CorrelationRow], wa
 
 def scatter_plot(rows: Sequence[CandidateRow], path: Path) -> bool:
     """Flips vs ΔMT-Bench, one labelled point per candidate. False when no candidate has both."""
-    pts = [r for r in rows if r.flip_rate is not None and r.delta_mtbench is not None]
-    if not pts:
+    pts = [(r.candidate.model, 100 * (r.flip_rate or 0.0), r.delta_mtbench or 0.0)
+           for r in rows if r.flip_rate is not None and r.delta_mtbench is not None]
+    return scatter(pts, path, xlabel="flips (% of MCQ items)", ylabel="ΔMT-Bench (candidate − baseline)",
+                   title="Flips vs MT-Bench change per candidate", hline=0.0)
+
+
+def scatter(points: Sequence[tuple[str, float, float]], path: Path, *, xlabel: str, ylabel: str, title: str,
+            hline: float | None = None) -> bool:
+    """A labelled scatter PNG, one (label, x, y) point per candidate (matplotlib, Agg). False when
+    there is no point. Shared by correlate and the multi-candidate MCQ leaderboard."""
+    if not points:
         return False
     import matplotlib
 
@@ -249,15 +285,16 @@ def scatter_plot(rows: Sequence[CandidateRow], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    xs = [100 * (r.flip_rate or 0.0) for r in pts]
-    ys = [r.delta_mtbench or 0.0 for r in pts]
+    xs = [x for _, x, _ in points]
+    ys = [y for _, _, y in points]
     ax.scatter(xs, ys)
-    for x, y, r in zip(xs, ys, pts, strict=True):
-        ax.annotate(r.candidate.model, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xlabel("flips (% of MCQ items)")
-    ax.set_ylabel("ΔMT-Bench (candidate − baseline)")
-    ax.set_title("Flips vs MT-Bench change per candidate")
+    for label, x, y in points:
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

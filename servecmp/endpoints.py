@@ -8,15 +8,15 @@ but builds them from the same specs, URL forms and key lookup.
 
 The client speaks the OpenAI HTTP API itself rather than through the openai SDK, which costs
 ~0.75 s to import and ~1.4 ms of CPU per top-20 logprobs response (httpx, then pydantic objects for
-every logprob). It POSTs JSON through `servecmp._http` (a minimal keep-alive HTTP/1.1 client for
-plain-http endpoints, httpx for https and proxies) and returns the decoded JSON as `JsonObject`s:
-plain dicts that also read as attributes (``resp.choices[0].message.content``), like the SDK's
-objects. Around that it adds what evaluation traffic needs: a concurrency cap, an optional
+every logprob). It POSTs JSON through `servecmp._http` (an aiohttp session with keep-alive
+connections, for http and https, through the proxy the environment names) and returns the decoded
+JSON as `JsonObject`s: plain dicts that also read as attributes (``resp.choices[0].message.content``),
+like the SDK's objects. Around that it adds what evaluation traffic needs: a concurrency cap, an optional
 requests-per-second cap (asyncio-throttle), our own retry loop (backoff with full jitter on 408, 409,
 425, 429, 5xx, timeouts and dropped connections, counted so the report can say how flaky an endpoint
 was), a per-request timeout, and wall-clock latency.
 
-Importing this module imports neither httpx nor asyncio: config and CLI code reads `EndpointSpec`.
+Importing this module imports neither aiohttp nor asyncio: config and CLI code reads `EndpointSpec`.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def describe_error(exc: BaseException) -> str:
         return "request timed out"
     if isinstance(exc, TransportError):
         cause = exc.__cause__ or exc
-        return f"connection failed ({type(cause).__name__}: {cause})"
+        return f"connection failed ({type(cause).__name__}: {' '.join(str(cause).split())})"
     return f"{type(exc).__name__}: {exc}"
 
 

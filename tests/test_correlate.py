@@ -197,3 +197,25 @@ def test_topk_kl_requires_it_in_the_summary(tmp_path: Path) -> None:
     summary["topk_kl"] = {"kl_hat": {"mean": 0.123}}
     (d / "summary.json").write_text(json.dumps(summary))
     assert corr.read_run(d, "topk").mcq.kl == 0.123  # type: ignore[union-attr]
+
+
+def test_reads_a_multi_candidate_mcq_run(tmp_path: Path) -> None:
+    from servecmp.mcq.compare import compare_run
+    from tests.test_mcq_multi import LADDER, make_run
+
+    run_dir = make_run(tmp_path, LADDER)
+    compare_run(run_dir)
+    facts = corr.read_runs(run_dir)
+    assert [(f.candidate.model, f.candidate.url, f.mcq.flips if f.mcq else None) for f in facts] == [
+        (f"m-{n}", f"http://{n}:8000/v1", flips) for n, flips in (("a", 1), ("b", 2), ("c", 3), ("d", 0))]
+    assert {f.baseline for f in facts} == {corr.Endpoint(model="m-base", url="http://base:8000/v1")}
+    # An MT-Bench run of one of them pairs with its row; each candidate is a row of its own.
+    mt = mt_run(tmp_path, "m-b", "http://b:8000/v1", -0.5)
+    rows, _ = corr.pair_runs([*facts, *corr.read_runs(mt)])
+    assert [r.candidate.model for r in rows] == ["m-a", "m-b", "m-c", "m-d"]
+    assert [r.delta_mtbench for r in rows] == [None, -0.5, None, None]
+    result = CliRunner().invoke(build_app(), ["correlate", str(run_dir), "--plot", str(tmp_path / "p.png"),
+                                              "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert {(c["x"], c["y"]): c["n"] for c in out["correlations"]}[("flip_rate", "kl")] == 4

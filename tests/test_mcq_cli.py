@@ -195,12 +195,12 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(tmp_path: Path) -> None:
         assert_one_line_error(servecmp("mcq", "--baseline", b.url, "--candidate", b.url, "--task",
                                        f"jsonl:{bad}", "--runs-dir", runs), f"{bad}:2")
         assert_one_line_error(servecmp("mcq", "--candidate", b.url, *common), "no baseline endpoint")
-        # A finished run of one task cannot be resumed as another.
+        # A resumed run takes its task from the manifest: --task with --resume is refused.
         ok = servecmp("mcq", "--baseline", b.url, "--candidate", b.url, *common, "--top-k", "5")
         assert ok.returncode == 0, ok.stderr
         run_dir = next(p for p in Path(runs).iterdir() if (p / "manifest.json").exists())
         assert_one_line_error(servecmp("mcq", "--resume", str(run_dir), "--task", "mmlu"),
-                              "is a run of task")
+                              f"cannot resume {run_dir} with --task:")
         assert_one_line_error(servecmp("mcq", "--resume", str(tmp_path)), "not a servecmp run directory")
         assert_one_line_error(servecmp("report", str(tmp_path)), "not a servecmp run directory")
 
@@ -304,7 +304,7 @@ def test_renamed_and_inapplicable_settings_are_one_line(tmp_path: Path) -> None:
     assert_one_line_error(servecmp("mcq", "--from-lm-eval", str(base), str(base), "--baseline", "http://h:1",
                                    "--sample", "3"),
                           "--from-lm-eval reads two sample logs and calls no endpoint; --baseline, --sample do not "
-                          "apply to it (only --seed, --json, --show do)")
+                          "apply to it (only --seed, --json, --show, --gate, --summary-md do)")
     assert_one_line_error(servecmp("mcq", "--task", "piqa", "--fewshot", "2", "--baseline", "http://h:1",
                                    "--candidate", "http://h:2"),
                           "task piqa is scored zero-shot, as lm-eval scores it")

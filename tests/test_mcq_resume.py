@@ -1,5 +1,6 @@
-"""`servecmp mcq --resume`: every setting comes back from the manifest (pacing included), a flag
-that would change one is refused in one line, and version-1 manifests still resume.
+"""`servecmp mcq --resume`: every setting comes back from the manifest (pacing included, when not
+given), a flag that decides results is refused in one line whatever its value, pacing flags apply
+to that invocation only (MT-Bench's policy), and version-1 manifests still resume.
 
 End-to-end cases run servecmp in a subprocess against in-process stub endpoints, so the stubs can
 observe the traffic the resumed run sends (how many requests in flight, how many retries).
@@ -26,6 +27,7 @@ from servecmp.mcq.settings import (
     McqManifest,
     McqOptions,
     McqSettings,
+    NamedEndpoint,
     new_manifest,
     read_manifest,
     resumed_settings,
@@ -90,7 +92,7 @@ def _start_and_kill(args: list[str], runs: Path, at_least: int) -> Path:
     return only_run_dir(runs)
 
 
-def test_resume_after_kill_restores_pacing_and_refuses_a_conflicting_flag(tmp_path: Path) -> None:
+def test_resume_after_kill_restores_pacing_and_refuses_a_results_flag(tmp_path: Path) -> None:
     data = tmp_path / "items.jsonl"
     write_items(data, 16)
     runs = tmp_path / "runs"
@@ -104,7 +106,7 @@ def test_resume_after_kill_restores_pacing_and_refuses_a_conflicting_flag(tmp_pa
 
         # 1. Read back from the manifest: every pacing setting, typed, for both endpoints.
         manifest = json.loads((run_dir / "manifest.json").read_text())
-        assert (manifest["kind"], manifest["version"]) == ("mcq", 2)
+        assert (manifest["kind"], manifest["version"]) == ("mcq", 3)
         for e in manifest["endpoints"]:
             assert (e["max_concurrency"], e["timeout_s"], e["requests_per_second"], e["max_retries"]) == (2, 30.0,
                                                                                                         50.0, 1)
@@ -115,13 +117,15 @@ def test_resume_after_kill_restores_pacing_and_refuses_a_conflicting_flag(tmp_pa
         assert (manifest["sample"], manifest["limit"], manifest["seed"], manifest["finished_at"]) == (
             None, None, 0, None)
 
-        # 2. A flag that differs from the manifest is refused, all of them in one line; a flag equal
-        # to the manifest's value (--rps 50) is not named. Nothing is sent, nothing is written.
+        # 2. A flag that decides results is refused even with the stored value (--top-k 5), all of
+        # them in one line; a pacing flag (--rps) is not named. Nothing is sent, nothing is written.
         b.reset()
-        refused = servecmp("mcq", "--resume", str(run_dir), "--concurrency", "3", "--rps", "50", "--top-k", "7",
-                           "--json")
-        assert_one_line_error(refused, "--top-k 7 (it has 5); --concurrency 3 (it ran with 2):")
-        assert "--rps" not in refused.stderr and "only --json and --show may be given" in refused.stderr
+        refused = servecmp("mcq", "--resume", str(run_dir), "--concurrency", "3", "--rps", "50", "--top-k", "5",
+                           "--seed", "0", "--json")
+        assert_one_line_error(refused, f"cannot resume {run_dir} with --seed, --top-k: ")
+        assert refused.stderr.split(f"{run_dir} with ")[1].split(": ")[0] == "--seed, --top-k" and (
+            "only --concurrency, --rps, --timeout, --retries, --json, --show, --gate, --summary-md apply"
+            in refused.stderr)
         assert b.state.requests == [] and records(run_dir) == before
 
         # 3. Observed in the resumed run: it prints its pacing, keeps two requests in flight per
@@ -137,9 +141,13 @@ def test_resume_after_kill_restores_pacing_and_refuses_a_conflicting_flag(tmp_pa
                     in failed.stderr)
         assert b.max_in_flight == 2
 
-        # 4. The next resume finishes the run: nothing redone, nothing duplicated.
-        done = servecmp("mcq", "--resume", str(run_dir), "--json")
+        # 4. The next resume, with --concurrency 1 for this invocation, finishes the run: one request
+        # in flight, nothing redone, nothing duplicated, and the manifest still records 2.
+        b.reset()
+        done = servecmp("mcq", "--resume", str(run_dir), "--concurrency", "1", "--json")
         assert done.returncode == 0, done.stderr
+        assert "(concurrency 1, rps 50, timeout 30 s, retries 1)" in done.stderr
+        assert b.max_in_flight == 1
     after = records(run_dir)
     keys = Counter((r["item_id"], r["endpoint"]) for r in after)
     assert len(keys) == 32 and max(keys.values()) == 1
@@ -164,7 +172,7 @@ def _stored_run(tmp_path: Path, **pacing: Any) -> Path:
     settings = McqSettings(
         baseline=EndpointSpec(base_url="http://gpu-a:8000", model="m-base", api_key_env="BASE_KEY",
                               **pacing.get("baseline", {})),
-        candidate=EndpointSpec(base_url="http://gpu-b:8000/v1", model="m-cand", **pacing.get("candidate", {})),
+        candidates=[NamedEndpoint(base_url="http://gpu-b:8000/v1", model="m-cand", **pacing.get("candidate", {}))],
         task="jsonl:/data/set.jsonl", sample=50, seed=3, top_k=10, runs_dir=tmp_path / "runs",
     )
     run_dir = tmp_path / "runs" / "mcq-x"
@@ -177,62 +185,87 @@ def test_resumed_settings_are_the_manifests(tmp_path: Path) -> None:
     run_dir = _stored_run(tmp_path, candidate={"max_concurrency": 8, "requests_per_second": 20.0})
     settings, manifest = resumed_settings(McqOptions(resume=run_dir))
     assert settings.baseline == EndpointSpec(base_url="http://gpu-a:8000/v1", model="m-base", api_key_env="BASE_KEY")
-    assert settings.candidate == EndpointSpec(base_url="http://gpu-b:8000/v1", model="m-cand", max_concurrency=8,
-                                              requests_per_second=20.0)
+    assert settings.candidate == NamedEndpoint(base_url="http://gpu-b:8000/v1", model="m-cand", max_concurrency=8,
+                                               requests_per_second=20.0, name="candidate")
+    assert settings.candidates == [settings.candidate] and settings.secondary is None and settings.noise_floor is None
     assert (settings.task, settings.sample, settings.limit, settings.seed, settings.top_k) == (
         "jsonl:/data/set.jsonl", 50, None, 3, 10)
     assert (settings.source, settings.fewshot, settings.runs_dir) == ("jsonl", 0, tmp_path / "runs")
     assert manifest.pacing_recorded
 
 
-def test_flags_equal_to_the_manifest_are_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pacing_flags_apply_to_this_invocation(tmp_path: Path) -> None:
+    run_dir = _stored_run(tmp_path, candidate={"max_concurrency": 8, "requests_per_second": 20.0})
+    settings, _ = resumed_settings(McqOptions(resume=run_dir, concurrency=2, timeout=30.0))
+    for spec in (settings.baseline, settings.candidate):
+        assert (spec.max_concurrency, spec.timeout_s) == (2, 30.0)
+    # Not given: the manifest's own, per endpoint.
+    assert (settings.baseline.requests_per_second, settings.candidate.requests_per_second) == (None, 20.0)
+    assert settings.candidate.name == "candidate"
+    # The manifest is not changed by them.
+    assert read_manifest(run_dir).endpoint("candidate").max_concurrency == 8
+
+
+def test_results_flags_are_refused_even_with_the_stored_value(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = _stored_run(tmp_path)
     monkeypatch.chdir(tmp_path)
-    # The original command line with --resume added: URLs in another spelling, the runs dir relative.
+    # The original command line with --resume added is refused: --resume takes them from the manifest.
     same = McqOptions(resume=run_dir, baseline="http://gpu-a:8000/v1/", candidate="http://gpu-b:8000",
                       baseline_model="m-base", baseline_key_env="BASE_KEY", task="jsonl:/data/set.jsonl",
                       sample=50, seed=3, top_k=10, concurrency=4, timeout=120.0, retries=4, runs_dir=Path("runs"))
-    settings, _ = resumed_settings(same)
-    assert settings == resumed_settings(McqOptions(resume=run_dir))[0]
+    with pytest.raises(UserError) as err:
+        resumed_settings(same)
+    assert str(err.value).startswith(
+        f"cannot resume {run_dir} with --baseline, --baseline-model, --baseline-key-env, --candidate, --task, "
+        "--sample, --seed, --top-k, --runs-dir: ")
 
 
 @pytest.mark.parametrize(
     ("given", "named"),
     [
-        ({"baseline": "http://gpu-c:8000"}, "--baseline http://gpu-c:8000 (it has http://gpu-a:8000/v1)"),
-        ({"candidate_model": "other"}, "--candidate-model other (it has m-cand)"),
-        ({"candidate_key_env": "CAND_KEY"}, "--candidate-key-env CAND_KEY (it has none)"),
-        ({"task": "mmlu"}, "--task mmlu (it is a run of task 'jsonl:/data/set.jsonl')"),
-        ({"data_dir": "/data"}, "--data-dir /data (it has none)"),
-        ({"source": "hf"}, "--source hf (it has jsonl)"),
-        ({"fewshot": 2}, "--fewshot 2 (it has 0)"),
-        ({"limit": 50}, "--limit 50 (it has none)"),
-        ({"sample": 40}, "--sample 40 (it has 50)"),
-        ({"seed": 0}, "--seed 0 (it has 3)"),
-        ({"top_k": 20}, "--top-k 20 (it has 10)"),
-        ({"concurrency": 2}, "--concurrency 2 (it ran with baseline 4, candidate 8)"),
-        ({"rps": 5.0}, "--rps 5 (it ran with none)"),
-        ({"timeout": 30.0}, "--timeout 30 (it ran with 120)"),
-        ({"retries": 0}, "--retries 0 (it ran with 4)"),
-        ({"runs_dir": Path("/elsewhere")}, "--runs-dir /elsewhere (it has "),
-        ({"config": Path("servecmp.toml")}, "-c/--config servecmp.toml (a resumed run reads no config file)"),
+        ({"baseline": "http://gpu-c:8000"}, "--baseline"),
+        ({"candidate": ["http://gpu-c:8000"]}, "--candidate"),
+        ({"candidate_model": "other"}, "--candidate-model"),
+        ({"candidate_key_env": "CAND_KEY"}, "--candidate-key-env"),
+        ({"candidate_name": ["x"]}, "--candidate-name"),
+        ({"secondary": "http://gpu-c:8000"}, "--secondary"),
+        ({"noise_floor": 5}, "--noise-floor"),
+        ({"task": "mmlu"}, "--task"),
+        ({"data_dir": "/data"}, "--data-dir"),
+        ({"source": "hf"}, "--source"),
+        ({"fewshot": 2}, "--fewshot"),
+        ({"limit": 50}, "--limit"),
+        ({"sample": 40}, "--sample"),
+        ({"seed": 0}, "--seed"),
+        ({"top_k": 20}, "--top-k"),
+        ({"runs_dir": Path("/elsewhere")}, "--runs-dir"),
+        ({"config": Path("servecmp.toml")}, "-c/--config"),
     ],
 )
-def test_each_flag_that_differs_is_refused(tmp_path: Path, given: dict[str, Any], named: str) -> None:
+def test_each_results_flag_is_refused(tmp_path: Path, given: dict[str, Any], named: str) -> None:
     run_dir = _stored_run(tmp_path, candidate={"max_concurrency": 8})
     with pytest.raises(UserError) as err:
         resumed_settings(McqOptions(resume=run_dir, **given))
     message = str(err.value)
-    assert message.startswith(f"cannot resume {run_dir} with {named}")
+    assert message.startswith(f"cannot resume {run_dir} with {named}: a resumed run takes every setting")
     assert "\n" not in message and message.endswith(
-        "drop that flag (only --json and --show may be given with --resume) or start a new run")
+        "drop that flag (with --resume only --concurrency, --rps, --timeout, --retries, --json, --show, --gate, "
+        "--summary-md apply) or start a new run")
+
+
+def test_resume_help_names_the_accepted_flags() -> None:
+    from servecmp._cli.mcq import RESUME_HELP
+    from servecmp.mcq.settings import ACCEPTED_ON_RESUME
+
+    assert RESUME_HELP.endswith(", ".join(ACCEPTED_ON_RESUME) + ".")
 
 
 def test_unreadable_manifests_are_one_line(tmp_path: Path) -> None:
     run_dir = _stored_run(tmp_path)
     raw = json.loads((run_dir / "manifest.json").read_text())
-    (run_dir / "manifest.json").write_text(json.dumps({**raw, "version": 3}))
-    with pytest.raises(UserError, match=r"has manifest version 3; this servecmp \(.+\) reads versions 1 and 2: "
+    (run_dir / "manifest.json").write_text(json.dumps({**raw, "version": 4}))
+    with pytest.raises(UserError, match=r"has manifest version 4; this servecmp \(.+\) reads versions 1 to 3: "
                                         r"upgrade servecmp$"):
         read_manifest(run_dir)
     (run_dir / "manifest.json").write_text(json.dumps({**raw, "kind": "mtbench"}))
@@ -273,7 +306,7 @@ def test_a_version_1_manifest_is_upgraded_on_read(tmp_path: Path) -> None:
     # No pacing to conflict with: the flags set it, for both endpoints.
     pacing = [(s.max_concurrency, s.requests_per_second, s.timeout_s) for s in (settings.baseline, settings.candidate)]
     assert pacing == [(2, 5.0, 120.0)] * 2
-    with pytest.raises(UserError, match=r"--sample 10 \(it has 50\)"):
+    with pytest.raises(UserError, match=r"with --sample: "):
         resumed_settings(McqOptions(resume=run_dir, sample=10))
 
 
@@ -301,7 +334,7 @@ def test_a_version_1_run_resumes_end_to_end(tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
     assert b.max_in_flight == 1
     upgraded = json.loads((run_dir / "manifest.json").read_text())
-    assert upgraded["version"] == 2 and upgraded["finished_at"] is not None
+    assert upgraded["version"] == 3 and upgraded["finished_at"] is not None
     assert [e["max_concurrency"] for e in upgraded["endpoints"]] == [1, 1]
     same = ("task", "task_fingerprint", "prompt_format_hash", "n_items", "sample", "seed", "top_k", "source",
             "fewshot", "started_at")

@@ -13,6 +13,9 @@ Meaning, across commands:
 - `--show N`: how many worst items/questions/requests a report lists.
 - `--json`: the summary as one JSON object on stdout (progress goes to stderr).
 - `-c/--config`: servecmp.toml (default ./servecmp.toml when it exists).
+- `--gate EXPR` (repeatable): a rule METRIC<=VALUE or METRIC>=VALUE decided on the metric's 95%
+  interval (servecmp.gates); replaces the `[gate]` table's rules for the run kind. `--summary-md FILE`:
+  append the verdict as Markdown (a CI job summary). Exit 0 all pass, 1 a gate fails, 4 undecided.
 """
 
 from __future__ import annotations
@@ -40,6 +43,25 @@ SecondaryKeyEnv = Annotated[
     str | None, typer.Option("--secondary-key-env", help="Name of the env var holding the secondary's API key.")
 ]
 
+#: Several candidates against one baseline (`servecmp mcq`): repeatable, matched by position.
+Candidates = Annotated[list[str] | None, typer.Option(
+    "--candidate", metavar="URL",
+    help="Candidate endpoint URL; repeat for several candidates against one baseline.")]
+CandidateModels = Annotated[list[str] | None, typer.Option(
+    "--candidate-model", metavar="MODEL",
+    help="Model name at the candidate (repeat: one per --candidate, by position).")]
+CandidateKeyEnvs = Annotated[list[str] | None, typer.Option(
+    "--candidate-key-env", metavar="VAR",
+    help="Name of the env var holding the candidate's API key (repeat: one per --candidate, by position).")]
+CandidateNames = Annotated[list[str] | None, typer.Option(
+    "--candidate-name", metavar="NAME",
+    help="The candidate's name in the report (repeat: one per --candidate; default: \"candidate\" for one, "
+         "else the served model name).")]
+NoiseFloor = Annotated[int | None, typer.Option(
+    "--noise-floor", min=1, metavar="N",
+    help="After the main pass, ask every endpoint a seeded sample of N items again (another order and "
+         "concurrency): each endpoint's own noise floor.")]
+
 Concurrency = Annotated[int | None, typer.Option("--concurrency", min=1, help="Requests in flight per endpoint.")]
 Rps = Annotated[float | None, typer.Option("--rps", min=0.0, help="Requests per second per endpoint, at most.")]
 Timeout = Annotated[float | None, typer.Option("--timeout", min=0.0, help="Per-request timeout, seconds.")]
@@ -55,6 +77,17 @@ ConfigFile = Annotated[
 ]
 RunsDir = Annotated[Path | None, typer.Option("--runs-dir", help="Where run directories are created.")]
 Resume = Annotated[Path | None, typer.Option("--resume", help="Finish an interrupted run (its RUN_DIR).")]
+Gate = Annotated[
+    list[str] | None,
+    typer.Option("--gate", metavar="EXPR",
+                 help="A rule METRIC<=VALUE or METRIC>=VALUE (e.g. 'flips<=5%'), decided on the 95% interval; "
+                      "repeatable; replaces [gate] in servecmp.toml. Exit 0 pass, 1 fail, 4 inconclusive."),
+]
+SummaryMd = Annotated[
+    Path | None,
+    typer.Option("--summary-md", metavar="FILE",
+                 help="Append the verdict as Markdown to FILE (e.g. \"$GITHUB_STEP_SUMMARY\")."),
+]
 TopK = Annotated[
     int | None, typer.Option("--top-k", min=1, help="Top-k logprobs per request (vLLM: <= its --max-logprobs).")
 ]

@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from servecmp import correlate as corr
+from servecmp._cli.common import Json
 from servecmp.errors import UserError
 
 
@@ -30,13 +28,19 @@ def register(app: typer.Typer) -> None:
         kl: Annotated[
             str, typer.Option(help="KL to report: option (over the answer options) or topk.")
         ] = "option",
-        as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+        as_json: Json = False,
     ) -> None:
         """Per candidate: Δaccuracy, flips, KL, ΔMT-Bench, and how they correlate (Spearman, Pearson)."""
         if kl not in ("option", "topk"):
             raise UserError(f"--kl must be option or topk, not {kl!r}")
+        # Imported here: scipy and numpy cost ~1 s, which --help must not pay.
+        from rich.console import Console
+        from rich.table import Table
+
+        from servecmp import correlate as corr
+
         kl_source: corr.KlSource = "option" if kl == "option" else "topk"
-        runs = [corr.read_run(d, kl_source) for d in run_dirs]
+        runs = [facts for d in run_dirs for facts in corr.read_runs(d, kl_source)]
         rows, warnings = corr.pair_runs(runs)
         results = corr.correlations(rows)
         wrote = corr.scatter_plot(rows, plot)

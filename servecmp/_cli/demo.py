@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         from servecmp.endpoints import EndpointSpec
         from servecmp.mcq.render import render_mcq_report
         from servecmp.mcq.run import run_mcq
-        from servecmp.mcq.settings import McqSettings
+        from servecmp.mcq.settings import McqSettings, NamedEndpoint
         from servecmp.runstore import new_run_dir
         from servecmp.serving.modelpair import embedded_servers, ensure_embedded_pair
         from servecmp.serving.servers import ServerPair
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
             with _step(console, "3/4 MMLU 5-shot: accuracy, flips, KL, top margin", timings):
                 settings = McqSettings(
                     baseline=EndpointSpec(base_url=urls["baseline"], model=names["baseline"]),
-                    candidate=EndpointSpec(base_url=urls["candidate"], model=names["candidate"]),
+                    candidates=[NamedEndpoint(base_url=urls["candidate"], model=names["candidate"])],
                     task="mmlu-sample", sample=sample, runs_dir=runs,
                 )
                 mcq = run_mcq(settings, console)

@@ -42,7 +42,8 @@ def build_app() -> typer.Typer:
 def main() -> None:
     app = build_app()
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns a typer.Exit's code instead of exiting with it.
+        code = app(standalone_mode=False)
     except ServecmpError as exc:
         # escape(): messages quote user input and log tails, where brackets are not rich markup.
         err_console.print(f"[bold red]servecmp: error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -64,6 +65,7 @@ def main() -> None:
             err_console.print("servecmp: aborted")
             sys.exit(130)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _click_exceptions() -> Any:

@@ -7,6 +7,7 @@ Only stdlib, typer, the shared option types and the errors are imported at modul
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,18 +17,24 @@ from servecmp._cli.common import (
     Baseline,
     BaselineKeyEnv,
     BaselineModel,
-    Candidate,
-    CandidateKeyEnv,
-    CandidateModel,
+    CandidateKeyEnvs,
+    CandidateModels,
+    CandidateNames,
+    Candidates,
     Concurrency,
     ConfigFile,
+    Gate,
     Json,
     Limit,
-    Resume,
+    NoiseFloor,
     Retries,
     Rps,
     RunsDir,
+    Secondary,
+    SecondaryKeyEnv,
+    SecondaryModel,
     Show,
+    SummaryMd,
     Timeout,
     TopK,
 )
@@ -36,7 +43,20 @@ from servecmp.errors import UserError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from servecmp.gates import Gate as GateRule
+    from servecmp.gates import MetricEstimate, Verdict
+    from servecmp.mcq.compare import CandidateResult, McqComparison
     from servecmp.mcq.summary import McqSummary
+
+#: Kept in step with servecmp.mcq.settings.ACCEPTED_ON_RESUME (a test compares them); written out
+#: here so --help needs no import of the settings module.
+RESUME_HELP = (
+    "Finish an interrupted run (its RUN_DIR). Every setting that decides its results comes from the run's "
+    "manifest and flags that would set one are refused; pacing flags apply to this invocation only (not "
+    "given: the run's own). These apply: --concurrency, --rps, --timeout, --retries, --json, --show, --gate, "
+    "--summary-md."
+)
+Resume = Annotated[Path | None, typer.Option("--resume", help=RESUME_HELP)]
 
 Task = Annotated[str | None, typer.Option(
     "--task", help="mmlu, mmlu-sample, arc_easy, arc_challenge, hellaswag, piqa, winogrande, or jsonl:PATH.")]
@@ -58,28 +78,87 @@ FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
                            "no endpoint is called.")]
 
 #: With --from-lm-eval only these change anything; other flags are refused rather than ignored.
-_LMEVAL_FLAGS = ("--seed", "--json", "--show")
+_LMEVAL_FLAGS = ("--seed", "--json", "--show", "--gate", "--summary-md")
 
 
-def print_summary(summary: McqSummary, *, as_json: bool, show: int | None, console: Console) -> None:
-    """`--json`: the typed summary as one JSON object on stdout; otherwise the terminal report."""
+def print_summary(summary: McqSummary, *, as_json: bool, show: int | None, console: Console,
+                  verdicts: Sequence[Verdict] | None = None) -> None:
+    """`--json`: the typed summary as one JSON object on stdout (with a ``verdict`` key when gates
+    were given); otherwise the terminal report."""
     if as_json:
-        typer.echo(json.dumps(summary.model_dump(mode="json"), indent=2))
+        from servecmp.verdicts import with_verdict
+
+        data = with_verdict(summary.model_dump(mode="json"), _one_or_all(verdicts))
+        typer.echo(json.dumps(data, indent=2))
     else:
         from servecmp.mcq.render import render_mcq_report
 
         render_mcq_report(summary, console, show=show)
 
 
+def _one_or_all(verdicts: Sequence[Verdict] | None) -> Verdict | list[Verdict] | None:
+    if verdicts is None:
+        return None
+    return verdicts[0] if len(verdicts) == 1 else list(verdicts)
+
+
+def print_comparison(comparison: McqComparison, *, as_json: bool, show: int | None, console: Console,
+                     verdicts: Sequence[Verdict] | None = None) -> None:
+    """`--json`: one candidate without a noise floor prints its `McqSummary` (the layout of every
+    earlier run); otherwise the `McqComparison`. A ``verdict`` key is added when gates were given."""
+    if len(comparison.candidates) == 1 and comparison.floor is None:
+        print_summary(comparison.candidates[0].summary, as_json=as_json, show=show, console=console,
+                      verdicts=verdicts)
+        return
+    if as_json:
+        from servecmp.verdicts import with_verdict
+
+        data = with_verdict(comparison.model_dump(mode="json"), _one_or_all(verdicts))
+        typer.echo(json.dumps(data, indent=2))
+    else:
+        from servecmp.mcq.render import render_comparison
+
+        by_name = {c.name: v for c, v in zip(comparison.candidates, verdicts or (), strict=False)}
+        render_comparison(comparison, console, show=show, verdicts=by_name)
+
+
+def floor_estimates(candidate: CandidateResult) -> dict[str, MetricEstimate]:
+    """``flips_excess`` and ``kl_excess`` of a candidate whose noise floor was measured."""
+    from servecmp.gates import MetricEstimate
+
+    if candidate.floor is None or candidate.floor.n == 0:
+        return {}
+    return {"flips_excess": MetricEstimate.bootstrap(candidate.floor.flips_excess.model_dump()),
+            "kl_excess": MetricEstimate.bootstrap(candidate.floor.kl_excess.model_dump())}
+
+
+def decide_candidates(comparison: McqComparison, gates: Sequence[GateRule]) -> list[Verdict]:
+    """Every candidate's verdict (`servecmp.verdicts.verdict_for`), the floor's excesses included."""
+    from servecmp.verdicts import verdict_for
+
+    out = []
+    several = len(comparison.candidates) > 1
+    for c in comparison.candidates:
+        # One candidate: labelled by its model, as `servecmp report --gate` labels it; several: by name.
+        label = c.name if several else (c.endpoint.model or c.name)
+        out.append(verdict_for("mcq", c.summary, gates, extra=floor_estimates(c), candidate=label))
+    return out
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def mcq(
         baseline: Baseline = None,
-        candidate: Candidate = None,
+        candidate: Candidates = None,
         baseline_model: BaselineModel = None,
-        candidate_model: CandidateModel = None,
+        candidate_model: CandidateModels = None,
         baseline_key_env: BaselineKeyEnv = None,
-        candidate_key_env: CandidateKeyEnv = None,
+        candidate_key_env: CandidateKeyEnvs = None,
+        candidate_name: CandidateNames = None,
+        secondary: Secondary = None,
+        secondary_model: SecondaryModel = None,
+        secondary_key_env: SecondaryKeyEnv = None,
+        noise_floor: NoiseFloor = None,
         task: Task = None,
         data_dir: DataDir = None,
         source: Source = None,
@@ -96,25 +175,32 @@ def register(app: typer.Typer) -> None:
         runs_dir: RunsDir = None,
         resume: Resume = None,
         from_lm_eval: FromLmEval = None,
+        gate: Gate = None,
+        summary_md: SummaryMd = None,
         as_json: Json = False,
         show: Show = None,
         config: ConfigFile = None,
     ) -> None:
-        """Compare two endpoints on a multiple-choice task: accuracy, flips, KL divergence, top margin."""
+        """Compare a baseline with one or several candidates on a multiple-choice task: accuracy, flips,
+        KL divergence, top margin; with --secondary / --noise-floor, each endpoint against itself."""
         from rich.console import Console
 
         from servecmp.mcq.settings import McqOptions
 
         opts = McqOptions(
-            baseline=baseline, candidate=candidate, baseline_model=baseline_model,
-            candidate_model=candidate_model, baseline_key_env=baseline_key_env,
-            candidate_key_env=candidate_key_env, task=task, data_dir=data_dir, source=source, fewshot=fewshot,
+            baseline=baseline, candidate=candidate or None, baseline_model=baseline_model,
+            candidate_model=candidate_model or None, baseline_key_env=baseline_key_env,
+            candidate_key_env=candidate_key_env or None, candidate_name=candidate_name or None,
+            secondary=secondary, secondary_model=secondary_model, secondary_key_env=secondary_key_env,
+            noise_floor=noise_floor, task=task, data_dir=data_dir, source=source, fewshot=fewshot,
             fewshot_file=fewshot_file, limit=limit, sample=sample, seed=seed, top_k=top_k,
             concurrency=concurrency, rps=rps, timeout=timeout, retries=retries, runs_dir=runs_dir,
             resume=resume, config=config,
         )
         # Progress and messages go to stderr with --json, so stdout is only the JSON object.
         console = Console(stderr=as_json)
+        from servecmp.verdicts import resolve_gates, wants_verdict
+
         if from_lm_eval is not None:
             from servecmp.mcq.summary import summarize_lmeval
 
@@ -123,17 +209,48 @@ def register(app: typer.Typer) -> None:
             if given:
                 raise UserError(f"--from-lm-eval reads two sample logs and calls no endpoint; "
                                 f"{', '.join(given)} do not apply to it (only {', '.join(_LMEVAL_FLAGS)} do)")
+            gates = resolve_gates("mcq", gate, None)
             summary = summarize_lmeval(from_lm_eval[0], from_lm_eval[1], seed=seed or 0)
+            from servecmp.mcq.compare import comparison_from_summary
+
+            comparison = comparison_from_summary(summary)
         else:
             from servecmp.mcq.run import run_mcq
             from servecmp.mcq.settings import new_settings, resumed_settings
 
             if resume is not None:
                 settings, manifest = resumed_settings(opts)
+                gates = resolve_gates("mcq", gate, None)
                 result = run_mcq(settings, console, resume=(resume, manifest))
             else:
                 from servecmp.config import load_config
 
-                result = run_mcq(new_settings(opts, load_config(config)), console)
-            summary = result.summary
-        print_summary(summary, as_json=as_json, show=show, console=console)
+                cfg = load_config(config)
+                gates = resolve_gates("mcq", gate, cfg)
+                result = run_mcq(new_settings(opts, cfg), console)
+            comparison = result.comparison
+        verdicts = decide_candidates(comparison, gates) if wants_verdict(gates, summary_md) else None
+        print_comparison(comparison, as_json=as_json, show=show, console=console, verdicts=verdicts)
+        if verdicts is not None:
+            from servecmp.verdicts import emit_verdict
+
+            code = emit_verdict(verdicts, console=console, summary_md=summary_md, title="servecmp mcq gates")
+            if code:
+                # SystemExit, not typer.Exit: click returns typer.Exit's code in standalone_mode=False.
+                raise SystemExit(code)
+
+
+def report_run(path: Path, *, as_json: bool, show: int | None, console: Console, gates: Sequence[GateRule],
+               summary_md: Path | None, title: str = "servecmp mcq gates") -> int:
+    """`servecmp report RUN_DIR` for an MCQ run of any shape (one or several candidates, a noise
+    floor): recompute from the records, print, decide the gates on every candidate. Returns the
+    exit code (0 without gates)."""
+    from servecmp.mcq.compare import compare_run
+    from servecmp.verdicts import emit_verdict, wants_verdict
+
+    comparison = compare_run(path)
+    verdicts = decide_candidates(comparison, gates) if wants_verdict(gates, summary_md) else None
+    print_comparison(comparison, as_json=as_json, show=show, console=console, verdicts=verdicts)
+    if verdicts is None:
+        return 0
+    return emit_verdict(verdicts, console=console, summary_md=summary_md, title=title)

@@ -22,6 +22,7 @@ from servecmp._cli.common import (
     CandidateModel,
     Concurrency,
     ConfigFile,
+    Gate,
     Json,
     Limit,
     Resume,
@@ -29,6 +30,7 @@ from servecmp._cli.common import (
     Rps,
     RunsDir,
     Show,
+    SummaryMd,
     Timeout,
 )
 from servecmp.errors import UserError
@@ -144,6 +146,8 @@ def register(app: typer.Typer) -> None:
         ] = False,
         show: Show = None,
         as_json: Json = False,
+        gate: Gate = None,
+        summary_md: SummaryMd = None,
         runs_dir: RunsDir = None,
         resume: Resume = None,
         config: ConfigFile = None,
@@ -159,9 +163,12 @@ def register(app: typer.Typer) -> None:
         from servecmp.mtbench.run import RunIO, run_blocking
         from servecmp.mtbench.rundir import MtRunPaths
         from servecmp.mtbench.settings import MtBenchOptions, new_settings, resumed_settings
+        from servecmp.verdicts import emit_verdict, resolve_gates, verdict_for, wants_verdict, with_verdict
 
         console = Console(stderr=True)
         cfg = load_config(config)
+        # Checked before any request: a bad expression must not cost a run.
+        gates = resolve_gates("mtbench", gate, cfg)
         opts = MtBenchOptions(
             questions=questions,
             references=references,
@@ -200,8 +207,21 @@ def register(app: typer.Typer) -> None:
             settings = new_settings(opts, cfg)
             root = runs_dir or Path(cfg.mtbench.runs_dir)
             result = run_blocking(settings, io, runs_root=root)
+        summary = result.summary
+        verdict = None
+        if wants_verdict(gates, summary_md):
+            cand = summary.endpoints.get("candidate")
+            verdict = verdict_for("mtbench", summary, gates, candidate=cand.model or None if cand else None)
+        out = Console()
         if as_json:
-            typer.echo(json.dumps(result.summary.model_dump(mode="json"), indent=2, ensure_ascii=False))
+            typer.echo(json.dumps(with_verdict(summary.model_dump(mode="json"), verdict), indent=2,
+                                  ensure_ascii=False))
         else:
-            render(Console(), result.summary, show=settings.show)
+            render(out, summary, show=settings.show)
+        if verdict is not None:
+            code = emit_verdict(verdict, console=console if as_json else out, summary_md=summary_md,
+                                title=f"servecmp gates: mtbench run {result.paths.root.name}")
+        if not as_json:
             console.print(f"run directory: {result.paths.root}", highlight=False)
+        if verdict is not None and code:
+            raise SystemExit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which swallows it

@@ -4,6 +4,14 @@ PATH is an MCQ run directory (manifest kind "mcq": every metric recomputed from 
 MT-Bench run directory (kind "mtbench") or a shadow SQLite database. `--json` prints the kind's
 typed summary as one JSON object; `--show N` sets how many worst items/questions/requests the
 report lists.
+
+`--gate EXPR` (repeatable, or the `[gate]` table of servecmp.toml for the run's kind) re-decides the
+stored run without calling any endpoint (`servecmp.verdicts`): the verdict block follows the report,
+`--json` gains a top-level `verdict` object, `--summary-md FILE` appends it as Markdown, and the exit
+code is the verdict's (0 pass, 1 fail, 4 inconclusive). Without gates and `--summary-md` the output
+and exit code are as before. MCQ runs go through `servecmp._cli.mcq.report_run` (one or several
+candidates, a noise floor: one verdict per candidate, `flips_excess`/`kl_excess` from the floor);
+MT-Bench runs and shadow databases through `decide_and_emit` here.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from servecmp._cli.common import Json, Show
+from servecmp._cli.common import ConfigFile, Gate, Json, Show, SummaryMd
 from servecmp.errors import UserError
 
 if TYPE_CHECKING:
@@ -51,32 +59,63 @@ def _echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def print_report(path: Path, *, as_json: bool, show: int | None, console: Console) -> None:
-    kind = run_kind(path)
-    if kind == "mcq":
-        from servecmp._cli.mcq import print_summary
-        from servecmp.mcq.summary import summarize_run
+def print_report(path: Path, *, as_json: bool, show: int | None, console: Console,
+                 gates: list[str] | None = None, summary_md: Path | None = None,
+                 config: Path | None = None) -> int:
+    """Print the stored run at ``path``; decide its gates when any apply. Returns the exit code."""
+    from servecmp.verdicts import resolve_gates, wants_verdict
 
-        print_summary(summarize_run(path), as_json=as_json, show=show, console=console)
-    elif kind == "mtbench":
+    kind = run_kind(path)
+    # Bad expressions fail here, with one line, before any metric is computed.
+    gate_list = resolve_gates(kind, gates, config)
+    decided = wants_verdict(gate_list, summary_md)
+    summary: Any
+    candidate: str | None = None
+    if kind == "mcq":
+        from servecmp._cli.mcq import report_run
+
+        # Every shape of MCQ run (one or several candidates, a noise floor): recomputed from the records
+        # (seeded: the numbers summary.json holds), each candidate decided with its floor's excesses.
+        return report_run(path, as_json=as_json, show=show, console=console, gates=gate_list,
+                          summary_md=summary_md, title=f"servecmp gates: mcq run {path.name}")
+    if kind == "mtbench":
         from servecmp.mtbench.render import render
         from servecmp.mtbench.run import DEFAULT_SHOW, load_summary
 
         n = DEFAULT_SHOW if show is None else show
-        mt = load_summary(path, show=n)
-        if as_json:
-            _echo_json(mt.model_dump(mode="json"))
-        else:
-            render(console, mt, show=n)
+        summary = load_summary(path, show=n)
+        if decided:
+            cand_scores = summary.endpoints.get("candidate")
+            candidate = cand_scores.model or None if cand_scores is not None else None
+        if not as_json:
+            render(console, summary, show=n)
+        elif not decided:
+            _echo_json(summary.model_dump(mode="json"))
     else:
         from servecmp.shadow.report import load_summary as load_shadow
         from servecmp.shadow.report import render as render_shadow
 
-        sh = load_shadow(path, worst_n=SHADOW_WORST if show is None else show, n_boot=SHADOW_N_BOOT)
-        if as_json:
-            _echo_json(sh.model_dump(mode="json"))
-        else:
-            render_shadow(sh, console, path)
+        summary = load_shadow(path, worst_n=SHADOW_WORST if show is None else show, n_boot=SHADOW_N_BOOT)
+        if not as_json:
+            render_shadow(summary, console, path)
+        elif not decided:
+            _echo_json(summary.model_dump(mode="json"))
+    if not decided:
+        return 0
+    return decide_and_emit(kind, summary, gate_list, as_json=as_json, console=console, summary_md=summary_md,
+                           candidate=candidate, title=f"servecmp gates: {kind} run {path.name}")
+
+
+def decide_and_emit(kind: str, summary: Any, gates: Any, *, as_json: bool, console: Console,
+                    summary_md: Path | None, candidate: str | None, title: str) -> int:
+    """Decide ``gates`` on ``summary``; print the JSON (summary + verdict) when ``as_json``; render the
+    verdict block on ``console`` (stderr with --json); write the Markdown. Returns the exit code."""
+    from servecmp.verdicts import emit_verdict, verdict_for, with_verdict
+
+    verdict = verdict_for(kind, summary, gates, candidate=candidate)
+    if as_json:
+        _echo_json(with_verdict(summary.model_dump(mode="json"), verdict))
+    return emit_verdict(verdict, console=console, summary_md=summary_md, title=title)
 
 
 def register(app: typer.Typer) -> None:
@@ -86,8 +125,17 @@ def register(app: typer.Typer) -> None:
             metavar="RUN", help="An MCQ or MT-Bench run directory, or a shadow database file.")],
         as_json: Json = False,
         show: Show = None,
+        gate: Gate = None,
+        summary_md: SummaryMd = None,
+        config: ConfigFile = None,
     ) -> None:
-        """Print a stored run's report from disk (MCQ metrics are recomputed from the records)."""
+        """Print a stored run's report from disk (MCQ metrics are recomputed from the records).
+
+        With --gate (or [gate] in servecmp.toml) the run is re-decided: exit 0 pass, 1 fail, 4 inconclusive.
+        """
         from rich.console import Console
 
-        print_report(path, as_json=as_json, show=show, console=Console(stderr=as_json))
+        code = print_report(path, as_json=as_json, show=show, console=Console(stderr=as_json), gates=gate,
+                            summary_md=summary_md, config=config)
+        if code:
+            raise SystemExit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which swallows it

@@ -25,12 +25,14 @@ from servecmp._cli.common import (
     CandidateKeyEnv,
     CandidateModel,
     ConfigFile,
+    Gate,
     Json,
     Limit,
     Secondary,
     SecondaryKeyEnv,
     SecondaryModel,
     Show,
+    SummaryMd,
     TopK,
 )
 from servecmp.errors import UserError
@@ -196,25 +198,38 @@ def report(
     show: Show = None,
     worst: Annotated[int | None, typer.Option("--worst", min=0, hidden=True, help="Old name of --show.")] = None,
     n_boot: Annotated[int, typer.Option("--n-boot", min=100, help="Bootstrap resamples for the intervals.")] = 2000,
+    gate: Gate = None,
+    summary_md: SummaryMd = None,
+    config: ConfigFile = None,
 ) -> None:
     """Summarise a shadow database: rates with 95% intervals, the noise floor, worst requests, per hour.
 
-    `servecmp report DB` prints the same.
+    `servecmp report DB` prints the same. With --gate (answer_differs, tf_kl, top1_disagree) or
+    [gate] shadow = [...] in servecmp.toml: a verdict, exit 0 pass, 1 fail, 4 inconclusive.
     """
     import json
 
     from rich.console import Console
 
     from servecmp.shadow.report import load_summary, render
+    from servecmp.verdicts import emit_verdict, resolve_gates, verdict_for, wants_verdict, with_verdict
 
     if show is not None and worst is not None and show != worst:
         raise UserError(f"--show {show} and --worst {worst} disagree (--worst is the old name of --show)")
+    gates = resolve_gates("shadow", gate, config)
     worst_n = show if show is not None else worst if worst is not None else 10
     summary = load_summary(db, worst_n=worst_n, n_boot=n_boot)
+    verdict = verdict_for("shadow", summary, gates) if wants_verdict(gates, summary_md) else None
+    console = Console(stderr=as_json)  # with --json, stdout holds only the JSON; the verdict block goes to stderr
     if as_json:
-        typer.echo(json.dumps(summary.model_dump(mode="json"), indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(with_verdict(summary.model_dump(mode="json"), verdict), indent=2, ensure_ascii=False))
     else:
-        render(summary, Console(), db)
+        render(summary, console, db)
+    if verdict is not None:
+        code = emit_verdict(verdict, console=console, summary_md=summary_md,
+                            title=f"servecmp gates: shadow database {db.name}")
+        if code:
+            raise SystemExit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which swallows it
 
 
 @shadow_app.command("replay")

@@ -14,8 +14,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from servecmp.records import EndpointRole
-
 #: One `McqRecord` per line, appended as results arrive.
 RECORDS = "records.jsonl"
 #: Items an endpoint refused (HTTP 400/413/422, e.g. a prompt over its context length). Kept apart
@@ -63,7 +61,9 @@ class McqRecord(BaseModel):
     model_config = ConfigDict(ser_json_inf_nan="constants")
 
     item_id: str
-    endpoint: EndpointRole
+    #: The endpoint's name in the run: "baseline", "candidate" (the one candidate of a two-endpoint
+    #: run), a candidate's name in a multi-candidate run, or "secondary" (a replica of the baseline).
+    endpoint: str
     task: str
     subject: str | None = None
     category: str | None = None
@@ -81,3 +81,6 @@ class McqRecord(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     n_requests: int = 1
+    #: 0: the main pass. 1: the noise-floor pass (`--noise-floor N`: the same item asked again, in
+    #: another order and at another concurrency); the metrics keep the two apart.
+    repeat: int = 0

@@ -6,11 +6,18 @@ are the same because both come from the same model.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from servecmp.mcq.compare import McqComparison
 from servecmp.mcq.summary import Distribution, Estimate, McqSummary, Proportion
+
+if TYPE_CHECKING:
+    from servecmp.gates import Verdict
 
 SIGNIFICANCE = 0.05
 #: Subjects listed by default (most flips first); `--show N` changes it.
@@ -161,3 +168,134 @@ def render_mcq_report(s: McqSummary, console: Console, *, show: int | None = Non
         console.print(g)
 
     console.print("[bold]Reading:[/] " + escape(_verdict(s)), highlight=False)
+
+
+def est_num(e: Estimate | None, digits: int = 4, signed: bool = False) -> str:
+    if e is None or e.point is None:
+        return "–"
+    sign = "+" if signed and e.point > 0 else ""
+    return f"{sign}{num(e.point, digits)} [{num(e.low, digits)}, {num(e.high, digits)}]"
+
+
+def render_comparison(c: McqComparison, console: Console, *, show: int | None = None,
+                      verdicts: Mapping[str, Verdict] | None = None) -> None:
+    """One candidate: the full report. Several: the leaderboard and the correlations across them.
+    Then, when measured, the noise floor beside the candidates."""
+    if len(c.candidates) == 1:
+        render_mcq_report(c.candidates[0].summary, console, show=show)
+    else:
+        render_leaderboard(c, console, verdicts=verdicts)
+    if c.floor is not None:
+        render_floor(c, console)
+
+
+def render_leaderboard(c: McqComparison, console: Console, *,
+                       verdicts: Mapping[str, Verdict] | None = None) -> None:
+    title = f"servecmp mcq — task {c.task}"
+    if c.source:
+        title += f" ({c.source})"
+    console.rule(escape(title))
+    console.print(f" baseline: {c.baseline.model}  {c.baseline.url}", highlight=False)
+    for cand in c.candidates:
+        console.print(f"{cand.name:>9}: {cand.endpoint.model}  {cand.endpoint.url}", highlight=False)
+    n = max((r.n_items for r in c.leaderboard), default=0)
+    line = f"items compared: {n}"
+    if c.n_items_planned and not c.complete:
+        line += f" of {c.n_items_planned} planned (run not finished)"
+    console.print(line, highlight=False)
+    floor = any(r.flips_excess is not None for r in c.leaderboard)
+    t = Table(title="Leaderboard: every candidate against the same baseline, fewest flips first (95% intervals)",
+              title_justify="left")
+    cols = ["#", "candidate", "n", "Δacc", "flips", "c→w/w→c", "answer changes", "option KL", "top-k KL"]
+    if floor:
+        cols.append("flips over floor")
+    if verdicts:
+        cols.append("verdict")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("candidate", "verdict") else "right")
+    for r in c.leaderboard:
+        row = [str(r.rank), escape(r.name), str(r.n_items), est_pct(r.delta_acc, signed=True),
+               prop(r.flips), f"{r.correct_to_wrong}/{r.wrong_to_correct}", prop(r.answer_changes),
+               est_num(r.option_kl), est_num(r.topk_kl)]
+        if floor:
+            row.append(est_pct(r.flips_excess, signed=True))
+        if verdicts:
+            v = verdicts.get(r.name)
+            row.append(v.status.upper() if v is not None else "–")
+        t.add_row(*row)
+    console.print(t)
+    if c.correlations:
+        k = Table(title=f"Across the {len(c.candidates)} candidates", title_justify="left")
+        for col in ("x", "y", "Spearman r", "p", "Pearson r", "p", "p-values", "note"):
+            k.add_column(col, justify="left" if col in ("x", "y", "p-values", "note") else "right")
+        for x in c.correlations:
+            r2 = x.correlation
+            k.add_row(_LABELS.get(x.x, x.x), _LABELS.get(x.y, x.y), num(r2.spearman_r, 3), pval(r2.spearman_p),
+                      num(r2.pearson_r, 3), pval(r2.pearson_p), r2.p_method, x.note or "")
+        console.print(k)
+    else:
+        console.print("correlations across candidates need 3 or more candidates", highlight=False)
+    if c.scatter_png:
+        console.print(f"scatter plot (flips vs option KL): {c.scatter_png}", highlight=False)
+
+
+_LABELS = {"flip_rate": "flips", "answer_change_rate": "answer changes", "option_kl": "option KL",
+           "abs_delta_acc": "|Δacc|"}
+
+
+def floor_sentences(c: McqComparison) -> list[str]:
+    """The plain reading of the noise floor: who did not reproduce itself, and per candidate whether
+    its flips are within the floor."""
+    out: list[str] = []
+    f = c.floor
+    if f is None:
+        return out
+    for ch in f.checks:
+        what = "baseline vs secondary" if ch.method == "secondary" else f"{ch.endpoint} asked again"
+        s = ch.summary
+        if ch.exact:
+            out.append(f"{what}: reproduced exactly on {s.n_items} items (0 flips, 0 answer changes, option KL 0).")
+        elif ch.reproducible:
+            out.append(f"{what}: reproduced on {s.n_items} items to float rounding (0 flips, 0 answer changes, "
+                       f"option KL at most {ch.max_option_kl:.1e} nats).")
+        else:
+            out.append(f"{what}: NOT reproducible: {s.flips.flips} flips, {s.answer_changes.count} answer changes "
+                       f"of {s.n_items} items, option KL mean {num(s.option_kl.mean, 6)}, max "
+                       f"{num(ch.max_option_kl, 6)} nats.")
+    for cand in c.candidates:
+        ex = cand.floor
+        if ex is None or ex.n == 0:
+            continue
+        fe = ex.flips_excess
+        head = (f"{cand.name}: flips {pct(ex.candidate_flip_rate)} vs floor {pct(ex.floor_flip_rate)} on the same "
+                f"{ex.n} items, excess {est_pct(fe, signed=True)} (McNemar p={pval(ex.mcnemar_p)}); option KL excess "
+                f"{est_num(ex.kl_excess, signed=True)} nats (Wilcoxon p={pval(ex.wilcoxon_p)})")
+        if ex.within_floor:
+            out.append(head + ": its flips are WITHIN the noise floor (the excess interval contains 0).")
+        else:
+            out.append(head + ": its flips are ABOVE the noise floor.")
+    if f.not_reproducible:
+        out.append("Not reproducible: " + ", ".join(f.not_reproducible) + ".")
+    return out
+
+
+def _sci(x: float | None) -> str:
+    return "–" if x is None else ("0" if x == 0 else f"{x:.2e}")
+
+
+def render_floor(c: McqComparison, console: Console) -> None:
+    f = c.floor
+    if f is None:
+        return
+    t = Table(title="Noise floor: each endpoint against itself (95% intervals)", title_justify="left")
+    for col in ("comparison", "n", "flips", "answer changes", "option KL mean", "max KL", "reproducible"):
+        t.add_column(col, justify="left" if col == "comparison" else "right")
+    for ch in f.checks:
+        s = ch.summary
+        what = "baseline vs secondary" if ch.method == "secondary" else f"{ch.endpoint} vs itself"
+        t.add_row(escape(what), str(s.n_items), prop(s.flips.rate), prop(s.answer_changes),
+                  est_num(s.option_kl.mean_ci, 6), _sci(ch.max_option_kl),
+                  "exactly" if ch.exact else "yes" if ch.reproducible else "NO")
+    console.print(t)
+    for line in floor_sentences(c):
+        console.print(escape(line), highlight=False)

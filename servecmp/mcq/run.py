@@ -1,10 +1,16 @@
-"""Run an MCQ comparison: items × {baseline, candidate} → records appended to the run directory.
+"""Run an MCQ comparison: items × {baseline, every candidate, secondary} → records appended to the
+run directory.
 
-`run_mcq` is the whole run (load the task, check both endpoints, write the manifest, score every
+`run_mcq` is the whole run (load the task, check every endpoint, write the manifest, score every
 pending item, summarise); `servecmp mcq` and `servecmp demo` call it with `McqSettings` from
 `servecmp.mcq.settings`. Each endpoint gets its own pool of workers, so a slow endpoint never holds
-the other back, and every finished record is on disk before the next one starts being waited for.
-A resumed run skips every (item, endpoint) pair that already has a record.
+the others back, and every finished record is on disk before the next one starts being waited for.
+The baseline is scored once per item whatever the number of candidates. Records are keyed by
+(item, endpoint name, repeat); a resumed run skips every key that already has a record.
+
+Noise floor (`--noise-floor N`): after the main pass, a seeded sample of N items (`floor_items`) is
+asked again of the baseline and every candidate, in a shuffled order and at another concurrency
+(`floor_concurrency`), recorded with ``repeat = 1``.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from rich.progress import (
 
 from servecmp.endpoints import EndpointClient, EndpointError, EndpointSpec
 from servecmp.errors import RunFailed, RunInterrupted, UserError
+from servecmp.mcq.compare import McqComparison, compare_run
 from servecmp.mcq.records import ITEM_ERRORS, RECORDS, McqItem, McqRecord
 from servecmp.mcq.scoring import score_item
 from servecmp.mcq.settings import McqManifest, McqSettings, new_manifest, read_manifest, write_manifest
-from servecmp.mcq.summary import McqSummary, summarize_run
-from servecmp.records import ROLES, EndpointRole
+from servecmp.mcq.summary import McqSummary
+from servecmp.records import EndpointRole
 from servecmp.runstore import JsonlAppender, iter_jsonl, new_run_dir, utcnow
 from servecmp.tasks.registry import JSONL_PREFIX, TaskData, load_task
 
@@ -42,7 +49,33 @@ __all__ = ["ITEM_ERRORS", "RECORDS", "McqResult", "RunOutcome", "make_progress",
 @dataclass(frozen=True)
 class McqResult:
     run_dir: Path
-    summary: McqSummary
+    comparison: McqComparison
+
+    @property
+    def summary(self) -> McqSummary:
+        """The first candidate's summary (the only one of a two-endpoint run)."""
+        return self.comparison.candidates[0].summary
+
+
+#: Seeds the noise-floor sample apart from --sample's (same --seed, another stream).
+FLOOR_SEED_OFFSET = 7919
+
+
+def floor_items(items: Sequence[McqItem], n: int, seed: int) -> list[McqItem]:
+    """The noise-floor sample: N items drawn with the run's seed, in a shuffled order."""
+    import random
+
+    rng = random.Random(seed + FLOOR_SEED_OFFSET)
+    return rng.sample(list(items), min(n, len(items)))
+
+
+def floor_concurrency(concurrency: int) -> int:
+    """Another concurrency than the main pass's: 1 when it ran several requests at once, else 2."""
+    return 1 if concurrency > 1 else 2
+
+
+def _role(name: str) -> EndpointRole:
+    return "baseline" if name in ("baseline", "secondary") else "candidate"
 
 
 def load_settings_task(settings: McqSettings) -> TaskData:
@@ -58,7 +91,7 @@ def run_dir_label(task: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in task)
 
 
-def describe_endpoint(role: EndpointRole, spec: EndpointSpec) -> str:
+def describe_endpoint(role: str, spec: EndpointSpec) -> str:
     """One line of what servecmp sends an endpoint: where, which model, and the pacing."""
     rps = "unlimited" if spec.requests_per_second is None else f"{spec.requests_per_second:g}"
     key = f", key from ${spec.api_key_env}" if spec.api_key_env else ""
@@ -85,28 +118,45 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
 
     async def go() -> tuple[Path, RunOutcome]:
         nonlocal run_dir
-        clients = {role: EndpointClient(settings.endpoint(role)) for role in ROLES}
+        specs = {"baseline": settings.baseline, **{f"#{i}": c for i, c in enumerate(settings.candidates)}}
+        if settings.secondary is not None:
+            specs["secondary"] = settings.secondary
+        clients = {key: EndpointClient(spec) for key, spec in specs.items()}
         try:
             models = await prepare_clients(clients, settings.top_k, letter)
-            for role in ROLES:
-                settings.endpoint(role).model = models[role]
+            for key, spec in specs.items():
+                spec.model = models[key]
+            settings.resolve_names()
+            named = settings.named_endpoints()
+            clients = {name: clients[key] for name, key in zip(named, specs, strict=True)}
             if resume is None:
                 run_dir = new_run_dir(settings.runs_dir, f"mcq-{run_dir_label(settings.task)}")
                 write_manifest(run_dir, new_manifest(settings, data))
             elif not resume[1].pacing_recorded:
-                # A version-1 manifest: rewrite it as version 2, now recording the pacing in use.
+                # A version-1 manifest: rewrite it in today's layout, now recording the pacing in use.
                 upgraded = new_manifest(settings, data).model_copy(
                     update={"started_at": resume[1].started_at, "servecmp_version": resume[1].servecmp_version})
                 write_manifest(resume[0], upgraded)
             assert run_dir is not None
             console.print(f"run directory: {run_dir}  ({len(data.items)} items, {escape(data.source)})",
                           highlight=False)
-            for role in ROLES:
-                console.print(describe_endpoint(role, settings.endpoint(role)), highlight=False)
+            for name, spec in named.items():
+                console.print(describe_endpoint(name, spec), highlight=False)
             with make_progress(console) as progress:
                 try:
                     outcome = await run_items(data.items, clients, run_dir, top_k=settings.top_k,
                                               progress=progress)
+                    if settings.noise_floor and not outcome.failed:
+                        sample = floor_items(data.items, settings.noise_floor, settings.seed)
+                        again = {name: c for name, c in clients.items() if name != "secondary"}
+                        console.print(f"noise floor: asking {len(sample)} items again of "
+                                      f"{', '.join(again)} (shuffled, other concurrency)", highlight=False)
+                        floor = await run_items(sample, again, run_dir, top_k=settings.top_k, progress=progress,
+                                                repeat=1)
+                        outcome.done += floor.done
+                        outcome.failed.update(floor.failed)
+                        for k, v in floor.item_errors.items():
+                            outcome.item_errors[k] = outcome.item_errors.get(k, 0) + v
                 except asyncio.CancelledError:
                     raise KeyboardInterrupt from None
             return run_dir, outcome
@@ -125,18 +175,19 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
         raise RunFailed(failure_message(outcome, done_dir))
     manifest = read_manifest(done_dir)
     write_manifest(done_dir, manifest.model_copy(update={"finished_at": utcnow()}))
-    return McqResult(done_dir, summarize_run(done_dir))
+    return McqResult(done_dir, compare_run(done_dir))
 
 
 @dataclass
 class RunOutcome:
     done: int = 0
-    failed: dict[EndpointRole, str] = field(default_factory=dict)
-    item_errors: dict[EndpointRole, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    item_errors: dict[str, int] = field(default_factory=dict)
 
 
-def done_keys(run_dir: Path) -> set[tuple[str, str]]:
-    return {(r["item_id"], r["endpoint"]) for r in iter_jsonl(run_dir / RECORDS)}
+def done_keys(run_dir: Path) -> set[tuple[str, str, int]]:
+    """(item, endpoint name, repeat) of every record on disk."""
+    return {(r["item_id"], r["endpoint"], int(r.get("repeat", 0))) for r in iter_jsonl(run_dir / RECORDS)}
 
 
 def make_progress(console: Console | None = None) -> Progress:
@@ -157,16 +208,19 @@ def make_progress(console: Console | None = None) -> Progress:
 
 async def run_items(
     items: Sequence[McqItem],
-    clients: dict[EndpointRole, EndpointClient],
+    clients: dict[str, EndpointClient],
     run_dir: Path,
     *,
     top_k: int,
     progress: Progress | None = None,
+    repeat: int = 0,
 ) -> RunOutcome:
     """Score every pending (item, endpoint) pair, appending each record as it completes.
 
+    `clients` maps endpoint names (what records carry) to clients. With ``repeat`` > 0 (the noise
+    floor) the records carry that marker and every endpoint runs at `floor_concurrency`.
     Stops an endpoint's workers at its first request that fails after all retries (the endpoint is
-    probably down); the other endpoint carries on so its finished work is kept.
+    probably down); the others carry on so their finished work is kept.
     """
     done = done_keys(run_dir)
     outcome = RunOutcome()
@@ -175,9 +229,9 @@ async def run_items(
     try:
         await asyncio.gather(
             *(
-                _run_role(role, [it for it in items if (it.item_id, role) not in done], clients[role],
-                          appender, errors, top_k, progress, len(items), outcome)
-                for role in ROLES
+                _run_role(name, [it for it in items if (it.item_id, name, repeat) not in done], client,
+                          appender, errors, top_k, progress, len(items), outcome, repeat)
+                for name, client in clients.items()
             )
         )
     finally:
@@ -187,7 +241,7 @@ async def run_items(
 
 
 async def _run_role(
-    role: EndpointRole,
+    name: str,
     pending: list[McqItem],
     client: EndpointClient,
     appender: JsonlAppender,
@@ -196,34 +250,40 @@ async def _run_role(
     progress: Progress | None,
     total: int,
     outcome: RunOutcome,
+    repeat: int = 0,
 ) -> None:
     task_id = None
     if progress is not None:
-        task_id = progress.add_task(role, total=total, completed=total - len(pending), rate="")
+        label = name if not repeat else f"{name} (again)"
+        task_id = progress.add_task(label, total=total, completed=total - len(pending), rate="")
     queue: asyncio.Queue[McqItem] = asyncio.Queue()
     for it in pending:
         queue.put_nowait(it)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     finished = 0
+    key = name if not repeat else f"{name} (noise floor)"
+    concurrency = client.spec.max_concurrency if not repeat else floor_concurrency(client.spec.max_concurrency)
 
     async def worker() -> None:
         nonlocal finished
-        while role not in outcome.failed:
+        while key not in outcome.failed:
             try:
                 item = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
             try:
-                record: McqRecord = await score_item(client, item, role, top_k)
+                record: McqRecord = await score_item(client, item, _role(name), top_k)
             except EndpointError as exc:
                 if not exc.is_request_error:
-                    outcome.failed.setdefault(role, str(exc))
+                    outcome.failed.setdefault(key, str(exc))
                     return
-                errors.append({"item_id": item.item_id, "endpoint": role, "status": exc.status,
-                               "error": str(exc)[:500]})
-                outcome.item_errors[role] = outcome.item_errors.get(role, 0) + 1
+                errors.append({"item_id": item.item_id, "endpoint": name, "status": exc.status,
+                               "error": str(exc)[:500], **({"repeat": repeat} if repeat else {})})
+                outcome.item_errors[key] = outcome.item_errors.get(key, 0) + 1
             else:
+                if record.endpoint != name or repeat:
+                    record = record.model_copy(update={"endpoint": name, "repeat": repeat})
                 appender.append(record)
             outcome.done += 1
             finished += 1
@@ -231,16 +291,23 @@ async def _run_role(
                 rate = finished / max(1e-9, loop.time() - t0)
                 progress.update(task_id, advance=1, rate=f"{rate:5.2f} it/s")
 
-    await asyncio.gather(*(worker() for _ in range(max(1, client.spec.max_concurrency))))
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
 
 
-async def prepare_clients(clients: dict[EndpointRole, EndpointClient], top_k: int,
-                          letter: bool) -> dict[EndpointRole, str]:
+def _label(key: str, n_candidates: int) -> str:
+    """How messages name an endpoint of `prepare_clients`: "#i" keys are candidates by position."""
+    if not key.startswith("#"):
+        return key
+    return "candidate" if n_candidates == 1 else f"candidate {int(key[1:]) + 1}"
+
+
+async def prepare_clients(clients: dict[str, EndpointClient], top_k: int, letter: bool) -> dict[str, str]:
     """Resolve model names and prove each endpoint serves logprobs, before any item is sent.
-    Returns each endpoint's model name."""
-    models = {role: await clients[role].resolve_model(role) for role in ROLES}
-    for role in ROLES:
-        await clients[role].probe_logprobs(role, top_k if letter else 1)
+    Returns each endpoint's model name, by the keys of `clients`."""
+    n = sum(1 for key in clients if key.startswith("#"))
+    models = {key: await client.resolve_model(_label(key, n)) for key, client in clients.items()}
+    for key, client in clients.items():
+        await client.probe_logprobs(_label(key, n), top_k if letter else 1)
     return models
 
 

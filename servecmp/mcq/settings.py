@@ -4,16 +4,25 @@
     McqSettings  every setting that decides a run's results or its traffic, typed
     McqManifest  <run>/manifest.json: the settings as the run used them (model names resolved,
                  source and few-shot count resolved) plus what the run found (item count, task
-                 fingerprint, prompt-format hash, times). kind "mcq", version 2.
+                 fingerprint, prompt-format hash, times). kind "mcq", version 3 (2 and 1 read).
 
-Precedence for a new run: flag, then servecmp.toml (`[baseline]`, `[candidate]`, `[mcq]`), then
-the defaults of `EndpointSpec` and `McqConfig`.
+Precedence for a new run: flag, then servecmp.toml (`[baseline]`, `[candidate]` or `[[candidates]]`,
+`[secondary]` when `[mcq] secondary = true`, `[mcq]`), then the defaults of `EndpointSpec` and
+`McqConfig`. `--candidate` flags replace the file's candidates.
 
-Resume policy. A resumed run must finish the same comparison at the same pace, so `--resume RUN_DIR`
-restores every setting from the manifest, pacing (concurrency, rps, timeout, retries) included, and
-reads no config file. Presentation flags (`--json`, `--show`) may be given. Any other flag is
-accepted only when it equals what the manifest holds (so a command line repeated with `--resume`
-added works) and otherwise refused, all conflicts named in one line.
+Resume policy (the same as MT-Bench's). `--resume RUN_DIR` takes every setting that decides the
+run's results from its manifest and reads no config file: a flag that would decide one (endpoints,
+task, items, seed, top-k, noise floor, runs dir, -c/--config) is refused when given at all, even
+with the stored value, all such flags named in one line. Pacing flags (`RESUME_PACING_FLAGS`:
+--concurrency, --rps, --timeout, --retries) apply to every endpoint for this invocation only (not
+given: the manifest's values); presentation and verdict flags (--json, --show, --gate,
+--summary-md) are accepted too.
+
+Several candidates. `candidates` holds every candidate, each a `NamedEndpoint` (an `EndpointSpec`
+with the name its records carry). One candidate is named "candidate" (the two-endpoint layout of
+every earlier run); with several, the given names or else the served model names (deduplicated with
+"-2", "-3", ...). `secondary` is a second replica of the baseline; `noise_floor` the size of the
+seeded sample asked again on every endpoint after the main pass.
 
 Version-1 manifests (servecmp before issue 8: settings as strings in `extra`, no `version`) are
 upgraded on read: every result-deciding setting they hold carries over exactly. They did not record
@@ -23,15 +32,14 @@ as version 2.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 
 from servecmp import __version__
-from servecmp.endpoints import EndpointSpec, endpoint_from, normalise_url
+from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError
 from servecmp.records import ROLES, EndpointRole, RunManifest
 from servecmp.runstore import MANIFEST, read_json, utcnow, write_json_atomic
@@ -41,9 +49,15 @@ if TYPE_CHECKING:
     from servecmp.tasks.registry import TaskData
 
 KIND = "mcq"
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3
 #: Flags that change how results are shown, never what they are: always accepted with --resume.
-PRESENTATION_FLAGS = ("--json", "--show")
+PRESENTATION_FLAGS = ("--json", "--show", "--gate", "--summary-md")
+#: Pacing flags: accepted with --resume, for that invocation (every endpoint).
+RESUME_PACING_FLAGS = ("--concurrency", "--rps", "--timeout", "--retries")
+#: Every flag --resume accepts (the --help of `servecmp mcq --resume` lists the same).
+ACCEPTED_ON_RESUME = RESUME_PACING_FLAGS + PRESENTATION_FLAGS
+#: Names a candidate may not take: the other roles' record names.
+RESERVED_NAMES = ("baseline", "secondary")
 
 
 @dataclass
@@ -51,11 +65,17 @@ class McqOptions:
     """The command-line flags of `servecmp mcq`; None means "not given"."""
 
     baseline: str | None = None
-    candidate: str | None = None
+    #: Repeatable: one URL per candidate (a single string is read as one).
+    candidate: list[str] | str | None = None
     baseline_model: str | None = None
-    candidate_model: str | None = None
+    candidate_model: list[str] | str | None = None
     baseline_key_env: str | None = None
-    candidate_key_env: str | None = None
+    candidate_key_env: list[str] | str | None = None
+    candidate_name: list[str] | str | None = None
+    secondary: str | None = None
+    secondary_model: str | None = None
+    secondary_key_env: str | None = None
+    noise_floor: int | None = None
     task: str | None = None
     data_dir: str | None = None
     source: str | None = None
@@ -74,13 +94,24 @@ class McqOptions:
     config: Path | None = None
 
 
+class NamedEndpoint(EndpointSpec):
+    """A candidate: its endpoint and its name in the run (records, report, verdicts)."""
+
+    name: str | None = None
+
+
 class McqSettings(BaseModel):
     """Everything a run needs, after flags, config file and defaults are merged."""
 
     model_config = ConfigDict(extra="forbid")
 
     baseline: EndpointSpec
-    candidate: EndpointSpec
+    #: Every candidate, in the order given; names resolved when the run starts (`resolve_names`).
+    candidates: list[NamedEndpoint]
+    #: A second replica of the baseline, compared with it like a candidate: the noise floor.
+    secondary: EndpointSpec | None = None
+    #: After the main pass, this many seeded items asked again on the baseline and every candidate.
+    noise_floor: int | None = None
     task: str = "mmlu"
     data_dir: str | None = None
     #: "csv", "sample", "hf", "jsonl"; None: the task's own.
@@ -97,8 +128,47 @@ class McqSettings(BaseModel):
     top_k: int = 20
     runs_dir: Path = Path("runs")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_candidate(cls, data: Any) -> Any:
+        # McqSettings(baseline=..., candidate=...): the two-endpoint form, one candidate.
+        if isinstance(data, dict) and "candidate" in data:
+            data = dict(data)
+            one = data.pop("candidate")
+            spec = one.model_dump() if isinstance(one, BaseModel) else dict(one)
+            data["candidates"] = [{**spec, "name": spec.get("name")}]
+        return data
+
+    @property
+    def candidate(self) -> NamedEndpoint:
+        """The first candidate (the only one in a two-endpoint run)."""
+        return self.candidates[0]
+
     def endpoint(self, role: EndpointRole) -> EndpointSpec:
         return self.baseline if role == "baseline" else self.candidate
+
+    def named_endpoints(self) -> dict[str, EndpointSpec]:
+        """Every endpoint by the name its records carry: baseline, the candidates, secondary."""
+        out: dict[str, EndpointSpec] = {"baseline": self.baseline}
+        for c in self.candidates:
+            out[c.name or "candidate"] = c
+        if self.secondary is not None:
+            out["secondary"] = self.secondary
+        return out
+
+    def resolve_names(self) -> None:
+        """Give every candidate its name (in place); models must be resolved by now."""
+        if len(self.candidates) == 1:
+            self.candidates[0].name = self.candidates[0].name or "candidate"
+            return
+        taken: set[str] = set(RESERVED_NAMES)
+        for c in self.candidates:
+            base = c.name or (c.model or "candidate").rsplit("/", 1)[-1]
+            name, i = base, 2
+            while name in taken:
+                name, i = f"{base}-{i}", i + 1
+            c.name = name
+            taken.add(name)
 
 
 class ManifestEndpoint(EndpointSpec):
@@ -109,17 +179,33 @@ class ManifestEndpoint(EndpointSpec):
     #: Resolved from /v1/models when the run started, if it was not given.
     model: str
 
+    #: The name its records carry (version 3; None in older manifests: the role).
+    name: str | None = None
+
     def spec(self) -> EndpointSpec:
-        return EndpointSpec.model_validate(self.model_dump(exclude={"role"}))
+        return EndpointSpec.model_validate(self.model_dump(exclude={"role", "name"}))
+
+    def named(self) -> NamedEndpoint:
+        return NamedEndpoint.model_validate({**self.model_dump(exclude={"role"}), "name": self.name or self.role})
+
+
+class SecondaryEndpoint(EndpointSpec):
+    """The secondary (a replica of the baseline) as the manifest records it."""
+
+    model: str
+
+    def spec(self) -> EndpointSpec:
+        return EndpointSpec.model_validate(self.model_dump())
 
 
 class McqManifest(BaseModel):
-    """<run>/manifest.json of an MCQ run (layout version 2)."""
+    """<run>/manifest.json of an MCQ run (layout version 3: version 2 plus candidate names, several
+    candidates, the secondary and the noise floor; a version-2 file reads as one candidate)."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["mcq"] = "mcq"
-    version: Literal[2] = 2
+    version: Literal[2, 3] = 3
     servecmp_version: str
     task: str
     data_dir: str | None = None
@@ -142,6 +228,9 @@ class McqManifest(BaseModel):
     #: Both endpoints, as a list with roles: the layout every manifest kind shares
     #: (`servecmp.records.RunManifest.endpoints`), so readers of any run find them the same way.
     endpoints: list[ManifestEndpoint]
+    #: A second replica of the baseline (not in `endpoints`, whose roles are baseline/candidate).
+    secondary: SecondaryEndpoint | None = None
+    noise_floor: int | None = None
     started_at: str
     finished_at: str | None = None
 
@@ -150,7 +239,11 @@ class McqManifest(BaseModel):
 
     @property
     def pacing_recorded(self) -> bool:
-        return self._version_on_disk >= MANIFEST_VERSION
+        return self._version_on_disk >= 2
+
+    @property
+    def candidates(self) -> list[NamedEndpoint]:
+        return [e.named() for e in self.endpoints if e.role == "candidate"]
 
     def endpoint(self, role: EndpointRole) -> EndpointSpec:
         for e in self.endpoints:
@@ -161,7 +254,9 @@ class McqManifest(BaseModel):
     def settings(self, runs_dir: Path) -> McqSettings:
         return McqSettings(
             baseline=self.endpoint("baseline"),
-            candidate=self.endpoint("candidate"),
+            candidates=self.candidates,
+            secondary=self.secondary.spec() if self.secondary is not None else None,
+            noise_floor=self.noise_floor,
             task=self.task,
             data_dir=self.data_dir,
             source=self.source,
@@ -192,7 +287,11 @@ def new_manifest(settings: McqSettings, data: TaskData) -> McqManifest:
         task_fingerprint=data.fingerprint,
         prompt_format_hash=data.prompt_format_hash,
         n_items=len(data.items),
-        endpoints=[ManifestEndpoint(role=role, **settings.endpoint(role).model_dump()) for role in ROLES],
+        endpoints=[ManifestEndpoint(role="baseline", **settings.baseline.model_dump()),
+                   *(ManifestEndpoint(role="candidate", **c.model_dump()) for c in settings.candidates)],
+        secondary=(SecondaryEndpoint(**settings.secondary.model_dump())
+                   if settings.secondary is not None else None),
+        noise_floor=settings.noise_floor,
         started_at=utcnow(),
     )
 
@@ -267,9 +366,9 @@ def read_manifest(run_dir: Path) -> McqManifest:
     version = raw.get("version", 1)
     if version == 1:
         return _upgrade_v1(raw, path)
-    if version != MANIFEST_VERSION:
+    if version not in (2, MANIFEST_VERSION):
         raise UserError(f"{path} has manifest version {version}; this servecmp ({__version__}) reads "
-                        f"versions 1 and {MANIFEST_VERSION}: upgrade servecmp")
+                        f"versions 1 to {MANIFEST_VERSION}: upgrade servecmp")
     try:
         return McqManifest.model_validate(raw)
     except ValidationError as exc:
@@ -279,6 +378,58 @@ def read_manifest(run_dir: Path) -> McqManifest:
 # --- a new run ------------------------------------------------------------------------------------
 
 
+def _as_list(value: list[str] | str | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _candidates(opts: McqOptions, cfg: Config, pacing: dict[str, Any]) -> list[NamedEndpoint]:
+    """--candidate flags (with --candidate-model/-key-env/-name by position), else servecmp.toml's
+    `[[candidates]]`, else its `[candidate]`."""
+    urls = _as_list(opts.candidate)
+    models, keys, names = (_as_list(opts.candidate_model), _as_list(opts.candidate_key_env),
+                           _as_list(opts.candidate_name))
+    for flag, values in (("--candidate-model", models), ("--candidate-key-env", keys),
+                         ("--candidate-name", names)):
+        if len(values) > max(1, len(urls)):
+            raise UserError(f"{len(values)} {flag} flags for {len(urls)} --candidate URL(s): give at most one "
+                            "per --candidate, matched by position")
+    out: list[NamedEndpoint] = []
+    if urls:
+        sections: list[EndpointSpec | None] = [None] * len(urls)
+        if len(urls) == 1 and not cfg.candidates:
+            sections = [cfg.candidate]
+        for i, url in enumerate(urls):
+            spec = endpoint_from("candidate", sections[i], url, model=models[i] if i < len(models) else None,
+                                 api_key_env=keys[i] if i < len(keys) else None, **pacing)
+            out.append(NamedEndpoint(**spec.model_dump(), name=names[i] if i < len(names) else None))
+    elif cfg.candidates:
+        if cfg.candidate is not None:
+            raise UserError("servecmp.toml has both [candidate] and [[candidates]]: keep one")
+        if len(models) > 1 or len(keys) > 1 or len(names) > 1:
+            raise UserError("several --candidate-model/--candidate-key-env/--candidate-name flags need as many "
+                            "--candidate URLs")
+        for c in cfg.candidates:
+            flags = dict(pacing)
+            if len(cfg.candidates) == 1:
+                flags.update(model=models[0] if models else None, api_key_env=keys[0] if keys else None)
+            spec = endpoint_from("candidate", EndpointSpec(**c.model_dump(exclude={"name"})), None, **flags)
+            name = names[0] if names and len(cfg.candidates) == 1 else c.name
+            out.append(NamedEndpoint(**spec.model_dump(), name=name))
+    else:
+        spec = endpoint_from("candidate", cfg.candidate, None, model=models[0] if models else None,
+                             api_key_env=keys[0] if keys else None, **pacing)
+        out.append(NamedEndpoint(**spec.model_dump(), name=names[0] if names else None))
+    given = [c.name for c in out if c.name]
+    for name in given:
+        if name in RESERVED_NAMES:
+            raise UserError(f"--candidate-name {name}: that name is the {name}'s; choose another")
+    if len(set(given)) < len(given):
+        raise UserError(f"--candidate-name: the names must differ ({', '.join(given)})")
+    return out
+
+
 def new_settings(opts: McqOptions, cfg: Config) -> McqSettings:
     """Flags over servecmp.toml over defaults. UserError for a missing endpoint or a bad value."""
     pacing = {"max_concurrency": opts.concurrency, "requests_per_second": opts.rps, "timeout_s": opts.timeout,
@@ -286,11 +437,18 @@ def new_settings(opts: McqOptions, cfg: Config) -> McqSettings:
     mc = cfg.mcq
     # --limit (the first N) given as a flag replaces the config's seeded sample: they are alternatives.
     sample = opts.sample if opts.sample is not None or opts.limit is not None else mc.sample
+    secondary = None
+    if opts.secondary is not None or mc.secondary:
+        secondary = endpoint_from("secondary", cfg.secondary, opts.secondary, model=opts.secondary_model,
+                                  api_key_env=opts.secondary_key_env, **pacing)
+    elif opts.secondary_model is not None or opts.secondary_key_env is not None:
+        raise UserError("--secondary-model/--secondary-key-env need --secondary URL")
     return McqSettings(
         baseline=endpoint_from("baseline", cfg.baseline, opts.baseline, model=opts.baseline_model,
                                api_key_env=opts.baseline_key_env, **pacing),
-        candidate=endpoint_from("candidate", cfg.candidate, opts.candidate, model=opts.candidate_model,
-                                api_key_env=opts.candidate_key_env, **pacing),
+        candidates=_candidates(opts, cfg, pacing),
+        secondary=secondary,
+        noise_floor=opts.noise_floor if opts.noise_floor is not None else mc.noise_floor,
         task=opts.task or mc.task,
         data_dir=opts.data_dir if opts.data_dir is not None else mc.data_dir,
         source=opts.source if opts.source is not None else mc.source,
@@ -306,106 +464,48 @@ def new_settings(opts: McqOptions, cfg: Config) -> McqSettings:
 
 # --- a resumed run --------------------------------------------------------------------------------
 
-
-def _same_path(a: str | Path | None, b: str | Path | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _same_task(given: str, stored: str) -> bool:
-    from servecmp.tasks.registry import JSONL_PREFIX
-
-    if given.startswith(JSONL_PREFIX) and stored.startswith(JSONL_PREFIX):
-        return _same_path(given.removeprefix(JSONL_PREFIX), stored.removeprefix(JSONL_PREFIX))
-    return given == stored
+#: Options --resume refuses when given at all (each decides the run's results), with their flags.
+FIXED_ON_RESUME: dict[str, str] = {
+    "baseline": "--baseline", "baseline_model": "--baseline-model", "baseline_key_env": "--baseline-key-env",
+    "candidate": "--candidate", "candidate_model": "--candidate-model", "candidate_key_env": "--candidate-key-env",
+    "candidate_name": "--candidate-name", "secondary": "--secondary", "secondary_model": "--secondary-model",
+    "secondary_key_env": "--secondary-key-env", "noise_floor": "--noise-floor", "task": "--task",
+    "data_dir": "--data-dir", "source": "--source", "fewshot": "--fewshot", "fewshot_file": "--fewshot-file",
+    "limit": "--limit", "sample": "--sample", "seed": "--seed", "top_k": "--top-k", "runs_dir": "--runs-dir",
+    "config": "-c/--config",
+}  # fmt: skip
 
 
-def _same_url(given: str, stored: str) -> bool:
-    return normalise_url(given) == stored
-
-
-def _shown(value: object) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _pacing_conflict(flag: str, given: float, specs: dict[EndpointRole, EndpointSpec], attr: str) -> str | None:
-    stored = {role: getattr(spec, attr) for role, spec in specs.items()}
-    if all(v is not None and float(v) == float(given) for v in stored.values()):
-        return None
-    if len(set(stored.values())) == 1:
-        ran = _shown(stored["baseline"])
-    else:
-        ran = ", ".join(f"{role} {_shown(v)}" for role, v in stored.items())
-    return f"{flag} {_shown(given)} (it ran with {ran})"
-
-
-def resume_conflicts(opts: McqOptions, run_dir: Path, m: McqManifest) -> list[str]:
-    """The given flags that differ from what the run's manifest holds, each as
-    "--flag value (what the run has)"; empty when the resume may go ahead."""
-    specs = {role: m.endpoint(role) for role in ROLES}
-    out: list[str] = []
-
-    def differs(flag: str, given: Any, stored: Any, same: Any = None, why: str | None = None) -> None:
-        if given is None:
-            return
-        if not (same(given, stored) if same is not None else given == stored):
-            out.append(f"{flag} {_shown(given)} ({why or f'it has {_shown(stored)}'})")
-
-    for role in ROLES:
-        differs(f"--{role}", getattr(opts, role), specs[role].base_url, _same_url)
-        differs(f"--{role}-model", getattr(opts, f"{role}_model"), specs[role].model)
-        differs(f"--{role}-key-env", getattr(opts, f"{role}_key_env"), specs[role].api_key_env)
-    differs("--task", opts.task, m.task, _same_task, why=f"it is a run of task '{m.task}'")
-    differs("--data-dir", opts.data_dir, m.data_dir, _same_path)
-    differs("--source", opts.source, m.source)
-    differs("--fewshot", opts.fewshot, m.fewshot)
-    differs("--fewshot-file", opts.fewshot_file, m.fewshot_file, _same_path)
-    differs("--limit", opts.limit, m.limit)
-    differs("--sample", opts.sample, m.sample)
-    differs("--seed", opts.seed, m.seed)
-    differs("--top-k", opts.top_k, m.top_k)
-    differs("--runs-dir", opts.runs_dir, run_dir.parent, _same_path)
-    if m.pacing_recorded:
-        for flag, value, attr in (("--concurrency", opts.concurrency, "max_concurrency"),
-                                  ("--rps", opts.rps, "requests_per_second"),
-                                  ("--timeout", opts.timeout, "timeout_s"),
-                                  ("--retries", opts.retries, "max_retries")):
-            if value is not None and (conflict := _pacing_conflict(flag, value, specs, attr)):
-                out.append(conflict)
-    if opts.config is not None:
-        out.append(f"-c/--config {opts.config} (a resumed run reads no config file)")
-    return out
+def resume_conflicts(opts: McqOptions) -> list[str]:
+    """The given flags --resume refuses (any value: the manifest decides), in a fixed order."""
+    return [flag for name, flag in FIXED_ON_RESUME.items() if getattr(opts, name) not in (None, [])]
 
 
 def resumed_settings(opts: McqOptions) -> tuple[McqSettings, McqManifest]:
-    """The settings of the run in `opts.resume`, exactly as its manifest holds them.
+    """The settings of the run in `opts.resume`: its manifest's, with the pacing flags given now
+    applied to every endpoint for this invocation.
 
-    UserError, one line, naming every given flag that differs from the manifest.
+    UserError, one line, naming every given flag that would decide a result.
     """
     assert opts.resume is not None
     run_dir = opts.resume
-    manifest = read_manifest(run_dir)
-    conflicts = resume_conflicts(opts, run_dir, manifest)
+    conflicts = resume_conflicts(opts)
     if conflicts:
         raise UserError(
-            f"cannot resume {run_dir} with {'; '.join(conflicts)}: a resumed run keeps every setting of the "
-            "original, read from its manifest, so it finishes the same comparison at the same pace; drop "
-            f"{'that flag' if len(conflicts) == 1 else 'those flags'} (only {' and '.join(PRESENTATION_FLAGS)} "
-            "may be given with --resume) or start a new run"
+            f"cannot resume {run_dir} with {', '.join(conflicts)}: a resumed run takes every setting that decides "
+            f"its results from its manifest; drop {'that flag' if len(conflicts) == 1 else 'those flags'} "
+            f"(with --resume only {', '.join(ACCEPTED_ON_RESUME)} apply) or start a new run"
         )
+    manifest = read_manifest(run_dir)
     settings = manifest.settings(runs_dir=run_dir.parent)
-    if not manifest.pacing_recorded:
-        # A version-1 manifest holds no pacing: the flags (else the defaults) decide it, and the
-        # manifest rewritten as version 2 at the start of the resume records it from then on.
-        pacing = {"max_concurrency": opts.concurrency, "requests_per_second": opts.rps,
-                  "timeout_s": opts.timeout, "max_retries": opts.retries}
-        given = {k: v for k, v in pacing.items() if v is not None}
+    pacing = {"max_concurrency": opts.concurrency, "requests_per_second": opts.rps,
+              "timeout_s": opts.timeout, "max_retries": opts.retries}
+    given = {k: v for k, v in pacing.items() if v is not None}
+    if given:
         settings = settings.model_copy(update={
-            role: endpoint_from(role, settings.endpoint(role), None, **given) for role in ROLES
+            "baseline": endpoint_from("baseline", settings.baseline, None, **given),
+            "candidates": [NamedEndpoint.model_validate({**c.model_dump(), **given}) for c in settings.candidates],
+            "secondary": (endpoint_from("secondary", settings.secondary, None, **given)
+                          if settings.secondary is not None else None),
         })
     return settings, manifest

@@ -7,7 +7,7 @@ from. Models forbid unknown keys, so the metrics and this model cannot drift apa
 Everything that reads a summary goes through this model: the terminal report
 (`servecmp.mcq.render`), `--json` (`McqSummary.model_dump(mode="json")`), `servecmp report`,
 and later readers such as correlate and verdict gates. A summary is always recomputable from a run
-directory's records (`summarize_run`); summary.json is a cache of that, written atomically.
+directory's records (`servecmp.mcq.compare.compare_run`); summary.json is a cache of that, written atomically.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from servecmp.errors import UserError
-from servecmp.mcq.records import ITEM_ERRORS, RECORDS, McqRecord
-from servecmp.records import ROLES, EndpointRole
-from servecmp.runstore import SUMMARY, iter_jsonl, load_records, read_json, write_json_atomic
+from servecmp.mcq.records import McqRecord
+from servecmp.records import EndpointRole
+from servecmp.runstore import SUMMARY, read_json, write_json_atomic
 
 #: Layout identifier and version; `servecmp.metrics.summary` writes the same two values.
 SCHEMA: Literal["servecmp.mcq_summary/2"] = "servecmp.mcq_summary/2"
@@ -245,35 +245,6 @@ def summary_from_records(base: Sequence[McqRecord], cand: Sequence[McqRecord], r
     return McqSummary.model_validate({**data, "run": run.model_dump()})
 
 
-def summarize_run(run_dir: Path) -> McqSummary:
-    """Recompute every metric from a run directory's records; write summary.json and return it.
-
-    Works on unfinished runs (the report then says so). UserError when no item has been answered by
-    both endpoints yet.
-    """
-    from servecmp.mcq.settings import read_manifest
-
-    manifest = read_manifest(run_dir)
-    records = load_records(run_dir / RECORDS, McqRecord)
-    by_role: dict[EndpointRole, list[McqRecord]] = {r: [x for x in records if x.endpoint == r] for r in ROLES}
-    if not by_role["baseline"] or not by_role["candidate"]:
-        raise UserError(f"{run_dir}: no item has been answered by both endpoints yet")
-    run = RunInfo(
-        run_dir=str(run_dir),
-        task=manifest.task,
-        source=manifest.source_description,
-        n_items_planned=manifest.n_items,
-        complete=manifest.finished_at is not None,
-        endpoints={role: RunEndpoint(url=manifest.endpoint(role).base_url, model=manifest.endpoint(role).model or "")
-                   for role in ROLES},
-        requests_per_item=_requests_per_item(records),
-        item_errors=_item_errors(run_dir, records),
-    )
-    summary = summary_from_records(by_role["baseline"], by_role["candidate"], run, seed=manifest.seed)
-    write_summary(run_dir, summary)
-    return summary
-
-
 def summarize_lmeval(base_path: Path, cand_path: Path, *, seed: int = 0) -> McqSummary:
     """The same summary from two lm-evaluation-harness `--log_samples` files; no endpoint is called."""
     from servecmp.tasks.lmeval_import import load_lmeval_pair
@@ -292,11 +263,14 @@ def write_summary(run_dir: Path, summary: McqSummary) -> None:
 def load_summary(path: Path) -> McqSummary:
     """A stored summary (a run directory's summary.json, or the file itself), as written.
 
-    UserError for a file that is not an MCQ summary of this version; `summarize_run` recomputes
+    UserError for a file that is not an MCQ summary of this version; `compare_run` recomputes
     one from the records instead.
     """
     file = path / SUMMARY if path.is_dir() else path
     raw: Any = read_json(file)
+    if isinstance(raw, dict) and str(raw.get("schema", "")).startswith("servecmp.mcq_comparison/"):
+        raise UserError(f"{file} compares several candidates with one baseline: read it with "
+                        "servecmp.mcq.compare.load_comparison")
     if not isinstance(raw, dict) or not str(raw.get("schema", "")).startswith("servecmp.mcq_summary/"):
         raise UserError(f"{file} is not an MCQ summary")
     if raw.get("version") != VERSION:
@@ -308,26 +282,3 @@ def load_summary(path: Path) -> McqSummary:
         first = exc.errors()[0]
         raise UserError(f"{file}: not a valid MCQ summary ({'.'.join(map(str, first['loc']))}: "
                         f"{first['msg']})") from exc
-
-
-def _item_errors(run_dir: Path, records: list[McqRecord]) -> dict[EndpointRole, ItemErrors]:
-    """Items an endpoint refused and that no later attempt (a resume) answered."""
-    answered = {(r.item_id, r.endpoint) for r in records}
-    items: dict[EndpointRole, set[str]] = {}
-    example: dict[EndpointRole, str] = {}
-    for e in iter_jsonl(run_dir / ITEM_ERRORS):
-        role = e["endpoint"]
-        if (e["item_id"], role) in answered:
-            continue
-        items.setdefault(role, set()).add(e["item_id"])
-        example.setdefault(role, e["error"])
-    return {role: ItemErrors(count=len(ids), example=example[role]) for role, ids in items.items()}
-
-
-def _requests_per_item(records: list[McqRecord]) -> dict[EndpointRole, float]:
-    out: dict[EndpointRole, float] = {}
-    for role in ROLES:
-        rs = [r for r in records if r.endpoint == role]
-        if rs:
-            out[role] = sum(r.n_requests for r in rs) / len(rs)
-    return out

@@ -9,6 +9,8 @@ quantized model to replace its baseline: it must also give the same answers. The
   (choices, acc_norm, flips, answer changes, option KL, top margin, per-group breakdown);
 - `servecmp.metrics.kl`: the top-k next-token KL lower bound (its docstring states the estimator
   and its guarantees) and an exact full-vocabulary reference;
+- `servecmp.metrics.floor`: the noise floor (an endpoint against itself) and a candidate's excess
+  over it (paired bootstrap, exact McNemar, Wilcoxon);
 - `servecmp.metrics.summary`: `summarize_mcq`, everything above as one JSON-ready dict;
 - `servecmp.metrics.from_records`: `summarize_records`, the same from two runs' `McqRecord`s.
 

@@ -140,3 +140,19 @@ def summarize_records(base: Sequence[McqRecord], cand: Sequence[McqRecord], *, s
     }
     summary["tasks"] = sorted({r.task for r in paired.base})
     return summary
+
+
+def record_differences(a: Sequence[McqRecord], b: Sequence[McqRecord]) -> dict[str, tuple[bool, bool, float]]:
+    """Per item both answered (last record of each): (correctness flipped, chosen option changed,
+    option KL(a ‖ b), NaN where either answered nothing), keyed by item id. See
+    `servecmp.metrics.floor`."""
+    from servecmp.metrics.floor import item_differences
+
+    paired = pair_records(a, b)
+    if not paired.base:
+        return {}
+    k = max(len(r.option_logprobs) for r in paired.base)
+    gold = np.array([r.gold for r in paired.base], dtype=np.int64)
+    d = item_differences(option_matrix(paired.base, k), option_matrix(paired.cand, k), gold)
+    return {r.item_id: (bool(d.flipped[i]), bool(d.changed[i]), float(d.kl[i]))
+            for i, r in enumerate(paired.base)}

@@ -18,6 +18,7 @@ from servecmp.judges.pairwise import Game, Winner, winner_of
 from servecmp.judges.parsing import parse_rating, parse_verdict
 from servecmp.judges.prompts import JudgePrompt, JudgePrompts, Message, render_pair, render_single
 from servecmp.judges.runner import JudgeBudgetExhausted, JudgeKind, JudgeReply, JudgeRunner
+from servecmp.mtbench.answers import gather_or_cancel
 from servecmp.mtbench.questions import MtQuestion, QuestionId
 from servecmp.mtbench.records import AnswerRecord, GameStatus, JudgmentStatus, PairJudgment, SingleJudgment
 from servecmp.records import ROLES, EndpointRole
@@ -221,11 +222,5 @@ async def run_jobs(
 
     tasks = [asyncio.ensure_future(do_single(j)) for j in single]
     tasks += [asyncio.ensure_future(do_pair(j)) for j in pairs]
-    try:
-        await asyncio.gather(*tasks)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    await gather_or_cancel(tasks)
     return outcome

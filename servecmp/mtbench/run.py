@@ -36,7 +36,7 @@ from servecmp.judges.cache import CACHE_FILE, JudgeCache
 from servecmp.judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, refuse_if_unconfirmable
 from servecmp.judges.runner import JudgeRunner, JudgeUnavailable
 from servecmp.mtbench import questions as qmod
-from servecmp.mtbench.answers import generate_answers
+from servecmp.mtbench.answers import gather_or_cancel, generate_answers
 from servecmp.mtbench.judging import plan_pairs, plan_single, requests_of, run_jobs
 from servecmp.mtbench.manifest import MtBenchManifest, read_manifest
 from servecmp.mtbench.questions import QuestionId, write_questions
@@ -176,13 +176,7 @@ async def _generate(
                     stats.wall_s[role] = time.perf_counter() - t0
 
         tasks = [asyncio.ensure_future(one_role(role)) for role in ROLES]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_or_cancel(tasks)
 
 
 async def _judge(

@@ -87,25 +87,28 @@ class SchemeSpec:
     scale_dtype: torch.dtype | None
 
 
-def w8a8_scheme() -> QuantizationScheme:
-    """int8 weights per output channel (symmetric, static); int8 activations per token (dynamic)."""
+def _int_args(
+    bits: int, strategy: QuantizationStrategy, *, group_size: int | None = None, dynamic: bool = False
+) -> QuantizationArgs:
+    """Symmetric integer quantization arguments (static unless `dynamic`)."""
+    grouping = {} if group_size is None else {"group_size": group_size}
+    return QuantizationArgs(
+        num_bits=bits, type=QuantizationType.INT, strategy=strategy, **grouping, symmetric=True, dynamic=dynamic
+    )
+
+
+def _w8a8(weight_strategy: QuantizationStrategy) -> QuantizationScheme:
+    """int8 weights (symmetric, static) at `weight_strategy`; int8 activations per token (dynamic)."""
     return QuantizationScheme(
         targets=["Linear"],
-        weights=QuantizationArgs(
-            num_bits=8,
-            type=QuantizationType.INT,
-            strategy=QuantizationStrategy.CHANNEL,
-            symmetric=True,
-            dynamic=False,
-        ),
-        input_activations=QuantizationArgs(
-            num_bits=8,
-            type=QuantizationType.INT,
-            strategy=QuantizationStrategy.TOKEN,
-            symmetric=True,
-            dynamic=True,
-        ),
+        weights=_int_args(8, weight_strategy),
+        input_activations=_int_args(8, QuantizationStrategy.TOKEN, dynamic=True),
     )
+
+
+def w8a8_scheme() -> QuantizationScheme:
+    """int8 weights per output channel (symmetric, static); int8 activations per token (dynamic)."""
+    return _w8a8(QuantizationStrategy.CHANNEL)
 
 
 def w8a8_tensor_scheme() -> QuantizationScheme:
@@ -116,37 +119,13 @@ def w8a8_tensor_scheme() -> QuantizationScheme:
     match none of its schemes. Keeping w8a8's dynamic per-token activations makes the weight
     granularity the only difference between the two rungs.
     """
-    return QuantizationScheme(
-        targets=["Linear"],
-        weights=QuantizationArgs(
-            num_bits=8,
-            type=QuantizationType.INT,
-            strategy=QuantizationStrategy.TENSOR,
-            symmetric=True,
-            dynamic=False,
-        ),
-        input_activations=QuantizationArgs(
-            num_bits=8,
-            type=QuantizationType.INT,
-            strategy=QuantizationStrategy.TOKEN,
-            symmetric=True,
-            dynamic=True,
-        ),
-    )
+    return _w8a8(QuantizationStrategy.TENSOR)
 
 
 def w4a16_scheme(group_size: int = W4A16_GROUP_SIZE) -> QuantizationScheme:
     """int4 weights per group of input columns (symmetric); activations stay in float."""
     return QuantizationScheme(
-        targets=["Linear"],
-        weights=QuantizationArgs(
-            num_bits=4,
-            type=QuantizationType.INT,
-            strategy=QuantizationStrategy.GROUP,
-            group_size=group_size,
-            symmetric=True,
-            dynamic=False,
-        ),
+        targets=["Linear"], weights=_int_args(4, QuantizationStrategy.GROUP, group_size=group_size)
     )
 
 
@@ -259,14 +238,7 @@ def quantization_config_json(qconfig: QuantizationConfig) -> dict[str, Any]:
 
 
 def rtn_args(bits: int, group_size: int = RTN_GROUP_SIZE) -> QuantizationArgs:
-    return QuantizationArgs(
-        num_bits=bits,
-        type=QuantizationType.INT,
-        strategy=QuantizationStrategy.GROUP,
-        group_size=group_size,
-        symmetric=True,
-        dynamic=False,
-    )
+    return _int_args(bits, QuantizationStrategy.GROUP, group_size=group_size)
 
 
 def rtn_fake_quantize(weight: torch.Tensor, bits: int, group_size: int = RTN_GROUP_SIZE) -> torch.Tensor:

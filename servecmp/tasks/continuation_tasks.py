@@ -110,30 +110,24 @@ class HubTask:
     prompt_format: str
 
 
-_ARC_FORMAT = "lm-eval-0.4.13-arc-v1|Question: {question}\\nAnswer:| {choice}"
-_ARC_FIELDS = ("question", "choices", "answerKey")
+def _arc_task(name: str, config: str) -> HubTask:
+    """An ARC set (Easy or Challenge): same dataset, split, fields and rendering, another config."""
+    return HubTask(
+        name=name,
+        dataset="allenai/ai2_arc",
+        config=config,
+        split="test",
+        to_item=arc_item,
+        fields=("question", "choices", "answerKey"),
+        prompt_format="lm-eval-0.4.13-arc-v1|Question: {question}\\nAnswer:| {choice}",
+    )
+
 
 CONTINUATION_TASKS: dict[str, HubTask] = {
     task.name: task
     for task in (
-        HubTask(
-            name="arc_easy",
-            dataset="allenai/ai2_arc",
-            config="ARC-Easy",
-            split="test",
-            to_item=arc_item,
-            fields=_ARC_FIELDS,
-            prompt_format=_ARC_FORMAT,
-        ),
-        HubTask(
-            name="arc_challenge",
-            dataset="allenai/ai2_arc",
-            config="ARC-Challenge",
-            split="test",
-            to_item=arc_item,
-            fields=_ARC_FIELDS,
-            prompt_format=_ARC_FORMAT,
-        ),
+        _arc_task("arc_easy", "ARC-Easy"),
+        _arc_task("arc_challenge", "ARC-Challenge"),
         HubTask(
             name="hellaswag",
             dataset="Rowan/hellaswag",
