@@ -51,17 +51,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--baseline-port", type=int, default=8401)
     p.add_argument("--candidate-port", type=int, default=8402)
-    p.add_argument("--dtype", default=None,
-                   help="Serve baseline and candidates in this dtype (default: bfloat16 where the CPU has native "
-                        "bf16, else float32). float32 avoids bf16's coarse logits (steps of 0.125 nats near the "
-                        "answer), which make ties and one-step flips common on a chance-level model.")
-    p.add_argument("--no-noise-floor", action="store_true",
-                   help="Skip the baseline-vs-a-fresh-copy-of-itself row.")
-    p.add_argument("--out", type=Path, default=Path("ladder"),
-                   help="Directory for ladder.json, the plot and the run directories.")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="Serve baseline and candidates in this dtype (default: bfloat16 where the CPU has native "
+        "bf16, else float32). float32 avoids bf16's coarse logits (steps of 0.125 nats near the "
+        "answer), which make ties and one-step flips common on a chance-level model.",
+    )
+    p.add_argument("--no-noise-floor", action="store_true", help="Skip the baseline-vs-a-fresh-copy-of-itself row.")
+    p.add_argument(
+        "--out", type=Path, default=Path("ladder"), help="Directory for ladder.json, the plot and the run directories."
+    )
     p.add_argument("--plot", type=Path, default=None, help="Plot path (default OUT/ladder-flips-vs-kl.png).")
-    p.add_argument("--from-json", type=Path, default=None,
-                   help="Serve nothing: re-print the table and re-draw the plot from a ladder.json.")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="Serve nothing: re-print the table and re-draw the plot from a ladder.json.",
+    )
     return p.parse_args(argv)
 
 
@@ -69,8 +76,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_mcq(args: argparse.Namespace, baseline_url: str, candidate_url: str, runs_dir: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "servecmp", "mcq", "--baseline", baseline_url, "--candidate", candidate_url,
-           "--task", args.task, "--concurrency", str(args.concurrency), "--runs-dir", str(runs_dir), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "servecmp",
+        "mcq",
+        "--baseline",
+        baseline_url,
+        "--candidate",
+        candidate_url,
+        "--task",
+        args.task,
+        "--concurrency",
+        str(args.concurrency),
+        "--runs-dir",
+        str(runs_dir),
+        "--json",
+    ]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     last = ""
@@ -88,8 +110,9 @@ def _est(e: dict[str, Any] | None) -> list[float | None]:
     return [None, None, None] if e is None else [e.get("point"), e.get("low"), e.get("high")]
 
 
-def row_of(name: str, description: str, simulated: bool, summary: dict[str, Any],
-           seconds: dict[str, float]) -> dict[str, Any]:
+def row_of(
+    name: str, description: str, simulated: bool, summary: dict[str, Any], seconds: dict[str, float]
+) -> dict[str, Any]:
     acc, fl, ch = summary["accuracy"], summary["flips"], summary["answer_changes"]
     okl, tk = summary["option_kl"], summary.get("topk_kl")
     return {
@@ -168,20 +191,30 @@ def baseline_consistency(rows: list[dict[str, Any]]) -> dict[str, Any]:
         moved = int(np.count_nonzero(np.any(ok & (np.abs(np.where(ok, a - b, 0)) > 1e-4), axis=1)))
         ca, cb = mcq.chosen_options(a), mcq.chosen_options(b)
         fl = mcq.flips(mcq.correct(ca, gold), mcq.correct(cb, gold))
-        per_pass.append({
-            "pass": name, "n": len(items), "items_moved": moved,
-            "max_abs_logprob_diff": float(np.max(np.abs(np.where(ok, a - b, 0)))),
-            "answer_changes": int(np.count_nonzero(ca != cb)), "flips": fl.flips,
-            "correct_to_wrong": fl.correct_to_wrong, "wrong_to_correct": fl.wrong_to_correct,
-            "option_kl_mean": float(np.mean(mcq.option_kl(a, b).kl)),
-        })
-    return {"passes": len(passes), "reference_pass": ref_name, "per_pass": per_pass,
-            "max_abs_option_logprob_diff": max(p["max_abs_logprob_diff"] for p in per_pass),
-            "max_answer_changes": max(p["answer_changes"] for p in per_pass),
-            "max_flips": max(p["flips"] for p in per_pass),
-            "max_items_moved": max(p["items_moved"] for p in per_pass),
-            "mean_option_kl_mean": float(np.mean([p["option_kl_mean"] for p in per_pass])),
-            "max_option_kl_mean": max(p["option_kl_mean"] for p in per_pass)}
+        per_pass.append(
+            {
+                "pass": name,
+                "n": len(items),
+                "items_moved": moved,
+                "max_abs_logprob_diff": float(np.max(np.abs(np.where(ok, a - b, 0)))),
+                "answer_changes": int(np.count_nonzero(ca != cb)),
+                "flips": fl.flips,
+                "correct_to_wrong": fl.correct_to_wrong,
+                "wrong_to_correct": fl.wrong_to_correct,
+                "option_kl_mean": float(np.mean(mcq.option_kl(a, b).kl)),
+            }
+        )
+    return {
+        "passes": len(passes),
+        "reference_pass": ref_name,
+        "per_pass": per_pass,
+        "max_abs_option_logprob_diff": max(p["max_abs_logprob_diff"] for p in per_pass),
+        "max_answer_changes": max(p["answer_changes"] for p in per_pass),
+        "max_flips": max(p["flips"] for p in per_pass),
+        "max_items_moved": max(p["items_moved"] for p in per_pass),
+        "mean_option_kl_mean": float(np.mean([p["option_kl_mean"] for p in per_pass])),
+        "max_option_kl_mean": max(p["option_kl_mean"] for p in per_pass),
+    }
 
 
 # --- correlations, table, plot -------------------------------------------------------------------
@@ -192,8 +225,13 @@ def correlations(rows: list[dict[str, Any]], *, with_partial: bool = False) -> d
     fewer items) are left out unless `with_partial`; then a "with_partial" block repeats them all."""
     from servecmp.metrics.stats import correlation
 
-    ladder = [r for r in rows if r["candidate"] != NOISE_FLOOR and r.get("option_kl_mean") is not None
-              and (with_partial or not r.get("partial"))]
+    ladder = [
+        r
+        for r in rows
+        if r["candidate"] != NOISE_FLOOR
+        and r.get("option_kl_mean") is not None
+        and (with_partial or not r.get("partial"))
+    ]
     out: dict[str, Any] = {"n_candidates": len(ladder), "paper_spearman_flips_kl": PAPER_SPEARMAN}
     if len(ladder) < 3:
         return out
@@ -206,12 +244,21 @@ def correlations(rows: list[dict[str, Any]], *, with_partial: bool = False) -> d
             continue
         for x_name, x in (("flips", flips), ("changes", changes), ("abs_delta_acc", dacc)):
             c = correlation(x, kl)
-            out[f"{x_name}~{kl_name}"] = {"spearman_r": c.spearman_r, "spearman_p": c.spearman_p,
-                                          "pearson_r": c.pearson_r, "pearson_p": c.pearson_p,
-                                          "n": c.n, "p_method": c.p_method}
+            out[f"{x_name}~{kl_name}"] = {
+                "spearman_r": c.spearman_r,
+                "spearman_p": c.spearman_p,
+                "pearson_r": c.pearson_r,
+                "pearson_p": c.pearson_p,
+                "n": c.n,
+                "p_method": c.p_method,
+            }
     c = correlation(flips, dacc)
-    out["flips~abs_delta_acc"] = {"spearman_r": c.spearman_r, "spearman_p": c.spearman_p, "n": c.n,
-                                  "p_method": c.p_method}
+    out["flips~abs_delta_acc"] = {
+        "spearman_r": c.spearman_r,
+        "spearman_p": c.spearman_p,
+        "n": c.n,
+        "p_method": c.p_method,
+    }
     if not with_partial and any(r.get("partial") for r in rows):
         out["with_partial"] = correlations(rows, with_partial=True)
     return out
@@ -234,8 +281,10 @@ def _kl(x: float | None) -> str:
 
 
 def table_lines(rows: list[dict[str, Any]]) -> list[str]:
-    head = (f"{'candidate':22} {'n':>3} {'acc %':>5} {'Δacc pts [95% CI]':>20} {'flips % [95% CI]':>20} "
-            f"{'c→w/w→c':>8} {'McN p':>6} {'changes % [CI]':>20} {'opt KL':>7} {'top-k KL':>8}")
+    head = (
+        f"{'candidate':22} {'n':>3} {'acc %':>5} {'Δacc pts [95% CI]':>20} {'flips % [95% CI]':>20} "
+        f"{'c→w/w→c':>8} {'McN p':>6} {'changes % [CI]':>20} {'opt KL':>7} {'top-k KL':>8}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         mp = "-" if r.get("mcnemar_p") is None else f"{r['mcnemar_p']:.2f}"
@@ -251,17 +300,25 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def correlation_lines(corr: dict[str, Any], what: str = "") -> list[str]:
-    lines = [f"Across the {corr['n_candidates']} candidates{what} (noise floor excluded); paper: "
-             f"Spearman(flips, KL) = {PAPER_SPEARMAN} (MMLU 5-shot, model/scheme pairs)"]
-    for key, label in (("flips~option_kl", "flips    vs option KL"), ("changes~option_kl", "changes  vs option KL"),
-                       ("abs_delta_acc~option_kl", "|Δacc|   vs option KL"), ("flips~topk_kl", "flips    vs top-k KL"),
-                       ("changes~topk_kl", "changes  vs top-k KL"), ("abs_delta_acc~topk_kl", "|Δacc|   vs top-k KL"),
-                       ("flips~abs_delta_acc", "flips    vs |Δacc|")):
+    lines = [
+        f"Across the {corr['n_candidates']} candidates{what} (noise floor excluded); paper: "
+        f"Spearman(flips, KL) = {PAPER_SPEARMAN} (MMLU 5-shot, model/scheme pairs)"
+    ]
+    for key, label in (
+        ("flips~option_kl", "flips    vs option KL"),
+        ("changes~option_kl", "changes  vs option KL"),
+        ("abs_delta_acc~option_kl", "|Δacc|   vs option KL"),
+        ("flips~topk_kl", "flips    vs top-k KL"),
+        ("changes~topk_kl", "changes  vs top-k KL"),
+        ("abs_delta_acc~topk_kl", "|Δacc|   vs top-k KL"),
+        ("flips~abs_delta_acc", "flips    vs |Δacc|"),
+    ):
         c = corr.get(key)
         if not c or c["spearman_r"] is None:
             continue
-        lines.append(f"  Spearman {label}: {c['spearman_r']:+.3f} (p {c['spearman_p']:.4f}, {c['p_method']}, "
-                     f"n {c['n']})")
+        lines.append(
+            f"  Spearman {label}: {c['spearman_r']:+.3f} (p {c['spearman_p']:.4f}, {c['p_method']}, n {c['n']})"
+        )
     if "with_partial" in corr:
         lines += correlation_lines(corr["with_partial"], " including partial rungs")
     return lines
@@ -274,21 +331,45 @@ def plot(rows: list[dict[str, Any]], corr: dict[str, Any], path: Path, title_ext
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5.2), dpi=130)
-    for r in rows:
-        if r.get("option_kl_mean") is None:
-            continue
+    drawn = sorted((r for r in rows if r.get("option_kl_mean") is not None), key=lambda r: r["option_kl_mean"])
+    for i, r in enumerate(drawn):
         floor = r["candidate"] == NOISE_FLOOR
         x, y = r["option_kl_mean"], 100 * r["flip_rate"]
         lo, hi = r["flip_rate_ci"]
-        ax.errorbar([x], [y], yerr=[[y - 100 * lo], [100 * hi - y]], fmt="s" if floor else "o",
-                    color="grey" if floor else "tab:blue", ecolor="lightgrey", capsize=2, ms=6,
-                    mfc="white" if r.get("partial") else None)
-        label = r["candidate"] + (f" ({r['n_items']} items)" if r.get("partial") else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.errorbar(
+            [x],
+            [y],
+            yerr=[[y - 100 * lo], [100 * hi - y]],
+            fmt="s" if floor else "o",
+            color="grey" if floor else "tab:blue",
+            ecolor="lightgrey",
+            capsize=2,
+            ms=6,
+            mfc="white" if r.get("partial") else None,
+        )
+        label = r["candidate"].replace("-simulated", " (sim.)")
+        label += f" ({r['n_items']} items)" if r.get("partial") else ""
+        # right of the point, vertically centred; a label that would run into the next point goes left
+        nxt = drawn[i + 1] if i + 1 < len(drawn) else None
+        crowded = nxt is not None and nxt["option_kl_mean"] < 2 * max(x, 1e-3) and abs(100 * nxt["flip_rate"] - y) < 3
+        ax.annotate(
+            label,
+            (x, y),
+            textcoords="offset points",
+            xytext=(-6, 0) if crowded else (6, 0),
+            ha="right" if crowded else "left",
+            va="center",
+            fontsize=8,
+        )
     sp = corr.get("flips~option_kl", {})
-    txt = "" if not sp or sp.get("spearman_r") is None else (
-        f"Spearman(flips, option KL) = {sp['spearman_r']:.3f} (p {sp['spearman_p']:.4f}, "
-        f"n {sp['n']}); paper: {PAPER_SPEARMAN}")
+    txt = (
+        ""
+        if not sp or sp.get("spearman_r") is None
+        else (
+            f"Spearman(flips, option KL) = {sp['spearman_r']:.3f} (p {sp['spearman_p']:.4f}, "
+            f"n {sp['n']}); paper: {PAPER_SPEARMAN}"
+        )
+    )
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set_xlabel("mean option KL(baseline ‖ candidate), nats (symlog)")
     ax.set_ylabel("flips: items whose correctness changed, % (95% Wilson CI)")
@@ -309,20 +390,26 @@ def report(result: dict[str, Any], plot_path: Path) -> None:
     bc = result.get("baseline_consistency", {})
     if bc.get("passes", 0) >= 2:
         n_items = rows[0]["n_items"]
-        print(f"Baseline server, each later pass vs its first ({bc['passes'] - 1} passes; warm vs cold): up to "
-              f"{bc['max_items_moved']}/{n_items} items with moved logprobs (max |Δ| "
-              f"{bc['max_abs_option_logprob_diff']:.3f} nats), up to {bc['max_answer_changes']} answer changes "
-              f"and {bc['max_flips']} flips, option KL mean {bc['mean_option_kl_mean']:.5f} "
-              f"(max {bc['max_option_kl_mean']:.5f})")
+        print(
+            f"Baseline server, each later pass vs its first ({bc['passes'] - 1} passes; warm vs cold): up to "
+            f"{bc['max_items_moved']}/{n_items} items with moved logprobs (max |Δ| "
+            f"{bc['max_abs_option_logprob_diff']:.3f} nats), up to {bc['max_answer_changes']} answer changes "
+            f"and {bc['max_flips']} flips, option KL mean {bc['mean_option_kl_mean']:.5f} "
+            f"(max {bc['max_option_kl_mean']:.5f})"
+        )
         for p in bc["per_pass"]:
-            print(f"  pass of {p['pass']:20} moved {p['items_moved']:3d}  changes {p['answer_changes']:2d}  "
-                  f"flips {p['flips']:2d} ({p['correct_to_wrong']}/{p['wrong_to_correct']})  "
-                  f"KL {p['option_kl_mean']:.5f}")
+            print(
+                f"  pass of {p['pass']:20} moved {p['items_moved']:3d}  changes {p['answer_changes']:2d}  "
+                f"flips {p['flips']:2d} ({p['correct_to_wrong']}/{p['wrong_to_correct']})  "
+                f"KL {p['option_kl_mean']:.5f}"
+            )
     if any(r.get("partial") for r in rows):
         print("* partial: an interrupted rung, scored on fewer items (left out of the first correlation block)")
     n = rows[0]["n_items"] if rows else 0
-    print(f"Baseline accuracy {_pct(rows[0]['acc_baseline']) if rows else '-'}% on {n} items "
-          "(chance with 4 options: 25%): flips here are mostly changes among guesses.")
+    print(
+        f"Baseline accuracy {_pct(rows[0]['acc_baseline']) if rows else '-'}% on {n} items "
+        "(chance with 4 options: 25%): flips here are mostly changes among guesses."
+    )
     plot(rows, result["correlations"], plot_path, f", {n} items")
     print(f"plot: {plot_path}")
 
@@ -362,27 +449,37 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir = args.out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     rungs: list[tuple[str, str, bool, Any]] = []
-    first = embedded_servers(pairs[0], baseline_port=args.baseline_port, candidate_port=args.candidate_port,
-                             flags=flags)
+    first = embedded_servers(
+        pairs[0], baseline_port=args.baseline_port, candidate_port=args.candidate_port, flags=flags
+    )
     if args.dtype:
         first = {role: cfg.model_copy(update={"dtype": args.dtype}) for role, cfg in first.items()}
     if not args.no_noise_floor:
-        copy = first["baseline"].model_copy(update={
-            "port": args.candidate_port, "cpu_cores": first["candidate"].cpu_cores,
-            "served_name": f"{first['baseline'].served_name}-copy"})
+        copy = first["baseline"].model_copy(
+            update={
+                "port": args.candidate_port,
+                "cpu_cores": first["candidate"].cpu_cores,
+                "served_name": f"{first['baseline'].served_name}-copy",
+            }
+        )
         rungs.append((NOISE_FLOOR, "the baseline checkpoint served again, freshly started (same dtype)", False, copy))
     for scheme, pair in zip(schemes, pairs, strict=True):
-        cfg = embedded_servers(pair, baseline_port=args.baseline_port, candidate_port=args.candidate_port,
-                               flags=flags)["candidate"]
+        cfg = embedded_servers(pair, baseline_port=args.baseline_port, candidate_port=args.candidate_port, flags=flags)[
+            "candidate"
+        ]
         if args.dtype:
             cfg = cfg.model_copy(update={"dtype": args.dtype})
         rungs.append((scheme.label, scheme.describe(), scheme.simulated, cfg))
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result: dict[str, Any] = {
-        "task": args.task, "limit": args.limit, "cpu": describe_cpu(flags),
-        "serving_dtype": first["baseline"].dtype, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "rows": [], "failed": [],
+        "task": args.task,
+        "limit": args.limit,
+        "cpu": describe_cpu(flags),
+        "serving_dtype": first["baseline"].dtype,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": [],
+        "failed": [],
     }
     out_json = args.out / "ladder.json"
 
@@ -393,8 +490,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t_all = time.monotonic()
     t0 = time.monotonic()
-    with ServerPair({"baseline": first["baseline"]}, run_dir=runs_dir / f"servers-{stamp}-baseline",
-                    show_progress=False) as base:
+    with ServerPair(
+        {"baseline": first["baseline"]}, run_dir=runs_dir / f"servers-{stamp}-baseline", show_progress=False
+    ) as base:
         result["baseline_start_s"] = round(time.monotonic() - t0, 1)
         print(f"baseline ready after {result['baseline_start_s']} s", file=sys.stderr)
         baseline_url = base.handles["baseline"].url
@@ -402,8 +500,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: starting its server", file=sys.stderr)
             t0 = time.monotonic()
             try:
-                with ServerPair({"candidate": cfg}, run_dir=runs_dir / f"servers-{stamp}-{name}",
-                                show_progress=False) as cand:
+                with ServerPair(
+                    {"candidate": cfg}, run_dir=runs_dir / f"servers-{stamp}-{name}", show_progress=False
+                ) as cand:
                     t1 = time.monotonic()
                     summary = run_mcq(args, baseline_url, cand.handles["candidate"].url, runs_dir)
                     t2 = time.monotonic()
@@ -412,11 +511,31 @@ def main(argv: list[str] | None = None) -> int:
                 result["failed"].append({"candidate": name, "error": str(exc)[-800:]})
                 save()
                 continue
-            row = row_of(name, description, simulated, summary,
-                         {"server_start": t1 - t0, "mcq": t2 - t1, "total": time.monotonic() - t0})
+            row = row_of(
+                name,
+                description,
+                simulated,
+                summary,
+                {"server_start": t1 - t0, "mcq": t2 - t1, "total": time.monotonic() - t0},
+            )
             result["rows"].append(row)
-            print(json.dumps({k: row[k] for k in ("candidate", "delta_acc", "flip_rate", "answer_change_rate",
-                                                   "option_kl_mean", "topk_kl_mean", "seconds")}), file=sys.stderr)
+            print(
+                json.dumps(
+                    {
+                        k: row[k]
+                        for k in (
+                            "candidate",
+                            "delta_acc",
+                            "flip_rate",
+                            "answer_change_rate",
+                            "option_kl_mean",
+                            "topk_kl_mean",
+                            "seconds",
+                        )
+                    }
+                ),
+                file=sys.stderr,
+            )
             save()
     result["total_s"] = round(time.monotonic() - t_all, 1)
     save()

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from servecmp.endpoints import EndpointSpec, normalise_url
-from servecmp.errors import UserError
+from servecmp.errors import UserError, first_error
 from servecmp.gates import GateConfig
 
 DEFAULT_CONFIG = "servecmp.toml"
@@ -231,9 +231,7 @@ def parse_config(data: dict[str, Any], origin: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"{origin}: {loc}: {first['msg']}") from exc
+        raise UserError(f"{origin}: {first_error(exc)}") from exc
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -27,7 +27,7 @@ from servecmp.endpoints import normalise_url
 from servecmp.errors import UserError
 from servecmp.metrics.stats import Correlation, correlation
 from servecmp.records import EndpointRole, RunManifest
-from servecmp.runstore import MANIFEST, SUMMARY, read_json, read_model
+from servecmp.runstore import MANIFEST, SUMMARY, manifest_kind, read_json, read_model
 
 KlSource = Literal["option", "topk"]
 MIN_CANDIDATES = 3
@@ -127,10 +127,7 @@ def _endpoints(manifest: RunManifest, run_dir: Path) -> tuple[Endpoint, Endpoint
 
 
 def read_run(run_dir: Path, kl: KlSource = "option") -> RunFacts:
-    if not (run_dir / MANIFEST).is_file():
-        raise UserError(f"{run_dir} is not a servecmp run directory (no {MANIFEST})")
-    raw = read_json(run_dir / MANIFEST)
-    kind = raw.get("kind") if isinstance(raw, dict) else None
+    kind = manifest_kind(run_dir)
     if kind not in ("mcq", "mtbench"):
         raise UserError(f"{run_dir}: run kind {kind!r} is neither an MCQ run nor an MT-Bench run")
     manifest = read_model(run_dir / MANIFEST, RunManifest)

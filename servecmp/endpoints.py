@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from servecmp.errors import EndpointError, UserError
+from servecmp.errors import EndpointError, UserError, first_error
 
 if TYPE_CHECKING:
     import asyncio
@@ -136,8 +136,7 @@ def endpoint_from(role: str, section: EndpointSpec | None, url: str | None = Non
     try:
         return EndpointSpec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UserError(f"{role} endpoint: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise UserError(f"{role} endpoint: {first_error(exc)}") from None
 
 
 @dataclass

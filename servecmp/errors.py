@@ -14,6 +14,11 @@ Exit codes: 0 success; 1 a gate failed; 2 bad input; 3 an endpoint failed and th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -25,6 +30,12 @@ EXIT_INTERRUPTED = 130
 def one_line(message: object) -> str:
     """Multi-line causes (server logs, tracebacks) belong in files; the terminal gets one line."""
     return " ".join(str(message).split())
+
+
+def first_error(exc: ValidationError) -> str:
+    """A pydantic validation error in one phrase: the first failing field's dotted location and message."""
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
 class ServecmpError(Exception):

@@ -17,7 +17,7 @@ from typing import IO, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from servecmp.errors import UserError
+from servecmp.errors import UserError, first_error
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -66,13 +66,25 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
 
 
-def read_model(path: Path, model: type[M]) -> M:
+def validate_as(model: type[M], data: Any, path: Path, what: str) -> M:
+    """``data``, read from ``path``, as a ``model``; otherwise UserError "PATH: not WHAT (field: why)"."""
     try:
-        return model.model_validate(read_json(path))
+        return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"{path}: not a servecmp file ({loc}: {first['msg']})") from exc
+        raise UserError(f"{path}: not {what} ({first_error(exc)})") from exc
+
+
+def manifest_kind(run_dir: Path) -> Any:
+    """The run kind a run directory's manifest names (None when it names none); UserError when
+    the directory has no manifest."""
+    if not (run_dir / MANIFEST).is_file():
+        raise UserError(f"{run_dir} is not a servecmp run directory (no {MANIFEST})")
+    raw = read_json(run_dir / MANIFEST)
+    return raw.get("kind") if isinstance(raw, dict) else None
+
+
+def read_model(path: Path, model: type[M]) -> M:
+    return validate_as(model, read_json(path), path, "a servecmp file")
 
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:

@@ -194,24 +194,21 @@ def shadow_estimates(summary: ShadowSummary) -> tuple[Estimates, Missing]:
         est["answer_differs"] = _boot(x.diff, x.low, x.high, x.n)
     else:
         est["answer_differs"] = _proportion(mismatch.candidate)
-    kl = summary.measure("kl_mean")
-    assert isinstance(kl, MeanMeasure)
-    if kl.candidate.n == 0:
-        missing["tf_kl"] = "no teacher-forced scoring in this run (no request had prompt logprobs)"
-    else:
-        c = kl.candidate
-        est["tf_kl"] = _boot(c.mean, c.low, c.high, c.n)
-    top1 = summary.measure("top1_agree")
-    assert isinstance(top1, MeanMeasure)
-    if top1.candidate.n == 0:
-        missing["top1_disagree"] = "no teacher-forced scoring in this run (no request had prompt logprobs)"
-    else:
-        c = top1.candidate
 
-        def flip(x: float | None) -> float | None:
-            return None if x is None else 1.0 - x
+    def flip(x: float | None) -> float | None:
+        return None if x is None else 1.0 - x
 
-        est["top1_disagree"] = _boot(flip(c.mean), flip(c.high), flip(c.low), c.n)
+    # The two teacher-forced measures; top1_disagree is 1 − top1_agree (interval ends swapped).
+    for name, metric in (("kl_mean", "tf_kl"), ("top1_agree", "top1_disagree")):
+        measure = summary.measure(name)
+        assert isinstance(measure, MeanMeasure)
+        c = measure.candidate
+        if c.n == 0:
+            missing[metric] = "no teacher-forced scoring in this run (no request had prompt logprobs)"
+        elif metric == "tf_kl":
+            est[metric] = _boot(c.mean, c.low, c.high, c.n)
+        else:
+            est[metric] = _boot(flip(c.mean), flip(c.high), flip(c.low), c.n)
     return est, missing
 
 

@@ -20,10 +20,17 @@ Meaning, across commands:
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from servecmp.gates import Gate as GateRule
 
 Baseline = Annotated[str | None, typer.Option("--baseline", help="Baseline endpoint URL (http://host:port[/v1]).")]
 Candidate = Annotated[str | None, typer.Option("--candidate", help="Candidate endpoint URL.")]
@@ -91,3 +98,20 @@ SummaryMd = Annotated[
 TopK = Annotated[
     int | None, typer.Option("--top-k", min=1, help="Top-k logprobs per request (vLLM: <= its --max-logprobs).")
 ]
+
+
+def print_and_decide(kind: str, summary: Any, gates: Sequence[GateRule], *, as_json: bool, render: Callable[[], None],
+                     console: Console, summary_md: Path | None, candidate: str | None, title: str) -> int:
+    """The end of a one-candidate report (MT-Bench, shadow): the summary as JSON on stdout (with a
+    ``verdict`` key when gates apply) or ``render()``; then the verdict block on ``console`` and the
+    Markdown. Returns the verdict's exit code, 0 without gates and --summary-md."""
+    from servecmp.verdicts import emit_verdict, verdict_for, wants_verdict, with_verdict
+
+    verdict = verdict_for(kind, summary, gates, candidate=candidate) if wants_verdict(gates, summary_md) else None
+    if as_json:
+        typer.echo(json.dumps(with_verdict(summary.model_dump(mode="json"), verdict), indent=2, ensure_ascii=False))
+    else:
+        render()
+    if verdict is None:
+        return 0
+    return emit_verdict(verdict, console=console, summary_md=summary_md, title=title)

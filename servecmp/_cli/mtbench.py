@@ -32,6 +32,7 @@ from servecmp._cli.common import (
     Show,
     SummaryMd,
     Timeout,
+    print_and_decide,
 )
 from servecmp.errors import UserError
 
@@ -153,7 +154,6 @@ def register(app: typer.Typer) -> None:
         config: ConfigFile = None,
     ) -> None:
         """MT-Bench: answers from both endpoints, judged 1-10 and pairwise; score difference and drops."""
-        import json
         import sys
 
         from rich.console import Console
@@ -163,7 +163,7 @@ def register(app: typer.Typer) -> None:
         from servecmp.mtbench.run import RunIO, run_blocking
         from servecmp.mtbench.rundir import MtRunPaths
         from servecmp.mtbench.settings import MtBenchOptions, new_settings, resumed_settings
-        from servecmp.verdicts import emit_verdict, resolve_gates, verdict_for, wants_verdict, with_verdict
+        from servecmp.verdicts import resolve_gates
 
         console = Console(stderr=True)
         cfg = load_config(config)
@@ -208,20 +208,13 @@ def register(app: typer.Typer) -> None:
             root = runs_dir or Path(cfg.mtbench.runs_dir)
             result = run_blocking(settings, io, runs_root=root)
         summary = result.summary
-        verdict = None
-        if wants_verdict(gates, summary_md):
-            cand = summary.endpoints.get("candidate")
-            verdict = verdict_for("mtbench", summary, gates, candidate=cand.model or None if cand else None)
         out = Console()
-        if as_json:
-            typer.echo(json.dumps(with_verdict(summary.model_dump(mode="json"), verdict), indent=2,
-                                  ensure_ascii=False))
-        else:
-            render(out, summary, show=settings.show)
-        if verdict is not None:
-            code = emit_verdict(verdict, console=console if as_json else out, summary_md=summary_md,
+        code = print_and_decide("mtbench", summary, gates, as_json=as_json,
+                                render=lambda: render(out, summary, show=settings.show),
+                                console=console if as_json else out, summary_md=summary_md,
+                                candidate=summary.candidate_model,
                                 title=f"servecmp gates: mtbench run {result.paths.root.name}")
         if not as_json:
             console.print(f"run directory: {result.paths.root}", highlight=False)
-        if verdict is not None and code:
+        if code:
             raise SystemExit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which swallows it

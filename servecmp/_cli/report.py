@@ -11,18 +11,17 @@ stored run without calling any endpoint (`servecmp.verdicts`): the verdict block
 code is the verdict's (0 pass, 1 fail, 4 inconclusive). Without gates and `--summary-md` the output
 and exit code are as before. MCQ runs go through `servecmp._cli.mcq.report_run` (one or several
 candidates, a noise floor: one verdict per candidate, `flips_excess`/`kl_excess` from the floor);
-MT-Bench runs and shadow databases through `decide_and_emit` here.
+MT-Bench runs and shadow databases through `servecmp._cli.common.print_and_decide`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from servecmp._cli.common import ConfigFile, Gate, Json, Show, SummaryMd
+from servecmp._cli.common import ConfigFile, Gate, Json, Show, SummaryMd, print_and_decide
 from servecmp.errors import UserError
 
 if TYPE_CHECKING:
@@ -44,19 +43,12 @@ def run_kind(path: Path) -> str:
         raise UserError(f"{path} is neither a run directory nor a shadow database")
     if not path.is_dir():
         raise UserError(f"{path} not found")
-    from servecmp.runstore import MANIFEST, read_json
+    from servecmp.runstore import MANIFEST, manifest_kind
 
-    if not (path / MANIFEST).is_file():
-        raise UserError(f"{path} is not a servecmp run directory (no {MANIFEST})")
-    raw = read_json(path / MANIFEST)
-    kind = raw.get("kind") if isinstance(raw, dict) else None
+    kind = manifest_kind(path)
     if kind not in ("mcq", "mtbench"):
         raise UserError(f"{path / MANIFEST}: unknown run kind {kind!r} (servecmp report reads mcq and mtbench runs)")
     return str(kind)
-
-
-def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def print_report(path: Path, *, as_json: bool, show: int | None, console: Console,
@@ -68,7 +60,6 @@ def print_report(path: Path, *, as_json: bool, show: int | None, console: Consol
     kind = run_kind(path)
     # Bad expressions fail here, with one line, before any metric is computed.
     gate_list = resolve_gates(kind, gates, config)
-    decided = wants_verdict(gate_list, summary_md)
     summary: Any
     candidate: str | None = None
     if kind == "mcq":
@@ -84,38 +75,21 @@ def print_report(path: Path, *, as_json: bool, show: int | None, console: Consol
 
         n = DEFAULT_SHOW if show is None else show
         summary = load_summary(path, show=n)
-        if decided:
-            cand_scores = summary.endpoints.get("candidate")
-            candidate = cand_scores.model or None if cand_scores is not None else None
-        if not as_json:
+        if wants_verdict(gate_list, summary_md):
+            candidate = summary.candidate_model
+
+        def show_report() -> None:
             render(console, summary, show=n)
-        elif not decided:
-            _echo_json(summary.model_dump(mode="json"))
     else:
         from servecmp.shadow.report import load_summary as load_shadow
         from servecmp.shadow.report import render as render_shadow
 
         summary = load_shadow(path, worst_n=SHADOW_WORST if show is None else show, n_boot=SHADOW_N_BOOT)
-        if not as_json:
+
+        def show_report() -> None:
             render_shadow(summary, console, path)
-        elif not decided:
-            _echo_json(summary.model_dump(mode="json"))
-    if not decided:
-        return 0
-    return decide_and_emit(kind, summary, gate_list, as_json=as_json, console=console, summary_md=summary_md,
-                           candidate=candidate, title=f"servecmp gates: {kind} run {path.name}")
-
-
-def decide_and_emit(kind: str, summary: Any, gates: Any, *, as_json: bool, console: Console,
-                    summary_md: Path | None, candidate: str | None, title: str) -> int:
-    """Decide ``gates`` on ``summary``; print the JSON (summary + verdict) when ``as_json``; render the
-    verdict block on ``console`` (stderr with --json); write the Markdown. Returns the exit code."""
-    from servecmp.verdicts import emit_verdict, verdict_for, with_verdict
-
-    verdict = verdict_for(kind, summary, gates, candidate=candidate)
-    if as_json:
-        _echo_json(with_verdict(summary.model_dump(mode="json"), verdict))
-    return emit_verdict(verdict, console=console, summary_md=summary_md, title=title)
+    return print_and_decide(kind, summary, gate_list, as_json=as_json, render=show_report, console=console,
+                            summary_md=summary_md, candidate=candidate, title=f"servecmp gates: {kind} run {path.name}")
 
 
 def register(app: typer.Typer) -> None:

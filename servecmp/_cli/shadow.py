@@ -34,8 +34,9 @@ from servecmp._cli.common import (
     Show,
     SummaryMd,
     TopK,
+    print_and_decide,
 )
-from servecmp.errors import UserError
+from servecmp.errors import UserError, first_error
 
 if TYPE_CHECKING:
     from servecmp.config import Config, ShadowConfig
@@ -81,9 +82,7 @@ def _shadow_settings(cfg: Config, **overrides: Any) -> ShadowConfig:
     try:
         return ShadowConfig.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise UserError(f"shadow option {loc}: {first['msg']}") from None
+        raise UserError(f"shadow option {first_error(exc)}") from None
 
 
 def _endpoints(
@@ -207,29 +206,22 @@ def report(
     `servecmp report DB` prints the same. With --gate (answer_differs, tf_kl, top1_disagree) or
     [gate] shadow = [...] in servecmp.toml: a verdict, exit 0 pass, 1 fail, 4 inconclusive.
     """
-    import json
-
     from rich.console import Console
 
     from servecmp.shadow.report import load_summary, render
-    from servecmp.verdicts import emit_verdict, resolve_gates, verdict_for, wants_verdict, with_verdict
+    from servecmp.verdicts import resolve_gates
 
     if show is not None and worst is not None and show != worst:
         raise UserError(f"--show {show} and --worst {worst} disagree (--worst is the old name of --show)")
     gates = resolve_gates("shadow", gate, config)
     worst_n = show if show is not None else worst if worst is not None else 10
     summary = load_summary(db, worst_n=worst_n, n_boot=n_boot)
-    verdict = verdict_for("shadow", summary, gates) if wants_verdict(gates, summary_md) else None
     console = Console(stderr=as_json)  # with --json, stdout holds only the JSON; the verdict block goes to stderr
-    if as_json:
-        typer.echo(json.dumps(with_verdict(summary.model_dump(mode="json"), verdict), indent=2, ensure_ascii=False))
-    else:
-        render(summary, console, db)
-    if verdict is not None:
-        code = emit_verdict(verdict, console=console, summary_md=summary_md,
+    code = print_and_decide("shadow", summary, gates, as_json=as_json, render=lambda: render(summary, console, db),
+                            console=console, summary_md=summary_md, candidate=None,
                             title=f"servecmp gates: shadow database {db.name}")
-        if code:
-            raise SystemExit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which swallows it
+    if code:
+        raise SystemExit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which swallows it
 
 
 @shadow_app.command("replay")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from servecmp.errors import UserError
 from servecmp.mcq.records import ITEM_ERRORS, RECORDS, McqRecord
@@ -46,7 +46,7 @@ from servecmp.mcq.summary import (
     write_summary,
 )
 from servecmp.records import EndpointRole
-from servecmp.runstore import SUMMARY, iter_jsonl, load_records, read_json, write_json_atomic
+from servecmp.runstore import SUMMARY, iter_jsonl, load_records, read_json, validate_as, write_json_atomic
 
 COMPARISON = "comparison.json"
 SCATTER = "leaderboard.png"
@@ -396,12 +396,7 @@ def comparison_from_summary(summary: McqSummary) -> McqComparison:
 
 
 def _validate(raw: Any, file: Path) -> McqComparison:
-    try:
-        return McqComparison.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UserError(f"{file}: not a valid MCQ comparison ({'.'.join(map(str, first['loc']))}: "
-                        f"{first['msg']})") from exc
+    return validate_as(McqComparison, raw, file, "a valid MCQ comparison")
 
 
 def load_comparison(path: Path) -> McqComparison:

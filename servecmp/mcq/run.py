@@ -22,14 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress, TextColumn
 
 from servecmp.endpoints import EndpointClient, EndpointError, EndpointSpec
 from servecmp.errors import RunFailed, RunInterrupted, UserError
@@ -38,6 +31,7 @@ from servecmp.mcq.records import ITEM_ERRORS, RECORDS, McqItem, McqRecord
 from servecmp.mcq.scoring import score_item
 from servecmp.mcq.settings import McqManifest, McqSettings, new_manifest, read_manifest, write_manifest
 from servecmp.mcq.summary import McqSummary
+from servecmp.progress import counting_progress
 from servecmp.records import EndpointRole
 from servecmp.runstore import JsonlAppender, iter_jsonl, new_run_dir, utcnow
 from servecmp.tasks.registry import JSONL_PREFIX, TaskData, load_task
@@ -191,14 +185,9 @@ def done_keys(run_dir: Path) -> set[tuple[str, str, int]]:
 
 
 def make_progress(console: Console | None = None) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
+    return counting_progress(
         TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        description="{task.description:<10}",
         console=console,
         transient=False,
         # Each redraw costs ~1.6 ms of CPU; 10 a second (rich's default) tripled servecmp's CPU per item.

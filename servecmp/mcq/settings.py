@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_
 
 from servecmp import __version__
 from servecmp.endpoints import EndpointSpec, endpoint_from
-from servecmp.errors import UserError
+from servecmp.errors import UserError, first_error
 from servecmp.records import ROLES, EndpointRole, RunManifest
 from servecmp.runstore import MANIFEST, read_json, utcnow, write_json_atomic
 
@@ -198,6 +198,11 @@ class SecondaryEndpoint(EndpointSpec):
         return EndpointSpec.model_validate(self.model_dump())
 
 
+#: The settings a manifest records as given, under the same names (`new_manifest`) and gives back
+#: to a resumed run (`McqManifest.settings`); source and fewshot it records as the task resolved them.
+RECORDED_AS_GIVEN = {"task", "data_dir", "fewshot_file", "limit", "sample", "seed", "top_k", "noise_floor"}
+
+
 class McqManifest(BaseModel):
     """<run>/manifest.json of an MCQ run (layout version 3: version 2 plus candidate names, several
     candidates, the secondary and the noise floor; a version-2 file reads as one candidate)."""
@@ -256,17 +261,10 @@ class McqManifest(BaseModel):
             baseline=self.endpoint("baseline"),
             candidates=self.candidates,
             secondary=self.secondary.spec() if self.secondary is not None else None,
-            noise_floor=self.noise_floor,
-            task=self.task,
-            data_dir=self.data_dir,
             source=self.source,
             fewshot=self.fewshot,
-            fewshot_file=self.fewshot_file,
-            limit=self.limit,
-            sample=self.sample,
-            seed=self.seed,
-            top_k=self.top_k,
             runs_dir=runs_dir,
+            **self.model_dump(include=RECORDED_AS_GIVEN),
         )
 
 
@@ -274,16 +272,9 @@ def new_manifest(settings: McqSettings, data: TaskData) -> McqManifest:
     """The manifest of a new run; endpoints must carry their resolved model names by now."""
     return McqManifest(
         servecmp_version=__version__,
-        task=settings.task,
-        data_dir=settings.data_dir,
         source=data.source_kind,
         source_description=data.source,
         fewshot=data.fewshot,
-        fewshot_file=settings.fewshot_file,
-        limit=settings.limit,
-        sample=settings.sample,
-        seed=settings.seed,
-        top_k=settings.top_k,
         task_fingerprint=data.fingerprint,
         prompt_format_hash=data.prompt_format_hash,
         n_items=len(data.items),
@@ -291,8 +282,8 @@ def new_manifest(settings: McqSettings, data: TaskData) -> McqManifest:
                    *(ManifestEndpoint(role="candidate", **c.model_dump()) for c in settings.candidates)],
         secondary=(SecondaryEndpoint(**settings.secondary.model_dump())
                    if settings.secondary is not None else None),
-        noise_floor=settings.noise_floor,
         started_at=utcnow(),
+        **settings.model_dump(include=RECORDED_AS_GIVEN),
     )
 
 
@@ -301,18 +292,13 @@ def write_manifest(run_dir: Path, manifest: McqManifest) -> None:
     write_json_atomic(run_dir / MANIFEST, manifest.model_dump(mode="json"))
 
 
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-
-
 def _upgrade_v1(raw: dict[str, Any], path: Path) -> McqManifest:
     """A version-1 manifest as version 2: every setting it holds carries over; pacing, which it did
     not record, takes `EndpointSpec`'s defaults."""
     try:
         old = RunManifest.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(f"{path}: not a servecmp manifest ({_first_error(exc)})") from exc
+        raise UserError(f"{path}: not a servecmp manifest ({first_error(exc)})") from exc
     from servecmp.tasks.continuation_tasks import CONTINUATION_TASKS
     from servecmp.tasks.registry import HF_SOURCE, JSONL_PREFIX, JSONL_SOURCE
 
@@ -372,7 +358,7 @@ def read_manifest(run_dir: Path) -> McqManifest:
     try:
         return McqManifest.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(f"{path}: not a valid MCQ manifest ({_first_error(exc)})") from exc
+        raise UserError(f"{path}: not a valid MCQ manifest ({first_error(exc)})") from exc
 
 
 # --- a new run ------------------------------------------------------------------------------------

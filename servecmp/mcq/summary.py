@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from servecmp.errors import UserError
 from servecmp.mcq.records import McqRecord
+from servecmp.metrics.mcq import GroupRow
 from servecmp.records import EndpointRole
-from servecmp.runstore import SUMMARY, read_json, write_json_atomic
+from servecmp.runstore import SUMMARY, read_json, validate_as, write_json_atomic
 
 #: Layout identifier and version; `servecmp.metrics.summary` writes the same two values.
 SCHEMA: Literal["servecmp.mcq_summary/2"] = "servecmp.mcq_summary/2"
@@ -154,21 +155,6 @@ class TopMargin(_Model):
     margin_change_correlation: Correlation
 
 
-class GroupRow(_Model):
-    group: str
-    n: int
-    acc_baseline: float
-    acc_candidate: float
-    delta_acc: float
-    flips: int
-    correct_to_wrong: int
-    wrong_to_correct: int
-    flip_rate: float
-    answer_change_rate: float
-    mean_option_kl: float | None
-    mean_topk_kl: float | None
-
-
 class Pairing(_Model):
     paired: int
     unpaired_baseline: int
@@ -230,6 +216,8 @@ class McqSummary(_Model):
     option_kl: OptionKl
     topk_kl: TopkKl | None
     top_margin: TopMargin
+    #: Rows of the metrics' own type (`servecmp.metrics.mcq.GroupRow`), validated with this model's
+    #: rules (unknown keys refused).
     groups: dict[str, list[GroupRow]]
     pairing: Pairing
     tasks: list[str]
@@ -276,9 +264,4 @@ def load_summary(path: Path) -> McqSummary:
     if raw.get("version") != VERSION:
         raise UserError(f"{file} is an MCQ summary of layout {raw.get('schema')}, not {SCHEMA}; "
                         f"recompute it from the records with: servecmp report {file.parent}")
-    try:
-        return McqSummary.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise UserError(f"{file}: not a valid MCQ summary ({'.'.join(map(str, first['loc']))}: "
-                        f"{first['msg']})") from exc
+    return validate_as(McqSummary, raw, file, "a valid MCQ summary")

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from servecmp.config import Config
 from servecmp.endpoints import EndpointSpec, endpoint_from
-from servecmp.errors import UserError
+from servecmp.errors import UserError, first_error
 from servecmp.records import ROLES, EndpointRole
 from servecmp.runstore import MANIFEST, read_json
 
@@ -126,9 +126,7 @@ class MtBenchManifest(BaseModel):
 
 
 def _invalid(path: Path, exc: ValidationError) -> UserError:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    return UserError(f"{path}: not an MT-Bench manifest ({loc}: {first['msg']})")
+    return UserError(f"{path}: not an MT-Bench manifest ({first_error(exc)})")
 
 
 def _from_version_1(data: dict[str, Any], path: Path, cfg: Config) -> MtBenchManifest:

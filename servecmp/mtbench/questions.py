@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from servecmp.errors import UserError
+from servecmp.errors import UserError, first_error
 from servecmp.judges.prompts import NEED_REF_CATEGORIES
 
 CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
@@ -101,9 +101,7 @@ def load_questions(source: Traversable | Path | None = None) -> list[MtQuestion]
         try:
             q = MtQuestion.model_validate(obj)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise UserError(f"{src}: line {n} is not an MT-Bench question ({loc}: {first['msg']})") from exc
+            raise UserError(f"{src}: line {n} is not an MT-Bench question ({first_error(exc)})") from exc
         if q.question_id in seen:
             raise UserError(f"{src}: question_id {q.question_id} appears twice")
         seen.add(q.question_id)

@@ -118,6 +118,12 @@ class MtBenchSummary(BaseModel):
     #: Math/reasoning/coding questions graded with the general prompt for lack of a reference.
     missing_references: list[QuestionId] = Field(default_factory=list)
 
+    @property
+    def candidate_model(self) -> str | None:
+        """The candidate's model name, which labels its verdict (None when the run names none)."""
+        cand = self.endpoints.get("candidate")
+        return cand.model or None if cand is not None else None
+
 
 def _mean(values: Sequence[float]) -> MeanScore:
     return MeanScore(mean=fmean(values) if values else None, n=len(values))

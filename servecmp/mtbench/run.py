@@ -21,14 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
 from servecmp.endpoints import EndpointClient, EndpointError, api_key_from_env
 from servecmp.errors import RunFailed, RunInterrupted, UserError
@@ -44,6 +37,7 @@ from servecmp.mtbench.records import AnswerRecord
 from servecmp.mtbench.report import MtBenchSummary, build_summary
 from servecmp.mtbench.rundir import MtRunPaths, load_answers, load_pairs, load_single
 from servecmp.mtbench.settings import MtBenchSettings, assign_stems, manifest_for
+from servecmp.progress import counting_progress
 from servecmp.records import ROLES, EndpointRole
 from servecmp.runstore import JsonlAppender, new_run_dir, utcnow, write_json_atomic
 
@@ -96,17 +90,7 @@ class MtBenchResult:
 
 
 def _progress(io: RunIO) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=io.console,
-        transient=True,
-        disable=not io.is_tty,
-    )
+    return counting_progress(console=io.console, transient=True, disable=not io.is_tty)
 
 
 def _resume_hint(paths: MtRunPaths) -> str:
