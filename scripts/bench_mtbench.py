@@ -28,6 +28,7 @@ from pathlib import Path
 from rich.console import Console
 
 from servecmp.config import load_config
+from servecmp.mtbench.report import MtBenchSummary
 from servecmp.mtbench.run import MtBenchResult, RunIO, execute
 from servecmp.mtbench.rundir import MtRunPaths
 from servecmp.mtbench.settings import MtBenchOptions, new_settings, resumed_settings
@@ -46,6 +47,8 @@ def _report(label: str, r: MtBenchResult) -> None:
     print(f"judging wall time: {j.wall_s:.1f} s; {j.calls} judge calls ({per_call:.2f} s/call), "
           f"{j.cache_hits} from cache, {j.http_requests} HTTP requests, {j.skipped} skipped")  # fmt: skip
     s = r.summary
+    if not isinstance(s, MtBenchSummary):  # this benchmark runs one candidate
+        raise TypeError("bench_mtbench.py expects a one-candidate run")
     b, c = s.endpoints["baseline"].score.mean, s.endpoints["candidate"].score.mean
     print(f"scores: baseline {b}, candidate {c}, Δ {s.delta.point} (n={s.delta.n}); complete={s.complete}")
 

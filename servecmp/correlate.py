@@ -157,11 +157,31 @@ def read_run(run_dir: Path, kl: KlSource = "option") -> RunFacts:
     )
 
 
+def _mtbench_comparison_runs(run_dir: Path, summary: Mapping[str, Any]) -> list[RunFacts]:
+    """One `RunFacts` per candidate of a multi-candidate MT-Bench run ("servecmp.mtbench_comparison/1")."""
+    manifest = read_model(run_dir / MANIFEST, RunManifest)
+    base = summary.get("baseline") or {}
+    baseline = Endpoint(model=str(base.get("model", "")), url=normalise_url(str(base.get("url", ""))))
+    out = []
+    for c in summary.get("candidates") or []:
+        ep = c.get("endpoint") or {}
+        s = c.get("summary") or {}
+        out.append(RunFacts(run_dir, "mtbench", manifest.task, baseline,
+                            Endpoint(model=str(ep.get("model", "")), url=normalise_url(str(ep.get("url", "")))),
+                            delta_mtbench=_get(s, "delta", "point"), mtbench_n=_get(s, "delta", "n")))
+    if not out:
+        raise UserError(f"{run_dir / SUMMARY}: an MT-Bench comparison without candidates")
+    return out
+
+
 def read_runs(run_dir: Path, kl: KlSource = "option") -> list[RunFacts]:
     """Every candidate of a run directory: one `RunFacts` for a single-candidate run (`read_run`),
     one per candidate for a multi-candidate MCQ run (summary.json holding a
-    "servecmp.mcq_comparison/1", each candidate's full MCQ summary inside)."""
+    "servecmp.mcq_comparison/1", each candidate's full MCQ summary inside) or MT-Bench run
+    ("servecmp.mtbench_comparison/1", each candidate's MtBenchSummary inside)."""
     summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).is_file() else None
+    if isinstance(summary, dict) and str(summary.get("schema", "")).startswith("servecmp.mtbench_comparison/"):
+        return _mtbench_comparison_runs(run_dir, summary)
     if not (isinstance(summary, dict) and str(summary.get("schema", "")).startswith("servecmp.mcq_comparison/")):
         return [read_run(run_dir, kl)]
     manifest = read_model(run_dir / MANIFEST, RunManifest)

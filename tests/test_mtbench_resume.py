@@ -276,8 +276,8 @@ def test_unreadable_manifests_are_one_line(stubs: Stubs, tmp_path: Path) -> None
     ok(stubs.args("--mode", "single"))
     run = only_run(stubs)
     m = manifest_of(run)
-    (run / "manifest.json").write_text(json.dumps({**m, "version": 3}))
-    with pytest.raises(UserError, match=r"has manifest version 3; this servecmp reads up to 2 \(upgrade it\)$"):
+    (run / "manifest.json").write_text(json.dumps({**m, "version": 4}))
+    with pytest.raises(UserError, match=r"has manifest version 4; this servecmp reads up to 3 \(upgrade it\)$"):
         load_summary(run)
     (run / "manifest.json").write_text(json.dumps({**m, "kind": "mcq"}))
     with pytest.raises(UserError, match=r" is a mcq run, not an MT-Bench run$"):

@@ -137,11 +137,12 @@ def test_mtbench_run_dispatches_to_its_summary_and_renderer(tmp_path: Path, monk
     calls: list[tuple[str, Any]] = []
     summary = _Dumpable({"delta": {"point": -0.25}})
 
-    def load_summary(run_dir: Path, *, show: int) -> _Dumpable:
+    def load_result(run_dir: Path, *, show: int) -> _Dumpable:
         calls.append(("load", (run_dir, show)))
         return summary
 
-    monkeypatch.setattr(mt_run, "load_summary", load_summary)
+    # load_result: a one-candidate run's MtBenchSummary, or a multi-candidate run's MtBenchComparison.
+    monkeypatch.setattr(mt_run, "load_result", load_result)
     monkeypatch.setattr(mt_render, "render", lambda console, s, *, show: calls.append(("render", (s, show))))
     as_json = report(str(tmp_path), "--json", "--show", "3")
     assert as_json.exit_code == 0, as_json.output

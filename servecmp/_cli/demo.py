@@ -109,9 +109,9 @@ def register(app: typer.Typer) -> None:
         render_mcq_report(mcq.summary, console)
         console.print(f"MCQ run directory: {mcq.run_dir}", highlight=False)
         if mt_result is not None:
-            from servecmp.mtbench.render import render
+            from servecmp.mtbench.render import render_any
 
-            render(console, mt_result.summary, show=2)
+            render_any(console, mt_result.summary, show=2)
             # render() itself says that the 135M demo judge's scores only exercise the pipeline.
             console.print(f"MT-Bench run directory: {mt_result.paths.root}", highlight=False)
         total = time.monotonic() - t_start

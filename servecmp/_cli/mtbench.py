@@ -7,9 +7,11 @@ inside the command.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,9 +19,10 @@ from servecmp._cli.common import (
     Baseline,
     BaselineKeyEnv,
     BaselineModel,
-    Candidate,
-    CandidateKeyEnv,
-    CandidateModel,
+    CandidateKeyEnvs,
+    CandidateModels,
+    CandidateNames,
+    Candidates,
     Concurrency,
     ConfigFile,
     Gate,
@@ -35,6 +38,12 @@ from servecmp._cli.common import (
     print_and_decide,
 )
 from servecmp.errors import UserError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from servecmp.gates import Gate as GateRule
+    from servecmp.mtbench.report import MtBenchComparison, MtBenchSummary
 
 
 class ModeChoice(StrEnum):
@@ -74,15 +83,44 @@ def _judge_key_env(new: str | None, old: str | None) -> str | None:
     return new if new is not None else old
 
 
+def print_mtbench(summary: MtBenchSummary | MtBenchComparison, gates: Sequence[GateRule], *, as_json: bool,
+                  show: int, out: Console, console: Console, summary_md: Path | None, title: str) -> int:
+    """Print an MT-Bench result (one candidate: its summary; several: the comparison) as JSON on
+    stdout or as tables on `out`, then decide the gates on every candidate (exit 0 only when all
+    pass). Returns the exit code, 0 without gates and --summary-md."""
+    from servecmp.mtbench.render import render, render_comparison
+    from servecmp.mtbench.report import MtBenchComparison
+    from servecmp.verdicts import emit_verdict, verdict_for, wants_verdict, with_verdict
+
+    if not isinstance(summary, MtBenchComparison):
+        one = summary
+        candidate = one.candidate_model if wants_verdict(gates, summary_md) else None
+        return print_and_decide("mtbench", one, gates, as_json=as_json, render=lambda: render(out, one, show=show),
+                                console=console, summary_md=summary_md, candidate=candidate, title=title)
+    verdicts = (
+        [verdict_for("mtbench", c.summary, gates, candidate=c.name) for c in summary.candidates]
+        if wants_verdict(gates, summary_md)
+        else None
+    )
+    if as_json:
+        typer.echo(json.dumps(with_verdict(summary.model_dump(mode="json"), verdicts), indent=2, ensure_ascii=False))
+    else:
+        render_comparison(out, summary, show=show)
+    if verdicts is None:
+        return 0
+    return emit_verdict(verdicts, console=console, summary_md=summary_md, title=title)
+
+
 def register(app: typer.Typer) -> None:
     @app.command(epilog=RESUME_HELP)
     def mtbench(
         baseline: Baseline = None,
-        candidate: Candidate = None,
+        candidate: Candidates = None,
         baseline_model: BaselineModel = None,
-        candidate_model: CandidateModel = None,
+        candidate_model: CandidateModels = None,
         baseline_key_env: BaselineKeyEnv = None,
-        candidate_key_env: CandidateKeyEnv = None,
+        candidate_key_env: CandidateKeyEnvs = None,
+        candidate_name: CandidateNames = None,
         questions: Annotated[
             Path | None,
             typer.Option(help="Your own question file (MT-Bench JSONL layout); default: the 80 vendored."),
@@ -153,13 +191,13 @@ def register(app: typer.Typer) -> None:
         resume: Resume = None,
         config: ConfigFile = None,
     ) -> None:
-        """MT-Bench: answers from both endpoints, judged 1-10 and pairwise; score difference and drops."""
+        """MT-Bench: answers from the baseline and one or several candidates, judged 1-10 and pairwise;
+        score difference and drops per candidate."""
         import sys
 
         from rich.console import Console
 
         from servecmp.config import load_config
-        from servecmp.mtbench.render import render
         from servecmp.mtbench.run import RunIO, run_blocking
         from servecmp.mtbench.rundir import MtRunPaths
         from servecmp.mtbench.settings import MtBenchOptions, new_settings, resumed_settings
@@ -178,9 +216,10 @@ def register(app: typer.Typer) -> None:
             baseline=baseline,
             baseline_model=baseline_model,
             baseline_key_env=baseline_key_env,
-            candidate=candidate,
-            candidate_model=candidate_model,
-            candidate_key_env=candidate_key_env,
+            candidate=candidate or None,
+            candidate_model=candidate_model or None,
+            candidate_key_env=candidate_key_env or None,
+            candidate_name=candidate_name or None,
             concurrency=concurrency,
             rps=rps,
             timeout=timeout,
@@ -207,13 +246,10 @@ def register(app: typer.Typer) -> None:
             settings = new_settings(opts, cfg)
             root = runs_dir or Path(cfg.mtbench.runs_dir)
             result = run_blocking(settings, io, runs_root=root)
-        summary = result.summary
         out = Console()
-        code = print_and_decide("mtbench", summary, gates, as_json=as_json,
-                                render=lambda: render(out, summary, show=settings.show),
-                                console=console if as_json else out, summary_md=summary_md,
-                                candidate=summary.candidate_model,
-                                title=f"servecmp gates: mtbench run {result.paths.root.name}")
+        code = print_mtbench(result.summary, gates, as_json=as_json, show=settings.show, out=out,
+                             console=console if as_json else out, summary_md=summary_md,
+                             title=f"servecmp gates: mtbench run {result.paths.root.name}")
         if not as_json:
             console.print(f"run directory: {result.paths.root}", highlight=False)
         if code:

@@ -55,13 +55,12 @@ def print_report(path: Path, *, as_json: bool, show: int | None, console: Consol
                  gates: list[str] | None = None, summary_md: Path | None = None,
                  config: Path | None = None) -> int:
     """Print the stored run at ``path``; decide its gates when any apply. Returns the exit code."""
-    from servecmp.verdicts import resolve_gates, wants_verdict
+    from servecmp.verdicts import resolve_gates
 
     kind = run_kind(path)
     # Bad expressions fail here, with one line, before any metric is computed.
     gate_list = resolve_gates(kind, gates, config)
     summary: Any
-    candidate: str | None = None
     if kind == "mcq":
         from servecmp._cli.mcq import report_run
 
@@ -70,16 +69,13 @@ def print_report(path: Path, *, as_json: bool, show: int | None, console: Consol
         return report_run(path, as_json=as_json, show=show, console=console, gates=gate_list,
                           summary_md=summary_md, title=f"servecmp gates: mcq run {path.name}")
     if kind == "mtbench":
-        from servecmp.mtbench.render import render
-        from servecmp.mtbench.run import DEFAULT_SHOW, load_summary
+        from servecmp._cli.mtbench import print_mtbench
+        from servecmp.mtbench.run import DEFAULT_SHOW, load_result
 
         n = DEFAULT_SHOW if show is None else show
-        summary = load_summary(path, show=n)
-        if wants_verdict(gate_list, summary_md):
-            candidate = summary.candidate_model
-
-        def show_report() -> None:
-            render(console, summary, show=n)
+        # One candidate: its summary, decided as before; several: the comparison, each candidate decided.
+        return print_mtbench(load_result(path, show=n), gate_list, as_json=as_json, show=n, out=console,
+                             console=console, summary_md=summary_md, title=f"servecmp gates: {kind} run {path.name}")
     else:
         from servecmp.shadow.report import load_summary as load_shadow
         from servecmp.shadow.report import render as render_shadow
@@ -89,7 +85,7 @@ def print_report(path: Path, *, as_json: bool, show: int | None, console: Consol
         def show_report() -> None:
             render_shadow(summary, console, path)
     return print_and_decide(kind, summary, gate_list, as_json=as_json, render=show_report, console=console,
-                            summary_md=summary_md, candidate=candidate, title=f"servecmp gates: {kind} run {path.name}")
+                            summary_md=summary_md, candidate=None, title=f"servecmp gates: {kind} run {path.name}")
 
 
 def register(app: typer.Typer) -> None:

@@ -62,13 +62,15 @@ def plan_single(
     stems: Mapping[EndpointRole, str],
     prompts: JudgePrompts,
     done: Mapping[tuple[QuestionId, str, int], SingleJudgment],
+    roles: Sequence[EndpointRole] = ROLES,
 ) -> list[SingleJob]:
+    """Single-grading jobs still owed for `roles` (a run with several candidates plans the baseline once)."""
     jobs = []
     for q in questions:
         guided, ref = _reference(q)
         for turn in _turns(q):
             prompt = prompts.choose("single", reference_guided=guided, multi_turn=turn == 2)
-            for role in ROLES:
+            for role in roles:
                 answer = answers[role].get(q.question_id)
                 previous = done.get((q.question_id, stems[role], turn))
                 if answer is None or (previous is not None and previous.status != "error"):

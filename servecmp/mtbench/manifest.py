@@ -1,17 +1,19 @@
 """An MT-Bench run's manifest: everything the run compares, typed and versioned.
 
 `manifest.json` is written when a run starts (once both model names are known) and is the only
-source of settings for `--resume` and `servecmp report`. Layout (version 2)::
+source of settings for `--resume` and `servecmp report`. Layout (version 3; a one-candidate run
+writes version 2, the same layout with exactly one candidate and no names)::
 
     kind, version, servecmp_version          "mtbench", 2, the servecmp that started the run
     task, source, task_fingerprint, n_items   "mt_bench", question file, sha256 of the selected
                                               questions (references attached), how many
     limit, categories, references             the selection and where reference answers came from
     max_tokens, mode                          per answer turn; single | pairwise | both
-    endpoints[]                               per role (baseline, candidate): the full EndpointSpec
+    endpoints[]                               the baseline, then every candidate: the full EndpointSpec
                                               (base_url, model, api_key_env, timeout_s,
                                               max_concurrency, requests_per_second, max_retries)
-                                              plus role and answer_file (model_answer/<answer_file>.jsonl)
+                                              plus role, answer_file (model_answer/<answer_file>.jsonl)
+                                              and (version 3) each candidate's name
     judge                                     url ("baseline" = the offline demo judge), model,
                                               api_key_env, force_format, max_tokens, and its pacing
     prompt_format_hash                        sha256 of the judge prompts file
@@ -34,7 +36,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from servecmp.config import Config
 from servecmp.endpoints import EndpointSpec, endpoint_from
@@ -42,7 +52,7 @@ from servecmp.errors import UserError, first_error
 from servecmp.records import ROLES, EndpointRole
 from servecmp.runstore import MANIFEST, read_json
 
-MANIFEST_VERSION: Literal[2] = 2
+MANIFEST_VERSION: Literal[3] = 3
 TASK = "mt_bench"
 #: The judge URL that means "the baseline endpoint judges" (the offline demo).
 DEMO_JUDGE = "baseline"
@@ -57,9 +67,19 @@ class MtEndpoint(EndpointSpec):
     model: str
     #: The answer file's stem (FastChat names it after the model): model_answer/<answer_file>.jsonl.
     answer_file: str
+    #: A candidate's name in the run (version 3; None reads as "candidate", the only one).
+    name: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_null_name(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A one-candidate (version-2) manifest keeps its exact layout: no "name" key.
+        data: dict[str, Any] = handler(self)
+        if data.get("name", 0) is None:
+            del data["name"]
+        return data
 
     def spec(self) -> EndpointSpec:
-        return EndpointSpec.model_validate(self.model_dump(exclude={"role", "answer_file"}))
+        return EndpointSpec.model_validate(self.model_dump(exclude={"role", "answer_file", "name"}))
 
 
 class MtJudge(BaseModel):
@@ -89,7 +109,8 @@ class MtBenchManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["mtbench"] = "mtbench"
-    version: Literal[2] = MANIFEST_VERSION
+    #: 3 when the run has several candidates; a one-candidate run still writes 2 (the same layout).
+    version: Literal[2, 3] = 2
     servecmp_version: str
     task: str = TASK
     #: Where the questions came from (the run keeps its own copy in questions.jsonl).
@@ -111,13 +132,27 @@ class MtBenchManifest(BaseModel):
     finished_at: str | None = None
 
     @model_validator(mode="after")
-    def _two_roles(self) -> MtBenchManifest:
-        if [e.role for e in self.endpoints] != list(ROLES):
-            raise ValueError("endpoints must be the baseline, then the candidate")
+    def _roles(self) -> MtBenchManifest:
+        roles = [e.role for e in self.endpoints]
+        if len(roles) < 2 or roles[0] != "baseline" or any(r != "candidate" for r in roles[1:]):
+            raise ValueError("endpoints must be the baseline, then the candidate(s)")
+        if self.version == 2 and len(roles) != 2:
+            raise ValueError("a version-2 manifest has exactly one candidate")
+        names = [self.candidate_name(e) for e in self.candidates]
+        if len(set(names)) != len(names):
+            raise ValueError("the candidates' names must differ")
         return self
 
     def endpoint(self, role: EndpointRole) -> MtEndpoint:
+        """The baseline, or the first candidate (the only one in a one-candidate run)."""
         return self.endpoints[ROLES.index(role)]
+
+    @property
+    def candidates(self) -> list[MtEndpoint]:
+        return self.endpoints[1:]
+
+    def candidate_name(self, e: MtEndpoint) -> str:
+        return e.name or "candidate"
 
     @property
     def judge_base_url(self) -> str:

@@ -7,7 +7,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from servecmp.mtbench.report import Delta, JudgmentCounts, MeanScore, MtBenchSummary, PairwiseSummary
+from servecmp.mtbench.report import (
+    Delta,
+    JudgmentCounts,
+    MeanScore,
+    MtBenchComparison,
+    MtBenchSummary,
+    PairwiseSummary,
+)
 
 ANSWER_PREVIEW_CHARS = 700
 
@@ -174,3 +181,47 @@ def render(console: Console, s: MtBenchSummary, *, show: int) -> None:
                 console.print(t)
         else:
             console.print("\nNo question scored lower on the candidate.")
+
+
+def leaderboard_table(c: MtBenchComparison) -> Table:
+    base = c.baseline
+    t = Table(
+        title=f"MT-Bench: {len(c.candidates)} candidates against baseline {escape(base.model)} "
+        f"(judge: {escape(c.judge_model)})",
+        title_justify="left",
+    )
+    t.add_column("#", justify="right", style="dim")
+    t.add_column("candidate")
+    t.add_column("model")
+    t.add_column("MT-Bench", justify="right")
+    t.add_column("Δ MT-Bench [95% CI]", justify="right")
+    t.add_column("pairwise W/T/L", justify="right")
+    t.add_column("loss share", justify="right")
+    scores = {r.endpoint.name: r.summary.endpoints["candidate"].score for r in c.candidates}
+    for i, row in enumerate(c.leaderboard, 1):
+        wtl = "—" if row.wins is None else f"{row.wins}/{row.ties}/{row.losses}"
+        share = "—" if row.loss_share is None else f"{row.loss_share:.1%}"
+        t.add_row(str(i), escape(row.name), escape(row.model), _score(scores.get(row.name)), _delta(row.delta),
+                  wtl, share)  # fmt: skip
+    base_score = c.candidates[0].summary.endpoints["baseline"].score
+    t.caption = f"baseline {escape(base.model)}: MT-Bench {_score(base_score)} (answers generated once)"
+    return t
+
+
+def render_comparison(console: Console, c: MtBenchComparison, *, show: int) -> None:
+    """The leaderboard, then each candidate's full report against the baseline."""
+    if c.judge_is_baseline:
+        console.print(Text(DEMO_WARNING, style="bold yellow"))
+    console.print(leaderboard_table(c))
+    for r in c.candidates:
+        console.print(f"\n[bold]candidate {escape(r.endpoint.name)}[/bold] ({escape(r.endpoint.model)} at "
+                      f"{escape(r.endpoint.url)}, {escape(r.endpoint.answer_file)})")
+        render(console, r.summary.model_copy(update={"judge_is_baseline": False}), show=show)
+
+
+def render_any(console: Console, s: MtBenchSummary | MtBenchComparison, *, show: int) -> None:
+    """`render` for a one-candidate run, `render_comparison` for several candidates."""
+    if isinstance(s, MtBenchComparison):
+        render_comparison(console, s, show=show)
+    else:
+        render(console, s, show=show)

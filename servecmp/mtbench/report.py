@@ -324,3 +324,91 @@ def build_summary(
         largest_drops=largest_drops(questions, per_q["baseline"], per_q["candidate"], answers, show),
         missing_references=[q.question_id for q in questions if q.needs_reference and q.reference is None],
     )
+
+
+#: Names the several-candidates layout of summary.json (a one-candidate run keeps MtBenchSummary).
+COMPARISON_SCHEMA = "servecmp.mtbench_comparison/1"
+
+
+class MtComparedEndpoint(BaseModel):
+    """An answering endpoint of a comparison: its name in the run, model, URL and answer file."""
+
+    name: str
+    model: str
+    url: str
+    answer_file: str
+
+
+class MtCandidateResult(BaseModel):
+    endpoint: MtComparedEndpoint
+    #: This candidate against the baseline, exactly as a one-candidate run would summarise it.
+    summary: MtBenchSummary
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+
+class MtLeaderboardRow(BaseModel):
+    name: str
+    model: str
+    #: candidate − baseline MT-Bench score, paired by question, with its 95% interval.
+    delta: Delta
+    #: Pairwise against the baseline (None without pairwise judging).
+    wins: int | None = None
+    ties: int | None = None
+    losses: int | None = None
+    #: losses / pairs tallied: the `pairwise_loss` gate's estimate.
+    loss_share: float | None = None
+
+
+class MtBenchComparison(BaseModel):
+    """Several candidates against one baseline whose answers were generated once."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    comparison_schema: str = Field(default=COMPARISON_SCHEMA, alias="schema")
+    kind: str = "mtbench"
+    judge_model: str
+    judge_url: str
+    judge_is_baseline: bool = False
+    mode: str
+    n_questions: int
+    complete: bool
+    baseline: MtComparedEndpoint
+    candidates: list[MtCandidateResult]
+    #: Best ΔMT-Bench first (candidates without a Δ last, in run order).
+    leaderboard: list[MtLeaderboardRow]
+
+
+def _row(c: MtCandidateResult) -> MtLeaderboardRow:
+    p = c.summary.pairwise
+    return MtLeaderboardRow(
+        name=c.endpoint.name,
+        model=c.endpoint.model,
+        delta=c.summary.delta,
+        wins=p.wins if p is not None else None,
+        ties=p.ties if p is not None else None,
+        losses=p.losses if p is not None else None,
+        loss_share=(p.losses / p.n if p.n else None) if p is not None else None,
+    )
+
+
+def build_comparison(
+    *, baseline: MtComparedEndpoint, candidates: Sequence[tuple[MtComparedEndpoint, MtBenchSummary]]
+) -> MtBenchComparison:
+    results = [MtCandidateResult(endpoint=e, summary=s) for e, s in candidates]
+    first = results[0].summary
+    rows = [_row(c) for c in results]
+    rows.sort(key=lambda r: (r.delta.point is None, -(r.delta.point or 0.0)))  # stable: ties keep run order
+    return MtBenchComparison(
+        judge_model=first.judge_model,
+        judge_url=first.judge_url,
+        judge_is_baseline=first.judge_is_baseline,
+        mode=first.mode,
+        n_questions=first.n_questions,
+        complete=all(c.summary.complete for c in results),
+        baseline=baseline,
+        candidates=results,
+        leaderboard=rows,
+    )

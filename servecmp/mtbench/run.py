@@ -30,11 +30,17 @@ from servecmp.judges.cost import CostEstimate, confirm_cost, count_prompt_tokens
 from servecmp.judges.runner import JudgeRunner, JudgeUnavailable
 from servecmp.mtbench import questions as qmod
 from servecmp.mtbench.answers import gather_or_cancel, generate_answers
-from servecmp.mtbench.judging import plan_pairs, plan_single, requests_of, run_jobs
+from servecmp.mtbench.judging import PairJob, SingleJob, plan_pairs, plan_single, requests_of, run_jobs
 from servecmp.mtbench.manifest import MtBenchManifest, read_manifest
 from servecmp.mtbench.questions import QuestionId, write_questions
 from servecmp.mtbench.records import AnswerRecord
-from servecmp.mtbench.report import MtBenchSummary, build_summary
+from servecmp.mtbench.report import (
+    MtBenchComparison,
+    MtBenchSummary,
+    MtComparedEndpoint,
+    build_comparison,
+    build_summary,
+)
 from servecmp.mtbench.rundir import MtRunPaths, load_answers, load_pairs, load_single
 from servecmp.mtbench.settings import MtBenchSettings, assign_stems, manifest_for
 from servecmp.progress import counting_progress
@@ -84,7 +90,8 @@ class JudgingStats:
 @dataclass
 class MtBenchResult:
     paths: MtRunPaths
-    summary: MtBenchSummary
+    #: One candidate: its MtBenchSummary; several: the MtBenchComparison.
+    summary: MtBenchSummary | MtBenchComparison
     generation: GenerationStats
     judging: JudgingStats
 
@@ -98,15 +105,19 @@ def _resume_hint(paths: MtRunPaths) -> str:
 
 
 async def _start_new(
-    s: MtBenchSettings, clients: dict[str, EndpointClient], runs_root: Path, io: RunIO
+    s: MtBenchSettings, clients: dict[str, EndpointClient], cand_clients: list[EndpointClient],
+    runs_root: Path, io: RunIO,
 ) -> tuple[MtRunPaths, MtBenchManifest]:
-    for role in ROLES:
-        await clients[role].resolve_model(role)
+    await clients["baseline"].resolve_model("baseline")
+    for i, client in enumerate(cand_clients):
+        await client.resolve_model("candidate" if len(cand_clients) == 1 else f"candidate {i + 1}")
     if s.judge_is_baseline:
         s.judge.model = s.judge.model or s.baseline.model
     elif s.judge.model is None:
         await clients["judge"].resolve_model("judge")
     assign_stems(s)
+    for c, client in zip(s.candidates, cand_clients, strict=True):
+        clients[s.name_of(c)] = client
     paths = MtRunPaths(new_run_dir(runs_root, "mtbench"))
     paths.make_dirs()
     write_questions(paths.questions, s.questions)
@@ -123,20 +134,23 @@ async def _generate(
     io: RunIO,
     stats: GenerationStats,
 ) -> None:
-    answers = {role: load_answers(paths.answers(s.stems[role])) for role in ROLES}
-    todo = {role: [q for q in s.questions if q.question_id not in answers[role]] for role in ROLES}
+    # Every endpoint by its name: the baseline (answers generated once) and each candidate.
+    names = ["baseline", *(s.name_of(c) for c in s.candidates)]
+    answers = {name: load_answers(paths.answers(s.stems[name])) for name in names}
+    todo = {name: [q for q in s.questions if q.question_id not in answers[name]] for name in names}
     if not any(todo.values()):
         return
     io.say(
         f"generating answers (max {s.max_tokens} tokens per turn): "
-        + ", ".join(f"{role} {len(todo[role])} questions" for role in ROLES if todo[role])
+        + ", ".join(f"{name} {len(todo[name])} questions" for name in names if todo[name])
     )
 
     with _progress(io) as progress:
 
-        async def one_role(role: EndpointRole) -> None:
+        async def one_role(role: str) -> None:
             if not todo[role]:
                 return
+            endpoint_role: EndpointRole = "baseline" if role == "baseline" else "candidate"
             task = progress.add_task(f"answers {role}", total=len(todo[role]))
             t0 = time.perf_counter()
             stats.answers[role] = stats.completion_tokens[role] = 0
@@ -149,7 +163,8 @@ async def _generate(
             with JsonlAppender(paths.answers(s.stems[role])) as out:
                 try:
                     await generate_answers(
-                        clients[role], todo[role], out, role=role, max_tokens=s.max_tokens, on_done=done
+                        clients[role], todo[role], out, role=endpoint_role, max_tokens=s.max_tokens,
+                        on_done=done,
                     )
                 except EndpointError as exc:
                     raise RunFailed(
@@ -159,7 +174,7 @@ async def _generate(
                 finally:
                     stats.wall_s[role] = time.perf_counter() - t0
 
-        tasks = [asyncio.ensure_future(one_role(role)) for role in ROLES]
+        tasks = [asyncio.ensure_future(one_role(name)) for name in names]
         await gather_or_cancel(tasks)
 
 
@@ -167,19 +182,24 @@ async def _judge(
     s: MtBenchSettings, judge_client: EndpointClient, paths: MtRunPaths, io: RunIO, stats: JudgingStats
 ) -> None:
     judge_model = judge_client.model
-    answers: dict[EndpointRole, dict[QuestionId, AnswerRecord]] = {
-        role: load_answers(paths.answers(s.stems[role])) for role in ROLES
-    }
-    single_jobs = (
-        plan_single(s.questions, answers, s.stems, s.prompts, load_single(paths.single(judge_model)))
-        if s.mode in ("single", "both")
-        else []
-    )
-    pair_jobs = (
-        plan_pairs(s.questions, answers, s.stems, s.prompts, load_pairs(paths.pair(judge_model)))
-        if s.mode in ("pairwise", "both")
-        else []
-    )
+    base_answers = load_answers(paths.answers(s.stems["baseline"]))
+    done_single = load_single(paths.single(judge_model))
+    single_jobs: list[SingleJob] = []
+    pair_jobs: list[PairJob] = []
+    # Per candidate: its answers against the baseline's; the baseline's own grading is planned once.
+    for i, c in enumerate(s.candidates):
+        name = s.name_of(c)
+        answers: dict[EndpointRole, dict[QuestionId, AnswerRecord]] = {
+            "baseline": base_answers,
+            "candidate": load_answers(paths.answers(s.stems[name])),
+        }
+        stems: dict[EndpointRole, str] = {"baseline": s.stems["baseline"], "candidate": s.stems[name]}
+        if s.mode in ("single", "both"):
+            roles: tuple[EndpointRole, ...] = ROLES if i == 0 else ("candidate",)
+            single_jobs += plan_single(s.questions, answers, stems, s.prompts, done_single, roles)
+        if s.mode in ("pairwise", "both"):
+            done_pairs = load_pairs(paths.pair(judge_model), stems["candidate"] if len(s.candidates) > 1 else None)
+            pair_jobs += plan_pairs(s.questions, answers, stems, s.prompts, done_pairs)
     cache_paths = [paths.cache] + ([s.shared_cache_dir / CACHE_FILE] if s.shared_cache_dir else [])
     with JudgeCache(cache_paths) as cache:
         runner = JudgeRunner(
@@ -245,39 +265,71 @@ async def _judge(
         stats.skipped = outcome.skipped
 
 
-def load_summary(run_dir: Path, *, show: int = DEFAULT_SHOW) -> MtBenchSummary:
-    """The summary of the MT-Bench run in `run_dir`, recomputed from its files (manifest, questions,
-    answers, judgments). Needs no endpoint and no key; writes nothing. `show`: how many of the
-    largest drops the summary carries (render() shows at most that many)."""
+def _candidate_summaries(run_dir: Path, show: int) -> tuple[MtBenchManifest, list[MtBenchSummary]]:
+    """Every candidate's summary against the baseline, recomputed from the run's files."""
     paths = MtRunPaths(run_dir)
     manifest = read_manifest(run_dir)
     questions = qmod.load_questions(paths.questions)
     if qmod.fingerprint(questions) != manifest.task_fingerprint:
         raise UserError(f"{paths.questions} does not match the run's manifest (edited?)")
-    stems = {role: manifest.endpoint(role).answer_file for role in ROLES}
-    answers: dict[EndpointRole, dict[QuestionId, AnswerRecord]] = {
-        role: load_answers(paths.answers(stems[role])) for role in ROLES
-    }
     judge_model = manifest.judge.model
-    return build_summary(
-        questions=questions,
-        answers=answers,
-        stems=stems,
-        models={role: manifest.endpoint(role).model for role in ROLES},
-        single=load_single(paths.single(judge_model)),
-        pairs=load_pairs(paths.pair(judge_model)),
-        mode=manifest.mode,
-        judge_model=judge_model,
-        judge_url=manifest.judge_base_url,
-        judge_is_baseline=manifest.judge.is_demo,
-        show=show,
-    )
+    base = manifest.endpoint("baseline")
+    base_answers = load_answers(paths.answers(base.answer_file))
+    single = load_single(paths.single(judge_model))
+    several = len(manifest.candidates) > 1
+    out = []
+    for e in manifest.candidates:
+        stems: dict[EndpointRole, str] = {"baseline": base.answer_file, "candidate": e.answer_file}
+        answers: dict[EndpointRole, dict[QuestionId, AnswerRecord]] = {
+            "baseline": base_answers, "candidate": load_answers(paths.answers(e.answer_file)),
+        }  # fmt: skip
+        out.append(build_summary(
+            questions=questions,
+            answers=answers,
+            stems=stems,
+            models={"baseline": base.model, "candidate": e.model},
+            single=single,
+            pairs=load_pairs(paths.pair(judge_model), e.answer_file if several else None),
+            mode=manifest.mode,
+            judge_model=judge_model,
+            judge_url=manifest.judge_base_url,
+            judge_is_baseline=manifest.judge.is_demo,
+            show=show,
+        ))  # fmt: skip
+    return manifest, out
+
+
+def load_summary(run_dir: Path, *, show: int = DEFAULT_SHOW) -> MtBenchSummary:
+    """The summary of the MT-Bench run in `run_dir`, recomputed from its files (manifest, questions,
+    answers, judgments). Needs no endpoint and no key; writes nothing. `show`: how many of the
+    largest drops the summary carries (render() shows at most that many). For a run with several
+    candidates: the first candidate's (see `load_result` for all of them)."""
+    return _candidate_summaries(run_dir, show)[1][0]
+
+
+def load_result(run_dir: Path, *, show: int = DEFAULT_SHOW) -> MtBenchSummary | MtBenchComparison:
+    """What summary.json holds: the MtBenchSummary of a one-candidate run, or the MtBenchComparison
+    of a run with several candidates (each candidate's MtBenchSummary against the baseline)."""
+    manifest, summaries = _candidate_summaries(run_dir, show)
+    if len(summaries) == 1:
+        return summaries[0]
+    base = manifest.endpoint("baseline")
+    return build_comparison(
+        baseline=MtComparedEndpoint(name="baseline", model=base.model, url=base.normalised_url(),
+                                    answer_file=f"model_answer/{base.answer_file}.jsonl"),
+        candidates=[
+            (MtComparedEndpoint(name=manifest.candidate_name(e), model=e.model, url=e.normalised_url(),
+                                answer_file=f"model_answer/{e.answer_file}.jsonl"), summary)
+            for e, summary in zip(manifest.candidates, summaries, strict=True)
+        ],
+    )  # fmt: skip
 
 
 def _check_keys(s: MtBenchSettings) -> None:
     """Every key variable the run names must be set, before any work (the key is read, never kept)."""
-    for role, spec in (("baseline", s.baseline), ("candidate", s.candidate)):
-        api_key_from_env(spec.api_key_env, role)
+    api_key_from_env(s.baseline.api_key_env, "baseline")
+    for c in s.candidates:
+        api_key_from_env(c.api_key_env, "candidate" if len(s.candidates) == 1 else f"candidate {c.name or c.base_url}")
     if s.judge_is_baseline:
         return
     try:
@@ -303,16 +355,16 @@ async def execute(
     async with AsyncExitStack() as stack:
         judge_client = await stack.enter_async_context(EndpointClient(s.judge))
         clients: dict[str, EndpointClient] = {"judge": judge_client}
-        for role in ROLES:
-            clients[role] = await stack.enter_async_context(
-                EndpointClient(s.baseline if role == "baseline" else s.candidate)
-            )
+        clients["baseline"] = await stack.enter_async_context(EndpointClient(s.baseline))
+        cand_clients = [await stack.enter_async_context(EndpointClient(c)) for c in s.candidates]
         if resume is None:
             if runs_root is None:
                 raise ValueError("execute() needs runs_root or resume")
-            paths, manifest = await _start_new(s, clients, runs_root, io)
+            paths, manifest = await _start_new(s, clients, cand_clients, runs_root, io)
         else:
             paths, manifest = resume
+            for c, client in zip(s.candidates, cand_clients, strict=True):
+                clients[s.name_of(c)] = client
             io.say(f"resuming {paths.root}")
             if s.mode != manifest.mode:
                 # Another kind of judging over the same answers: the run is unfinished until it is done.
@@ -327,7 +379,7 @@ async def execute(
         gen.total_s = time.perf_counter() - t0
         await _judge(s, judge_client, paths, io, judging)
 
-    summary = load_summary(paths.root, show=s.show)
+    summary = load_result(paths.root, show=s.show)
     write_json_atomic(paths.summary, summary.model_dump(mode="json"))
     if summary.complete and manifest.finished_at is None:
         manifest.finished_at = utcnow()

@@ -77,5 +77,11 @@ def load_single(path: Path) -> dict[tuple[QuestionId, str, int], SingleJudgment]
     return {(r.question_id, r.model, r.turn): r for r in load_records(path, SingleJudgment)}
 
 
-def load_pairs(path: Path) -> dict[tuple[QuestionId, int], PairJudgment]:
-    return {(r.question_id, r.turn): r for r in load_records(path, PairJudgment)}
+def load_pairs(path: Path, model_2: str | None = None) -> dict[tuple[QuestionId, int], PairJudgment]:
+    """Pairwise judgments by (question, turn); `model_2`: only those against that candidate's answer file
+    (a run with several candidates keeps every candidate's pairs in one file, as FastChat does)."""
+    return {
+        (r.question_id, r.turn): r
+        for r in load_records(path, PairJudgment)
+        if model_2 is None or r.model_2 == model_2
+    }

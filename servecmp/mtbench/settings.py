@@ -23,9 +23,11 @@ from servecmp.errors import UserError
 from servecmp.judges.cost import is_openai, is_paid_judge
 from servecmp.judges.parsing import FORCED_MAX_TOKENS
 from servecmp.judges.prompts import JudgePrompts, load_judge_prompts
+from servecmp.mcq.settings import RESERVED_NAMES, McqOptions, NamedEndpoint, _candidates
 from servecmp.mtbench import questions as qmod
 from servecmp.mtbench.manifest import (
     DEMO_JUDGE,
+    MANIFEST_VERSION,
     TASK,
     Mode,
     MtBenchManifest,
@@ -34,8 +36,7 @@ from servecmp.mtbench.manifest import (
     read_manifest,
 )
 from servecmp.mtbench.questions import MtQuestion
-from servecmp.mtbench.rundir import MtRunPaths, answer_stems
-from servecmp.records import ROLES, EndpointRole
+from servecmp.mtbench.rundir import MtRunPaths, answer_stems, file_stem
 from servecmp.runstore import utcnow
 from servecmp.serving.modelpair import cache_root
 
@@ -69,9 +70,11 @@ class MtBenchOptions:
     baseline: str | None = None
     baseline_model: str | None = None
     baseline_key_env: str | None = None
-    candidate: str | None = None
-    candidate_model: str | None = None
-    candidate_key_env: str | None = None
+    #: Repeatable (matched by position with the model/key/name flags); a single string is one candidate.
+    candidate: list[str] | str | None = None
+    candidate_model: list[str] | str | None = None
+    candidate_key_env: list[str] | str | None = None
+    candidate_name: list[str] | str | None = None
     #: Pacing of the two answering endpoints (the judge has its own, from [judge] and --judge-rps).
     concurrency: int | None = None
     rps: float | None = None
@@ -98,7 +101,7 @@ FIXED_ON_RESUME: dict[str, str] = {
     "categories": "--categories", "max_tokens": "--max-tokens",
     "baseline": "--baseline", "baseline_model": "--baseline-model", "baseline_key_env": "--baseline-key-env",
     "candidate": "--candidate", "candidate_model": "--candidate-model",
-    "candidate_key_env": "--candidate-key-env",
+    "candidate_key_env": "--candidate-key-env", "candidate_name": "--candidate-name",
     "judge_url": "--judge-url", "judge_model": "--judge-model", "judge_key_env": "--judge-key-env",
     "judge_force_format": "--judge-force-format", "runs_dir": "--runs-dir",
 }  # fmt: skip
@@ -119,7 +122,8 @@ class MtBenchSettings:
     question_source: str
     reference_source: str
     baseline: EndpointSpec
-    candidate: EndpointSpec
+    #: Every candidate in the order given; names resolved when the run starts (`resolve_names`).
+    candidates: list[NamedEndpoint]
     judge: EndpointSpec
     judge_is_baseline: bool
     judge_force_format: bool
@@ -133,7 +137,31 @@ class MtBenchSettings:
     show: int
     assume_yes: bool
     prompts: JudgePrompts
-    stems: dict[EndpointRole, str] = field(default_factory=dict)
+    #: Answer-file stems by endpoint name: "baseline" and each candidate's name ("candidate" when only one).
+    stems: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def candidate(self) -> EndpointSpec:
+        """The first candidate's endpoint (the only one in a one-candidate run); a copy, without its name."""
+        return EndpointSpec.model_validate(self.candidates[0].model_dump(exclude={"name"}))
+
+    def name_of(self, c: NamedEndpoint) -> str:
+        return c.name or "candidate"
+
+    def resolve_names(self) -> None:
+        """Give every candidate its name, once the models are known (as `servecmp mcq` does)."""
+        if len(self.candidates) == 1:
+            # One candidate keeps the role's name: today's files, summary and manifest (version 2).
+            self.candidates[0].name = "candidate"
+            return
+        taken: set[str] = set(RESERVED_NAMES)
+        for c in self.candidates:
+            base = c.name or (c.model or "candidate").rsplit("/", 1)[-1]
+            name, i = base, 2
+            while name in taken:
+                name, i = f"{base}-{i}", i + 1
+            c.name = name
+            taken.add(name)
 
     @property
     def judge_paid(self) -> bool:
@@ -227,9 +255,10 @@ def new_settings(opts: MtBenchOptions, cfg: Config) -> MtBenchSettings:
         "baseline", cfg.baseline, opts.baseline, model=opts.baseline_model, api_key_env=opts.baseline_key_env,
         **pacing,
     )  # fmt: skip
-    candidate = endpoint_from(
-        "candidate", cfg.candidate, opts.candidate, model=opts.candidate_model,
-        api_key_env=opts.candidate_key_env, **pacing,
+    candidates = _candidates(
+        McqOptions(candidate=opts.candidate, candidate_model=opts.candidate_model,
+                   candidate_key_env=opts.candidate_key_env, candidate_name=opts.candidate_name),
+        cfg, pacing,
     )  # fmt: skip
     judge, is_demo = _judge_spec(opts, cfg, baseline)
     force, judge_tokens = _judge_format(opts, cfg, is_demo)
@@ -243,7 +272,7 @@ def new_settings(opts: MtBenchOptions, cfg: Config) -> MtBenchSettings:
         question_source=str(question_file) if question_file else "prompts/mt_bench/question.jsonl",
         reference_source=reference_source,
         baseline=baseline,
-        candidate=candidate,
+        candidates=candidates,
         judge=judge,
         judge_is_baseline=is_demo,
         judge_force_format=force,
@@ -263,9 +292,22 @@ def new_settings(opts: MtBenchOptions, cfg: Config) -> MtBenchSettings:
 
 
 def assign_stems(settings: MtBenchSettings) -> None:
-    """Name the answer files once both model names are known."""
-    base, cand = answer_stems(settings.baseline.model or "baseline", settings.candidate.model or "candidate")
-    settings.stems = {"baseline": base, "candidate": cand}
+    """Name the answer files (and the candidates) once every model name is known."""
+    settings.resolve_names()
+    base_model = settings.baseline.model or "baseline"
+    if len(settings.candidates) == 1:
+        base, cand = answer_stems(base_model, settings.candidate.model or "candidate")
+        settings.stems = {"baseline": base, "candidate": cand}
+        return
+    stems = {settings.name_of(c): file_stem(c.model or "candidate") for c in settings.candidates}
+    clash = {st for st in stems.values() if list(stems.values()).count(st) > 1}
+    base = file_stem(base_model)
+    if base in stems.values():
+        clash.add(base)
+        base = f"{base}-baseline"
+    settings.stems = {"baseline": base}
+    for name, st in stems.items():
+        settings.stems[name] = f"{st}-{file_stem(name)}" if st in clash else st
 
 
 def _resolved(model: str | None, what: str) -> str:
@@ -278,17 +320,17 @@ def _resolved(model: str | None, what: str) -> str:
 def manifest_for(settings: MtBenchSettings) -> MtBenchManifest:
     """The manifest of a new run, written once both models and the judge's are known."""
     s = settings
-    endpoints = []
-    for role in ROLES:
-        spec = s.baseline if role == "baseline" else s.candidate
+    several = len(s.candidates) > 1
+    endpoints = [
+        MtEndpoint(**s.baseline.model_dump(exclude={"model"}), role="baseline",
+                   model=_resolved(s.baseline.model, "baseline"), answer_file=s.stems["baseline"])
+    ]
+    for c in s.candidates:
+        name = s.name_of(c)
         endpoints.append(
-            MtEndpoint(
-                **spec.model_dump(exclude={"model"}),
-                role=role,
-                model=_resolved(spec.model, role),
-                answer_file=s.stems[role],
-            )
-        )
+            MtEndpoint(**c.model_dump(exclude={"model", "name"}), role="candidate",
+                       model=_resolved(c.model, name), answer_file=s.stems[name], name=name if several else None)
+        )  # fmt: skip
     j = s.judge
     return MtBenchManifest(
         servecmp_version=__version__,
@@ -300,6 +342,7 @@ def manifest_for(settings: MtBenchSettings) -> MtBenchManifest:
         references=s.reference_source,
         max_tokens=s.max_tokens,
         mode=s.mode,
+        version=MANIFEST_VERSION if several else 2,
         endpoints=endpoints,
         judge=MtJudge(
             url=DEMO_JUDGE if s.judge_is_baseline else j.base_url,
@@ -343,7 +386,12 @@ def resumed_settings(
         raise UserError("--max-judge-calls must be 0 or more")
 
     pacing = _pacing(opts)
-    baseline, candidate = (endpoint_from(role, manifest.endpoint(role).spec(), None, **pacing) for role in ROLES)
+    baseline = endpoint_from("baseline", manifest.endpoint("baseline").spec(), None, **pacing)
+    candidates = [
+        NamedEndpoint(**endpoint_from("candidate", e.spec(), None, **pacing).model_dump(),
+                      name=manifest.candidate_name(e))
+        for e in manifest.candidates
+    ]  # fmt: skip
     j = manifest.judge
     if j.is_demo:
         judge = baseline.model_copy(update={"model": j.model})
@@ -358,7 +406,7 @@ def resumed_settings(
         question_source=manifest.source,
         reference_source=manifest.references,
         baseline=baseline,
-        candidate=candidate,
+        candidates=candidates,
         judge=judge,
         judge_is_baseline=j.is_demo,
         judge_force_format=j.force_format,
@@ -374,6 +422,7 @@ def resumed_settings(
         show=opts.show if opts.show is not None else cfg.mtbench.show,
         assume_yes=opts.yes,
         prompts=prompts,
-        stems={role: manifest.endpoint(role).answer_file for role in ROLES},
+        stems={"baseline": manifest.endpoint("baseline").answer_file,
+               **{manifest.candidate_name(e): e.answer_file for e in manifest.candidates}},
     )
     return settings, manifest
