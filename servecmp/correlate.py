@@ -157,17 +157,22 @@ def read_run(run_dir: Path, kl: KlSource = "option") -> RunFacts:
     )
 
 
+def _endpoint(d: Mapping[str, Any]) -> Endpoint:
+    """An endpoint as a comparison summary stores it ({"model", "url"})."""
+    return Endpoint(model=str(d.get("model", "")), url=normalise_url(str(d.get("url", ""))))
+
+
 def _mtbench_comparison_runs(run_dir: Path, summary: Mapping[str, Any]) -> list[RunFacts]:
     """One `RunFacts` per candidate of a multi-candidate MT-Bench run ("servecmp.mtbench_comparison/1")."""
     manifest = read_model(run_dir / MANIFEST, RunManifest)
     base = summary.get("baseline") or {}
-    baseline = Endpoint(model=str(base.get("model", "")), url=normalise_url(str(base.get("url", ""))))
+    baseline = _endpoint(base)
     out = []
     for c in summary.get("candidates") or []:
         ep = c.get("endpoint") or {}
         s = c.get("summary") or {}
         out.append(RunFacts(run_dir, "mtbench", manifest.task, baseline,
-                            Endpoint(model=str(ep.get("model", "")), url=normalise_url(str(ep.get("url", "")))),
+                            _endpoint(ep),
                             delta_mtbench=_get(s, "delta", "point"), mtbench_n=_get(s, "delta", "n")))
     if not out:
         raise UserError(f"{run_dir / SUMMARY}: an MT-Bench comparison without candidates")
@@ -186,7 +191,7 @@ def read_runs(run_dir: Path, kl: KlSource = "option") -> list[RunFacts]:
         return [read_run(run_dir, kl)]
     manifest = read_model(run_dir / MANIFEST, RunManifest)
     base = summary.get("baseline") or {}
-    baseline = Endpoint(model=str(base.get("model", "")), url=normalise_url(str(base.get("url", ""))))
+    baseline = _endpoint(base)
     out = []
     for c in summary.get("candidates") or []:
         ep = c.get("endpoint") or {}
@@ -194,7 +199,7 @@ def read_runs(run_dir: Path, kl: KlSource = "option") -> list[RunFacts]:
         if kl == "topk" and facts.kl is None:
             raise UserError(f"{run_dir}: no top-k KL for candidate {c.get('name')} (use --kl option)")
         out.append(RunFacts(run_dir, "mcq", manifest.task, baseline,
-                            Endpoint(model=str(ep.get("model", "")), url=normalise_url(str(ep.get("url", "")))),
+                            _endpoint(ep),
                             mcq=facts))
     if not out:
         raise UserError(f"{run_dir / SUMMARY}: an MCQ comparison without candidates")

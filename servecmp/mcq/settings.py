@@ -60,6 +60,19 @@ ACCEPTED_ON_RESUME = RESUME_PACING_FLAGS + PRESENTATION_FLAGS
 RESERVED_NAMES = ("baseline", "secondary")
 
 
+def name_candidates(candidates: list[NamedEndpoint]) -> None:
+    """Name several candidates in place: the given name, else the served model's last path part,
+    made unique with -2, -3, ... and never a reserved role name (mcq and mtbench alike)."""
+    taken: set[str] = set(RESERVED_NAMES)
+    for c in candidates:
+        base = c.name or (c.model or "candidate").rsplit("/", 1)[-1]
+        name, i = base, 2
+        while name in taken:
+            name, i = f"{base}-{i}", i + 1
+        c.name = name
+        taken.add(name)
+
+
 @dataclass
 class McqOptions:
     """The command-line flags of `servecmp mcq`; None means "not given"."""
@@ -161,14 +174,7 @@ class McqSettings(BaseModel):
         if len(self.candidates) == 1:
             self.candidates[0].name = self.candidates[0].name or "candidate"
             return
-        taken: set[str] = set(RESERVED_NAMES)
-        for c in self.candidates:
-            base = c.name or (c.model or "candidate").rsplit("/", 1)[-1]
-            name, i = base, 2
-            while name in taken:
-                name, i = f"{base}-{i}", i + 1
-            c.name = name
-            taken.add(name)
+        name_candidates(self.candidates)
 
 
 class ManifestEndpoint(EndpointSpec):

@@ -23,7 +23,7 @@ from servecmp.errors import UserError
 from servecmp.judges.cost import is_openai, is_paid_judge
 from servecmp.judges.parsing import FORCED_MAX_TOKENS
 from servecmp.judges.prompts import JudgePrompts, load_judge_prompts
-from servecmp.mcq.settings import RESERVED_NAMES, McqOptions, NamedEndpoint, _candidates
+from servecmp.mcq.settings import McqOptions, NamedEndpoint, _candidates, name_candidates
 from servecmp.mtbench import questions as qmod
 from servecmp.mtbench.manifest import (
     DEMO_JUDGE,
@@ -154,14 +154,7 @@ class MtBenchSettings:
             # One candidate keeps the role's name: today's files, summary and manifest (version 2).
             self.candidates[0].name = "candidate"
             return
-        taken: set[str] = set(RESERVED_NAMES)
-        for c in self.candidates:
-            base = c.name or (c.model or "candidate").rsplit("/", 1)[-1]
-            name, i = base, 2
-            while name in taken:
-                name, i = f"{base}-{i}", i + 1
-            c.name = name
-            taken.add(name)
+        name_candidates(self.candidates)
 
     @property
     def judge_paid(self) -> bool:
