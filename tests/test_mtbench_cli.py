@@ -217,8 +217,10 @@ def test_resume_after_judge_failures_repeats_no_successful_call(stubs: Stubs) ->
     stubs.judge.state.fail_after = None
     s = ok(["mtbench", "--resume", str(run), "-c", str(stubs.config), "--json"])
     assert s["complete"] is True
-    # Every successful judgment was paid once: 5 before the failure, the rest after.
-    assert stubs.judge.state.n_chat - failed_calls == N_JUDGE_CALLS
+    # Every successful judgment was paid once: 5 before the failure, the rest after. Counted as the
+    # stub's 200 answers: a failing request the client abandoned at the stop may reach the stub
+    # after the first run returned, so n_chat minus the failures seen then can be one too many.
+    assert stubs.judge.state.n_ok == N_JUDGE_CALLS
     assert stubs.base.state.n_chat == stubs.cand.state.n_chat == 6
     assert s["endpoints"]["candidate"]["score"]["mean"] == 7.0
 

@@ -61,6 +61,9 @@ class ChatStubState:
     fail_after: int | None = None
     down_after: int | None = None
     chat_requests: list[dict[str, Any]] = field(default_factory=list)
+    #: Chat requests answered with HTTP 200. Counted by the stub, so a test need not guess how many
+    #: failing requests were still arriving when the client gave up.
+    n_ok: int = 0
     #: The Authorization header of each chat request (None when absent), in arrival order.
     authorizations: list[str | None] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -96,6 +99,8 @@ def make_chat_app(state: ChatStubState) -> Starlette:
         else:
             turn = sum(m["role"] == "user" for m in messages)
             text = f"{state.tag} turn {turn}: {messages[-1]['content'][:40]}"
+        with state.lock:
+            state.n_ok += 1
         return JSONResponse(
             {
                 "id": "chat-stub",
