@@ -5,6 +5,7 @@ failures and the cost guard. The stub's judge rates "[base]" answers 8 and "[can
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,6 +89,22 @@ def ok(args: list[str]) -> dict[str, Any]:
         raise result.exception
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+def settled_count(state: ChatStubState, quiet: float = 0.3, limit: float = 10.0) -> int:
+    """The stub's request count once no request has arrived for `quiet` seconds.
+
+    A run that stops abandons its in-flight requests; the stub may see them a moment after the CLI
+    returned, so a count read at once can be short by one.
+    """
+    deadline = time.monotonic() + limit
+    last = state.n_chat
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        if state.n_chat == last:
+            return last
+        last = state.n_chat
+    return last
 
 
 def only_run(stubs: Stubs) -> Path:
@@ -210,7 +227,7 @@ def test_resume_after_judge_failures_repeats_no_successful_call(stubs: Stubs) ->
     message = str(result.exception)
     assert "judge" in message and "--resume" in message and "\n" not in message
     run = only_run(stubs)
-    failed_calls = stubs.judge.state.n_chat - 5
+    failed_calls = settled_count(stubs.judge.state) - 5
     assert failed_calls >= 8  # it stops after 8 errors in a row
     assert not (run / "summary.json").exists()
 
@@ -239,7 +256,7 @@ def test_candidate_dying_mid_run_leaves_a_resumable_run(stubs: Stubs) -> None:
     # on scheduling); whatever it saved is kept.
     base_file = run / "model_answer" / "base-m.jsonl"
     saved_base = sum(1 for _ in base_file.open()) if base_file.exists() else 0
-    before, before_base = stubs.cand.state.n_chat, stubs.base.state.n_chat
+    before, before_base = settled_count(stubs.cand.state), settled_count(stubs.base.state)
 
     stubs.cand.state.fail_after = None
     s = ok(["mtbench", "--resume", str(run), "--json"])
