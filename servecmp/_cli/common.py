@@ -11,6 +11,7 @@ Meaning, across commands:
 - `--limit N`: the first N items/questions/requests, in file order. `--sample N` (mcq): a seeded
   random sample of N items.
 - `--show N`: how many worst items/questions/requests a report lists.
+- `--html FILE`: the report as one self-contained HTML file (servecmp.html), beside the terminal report.
 - `--json`: the summary as one JSON object on stdout (progress goes to stderr).
 - `-c/--config`: servecmp.toml (default ./servecmp.toml when it exists).
 - `--gate EXPR` (repeatable): a rule METRIC<=VALUE or METRIC>=VALUE decided on the metric's 95%
@@ -94,6 +95,11 @@ SummaryMd = Annotated[
     Path | None,
     typer.Option("--summary-md", metavar="FILE",
                  help="Append the verdict as Markdown to FILE (e.g. \"$GITHUB_STEP_SUMMARY\")."),
+]
+Html = Annotated[
+    Path | None,
+    typer.Option("--html", metavar="FILE",
+                 help="Also write the report as one self-contained HTML file (opens offline, plots embedded)."),
 ]
 TopK = Annotated[
     int | None, typer.Option("--top-k", min=1, help="Top-k logprobs per request (vLLM: <= its --max-logprobs).")
