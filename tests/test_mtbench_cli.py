@@ -5,7 +5,6 @@ failures and the cost guard. The stub's judge rates "[base]" answers 8 and "[can
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,7 @@ from typer.testing import CliRunner, Result
 
 from servecmp._cli.main import build_app
 from servecmp.errors import RunFailed, UserError
-from tests.test_mtbench_stub import ChatStub, ChatStubState
+from tests.test_mtbench_stub import ChatStub, ChatStubState, settled_count
 
 QUESTIONS = [
     {"question_id": 1, "category": "writing", "turns": ["Write a poem.", "Shorten it."]},
@@ -89,22 +88,6 @@ def ok(args: list[str]) -> dict[str, Any]:
         raise result.exception
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def settled_count(state: ChatStubState, quiet: float = 0.3, limit: float = 10.0) -> int:
-    """The stub's request count once no request has arrived for `quiet` seconds.
-
-    A run that stops abandons its in-flight requests; the stub may see them a moment after the CLI
-    returned, so a count read at once can be short by one.
-    """
-    deadline = time.monotonic() + limit
-    last = state.n_chat
-    while time.monotonic() < deadline:
-        time.sleep(quiet)
-        if state.n_chat == last:
-            return last
-        last = state.n_chat
-    return last
 
 
 def only_run(stubs: Stubs) -> Path:

@@ -28,6 +28,7 @@ from servecmp.mtbench.rundir import MtRunPaths
 from servecmp.mtbench.settings import ACCEPTED_ON_RESUME, MtBenchOptions, new_settings, resumed_settings
 from servecmp.records import RunManifest
 from tests.test_mtbench_cli import Stubs, invoke, ok, only_run, private_user_cache, running_stubs
+from tests.test_mtbench_stub import settled_count
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCEPTED = (
@@ -123,7 +124,7 @@ def test_manifest_layout_and_resume_restores_every_setting(
     assert paced.judge.requests_per_second == 3 and paced.baseline.max_concurrency == 1
 
     stubs.cand.state.fail_after = None
-    before = stubs.cand.state.n_chat
+    before = settled_count(stubs.cand.state)  # a request abandoned at the stop may arrive late
     answers = run / "model_answer" / "cand-m.jsonl"
     saved = sum(1 for _ in answers.open()) if answers.exists() else 0
     s = ok(["mtbench", "--resume", str(run), "--rps", "100", "--json"])

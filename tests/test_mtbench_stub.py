@@ -73,6 +73,22 @@ class ChatStubState:
         return len(self.chat_requests)
 
 
+def settled_count(state: ChatStubState, quiet: float = 0.3, limit: float = 10.0) -> int:
+    """The stub's request count once no request has arrived for `quiet` seconds.
+
+    A run that stops abandons its in-flight requests; the stub may see them a moment after the CLI
+    returned, so a count read at once can be short by one.
+    """
+    deadline = time.monotonic() + limit
+    last = state.n_chat
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        if state.n_chat == last:
+            return last
+        last = state.n_chat
+    return last
+
+
 def make_chat_app(state: ChatStubState) -> Starlette:
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": state.model, "object": "model"}]})
