@@ -5,14 +5,18 @@ For each candidate case (healthy, down, slow) and each rate, an open-loop load g
 completions (a mix of streamed and not) for ``--duration`` seconds at that rate straight to a fast
 local stub primary and, interleaved in the same schedule, at that rate through ``servecmp shadow
 serve`` (so the primary stub sees twice the rate); it prints p50/p99 latency of both and the
-difference, primary errors seen by the client, the proxy's counters, and the resident memory of the
-proxy (and its mirror process) sampled every second.
+difference, primary errors seen by the client, the proxy's counters, the resident memory of the
+proxy (and its mirror process) sampled every second, and the CPU time per proxied request: CPU
+seconds (user + system) the proxy process used during the proxied load divided by the requests it
+proxied, with the mirror process's CPU per request beside it (the mirror is niced and off the
+request path; the target is for the proxy process).
 
 Everything binds to 127.0.0.1. Each piece is its own process: primary stub, candidate stub, proxy
 (+ mirror process), load generator. On a small machine they share the cores, so say what else ran.
 
     .venv/bin/python scripts/bench_shadow.py                      # 50 and 200 rps, 3 cases, 20 s each
     .venv/bin/python scripts/bench_shadow.py --cases slow --rates 200 --duration 300   # the RSS run
+    .venv/bin/python scripts/bench_shadow.py --cases healthy,down --rates 50,200 --duration 30  # CPU figures
 """
 
 from __future__ import annotations
@@ -193,6 +197,38 @@ class RssSampler:
                 "slope_mb_per_min": slope}
 
 
+class CpuMeter:
+    """CPU seconds (user + system) of a process, and separately of its children, between start and stop."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+
+    def _now(self) -> tuple[float, float, float]:
+        import psutil
+
+        own = self.proc.cpu_times()
+        kids = 0.0
+        for child in self.proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                t = child.cpu_times()
+                kids += t.user + t.system
+        return own.user + own.system, kids, own.system
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.proxy_s = end[0] - self.start[0]
+        self.mirror_s = end[1] - self.start[1]
+        #: The kernel's part of the proxy's CPU (socket reads and writes, epoll): what fewer
+        #: syscalls save, where fewer Python steps do not.
+        self.proxy_sys_s = end[2] - self.start[2]
+
+
 # ---- orchestration -------------------------------------------------------------------------------
 
 
@@ -218,6 +254,8 @@ def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: P
            "--no-teacher-forced" if args.no_teacher_forced else "--teacher-forced"]
     if args.in_process:
         cmd.append("--in-process")
+    if args.sample_rate is not None:
+        cmd += ["--sample-rate", str(args.sample_rate)]
     log = (workdir / f"proxy-{case}.log").open("wb")
     proxy = subprocess.Popen(cmd, stderr=log)
     proxy_url = f"http://127.0.0.1:{proxy_port}"
@@ -225,10 +263,16 @@ def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: P
     try:
         wait_ready(proxy_url)
         for rps in args.rates:
-            with RssSampler(proxy.pid) as rss:
+            with RssSampler(proxy.pid) as rss, CpuMeter(proxy.pid) as cpu:
                 direct, proxied = run_load([primary_url, proxy_url], rps, args.duration, args.stream_share)
+            # Every request sent to the proxy was proxied (answered or failed by the proxy itself).
+            n = proxied["sent"]
             results.append({"case": case, "rps": rps, "direct": direct, "proxied": proxied,
-                            "rss": rss.summary()})
+                            "rss": rss.summary(),
+                            "cpu": {"proxy_s": cpu.proxy_s, "mirror_s": cpu.mirror_s, "requests": n,
+                                    "proxy_sys_s": cpu.proxy_sys_s,
+                                    "proxy_ms_per_request": 1000 * cpu.proxy_s / n if n else None,
+                                    "mirror_ms_per_request": 1000 * cpu.mirror_s / n if n else None}})
     finally:
         stop(proxy)
         log.close()
@@ -260,6 +304,8 @@ def main() -> None:
     ap.add_argument("--stream-share", type=float, default=0.5, help="Share of streamed requests.")
     ap.add_argument("--in-process", action="store_true", help="Compare in the proxy process.")
     ap.add_argument("--no-teacher-forced", action="store_true")
+    ap.add_argument("--sample-rate", type=float,
+                    help="The proxy's --sample-rate (0: proxying alone, the floor of its CPU cost).")
     ap.add_argument("--candidate-nice", type=int, default=0,
                     help="Niceness of the candidate stub (it stands for another machine).")
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
@@ -269,6 +315,7 @@ def main() -> None:
     if args.duration * len(args.rates) * len(cases) > 3600:
         sys.exit("refusing to run for more than an hour; lower --duration, --rates or --cases")
 
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp:
         primary_port = free_port()
         primary = start_stub(primary_port)
@@ -281,20 +328,27 @@ def main() -> None:
 
     load = os.getloadavg()
     print(f"\nshadow proxy benchmark: {len(os.sched_getaffinity(0))} cores, load average "
-          f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, {args.duration:g} s per rate, "
+          f"{load_start[0]:.2f} at the start, {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} at the end (1/5/15 min), "
+          f"{args.duration:g} s per rate, "
           f"stream share {args.stream_share:g}, mirror {'in-process' if args.in_process else 'process'}, "
-          f"teacher forcing {'off' if args.no_teacher_forced else 'on'}")
+          f"teacher forcing {'off' if args.no_teacher_forced else 'on'}, sample rate "
+          f"{1.0 if args.sample_rate is None else args.sample_rate:g}")
     head = (f"{'case':8} {'rps':>5} {'direct p50':>10} {'proxy p50':>9} {'+p50':>6} {'direct p99':>10} "
-            f"{'proxy p99':>9} {'+p99':>7} {'errors':>6} {'RSS warm→end MB':>17} {'MB/min':>7}")
+            f"{'proxy p99':>9} {'+p99':>7} {'errors':>6} {'RSS warm→end MB':>17} {'MB/min':>7} "
+            f"{'CPU ms/req proxy':>16} {'(sys)':>6} {'mirror':>7}")
     print(head)
     print("-" * len(head))
     for r in results:
         d, p, m = r["direct"], r["proxied"], r["rss"]
         add50 = p["p50_ms"] - d["p50_ms"] if p["p50_ms"] is not None and d["p50_ms"] is not None else None
         add99 = p["p99_ms"] - d["p99_ms"] if p["p99_ms"] is not None and d["p99_ms"] is not None else None
+        n = r["cpu"]["requests"]
+        sys_ms = 1000 * r["cpu"]["proxy_sys_s"] / n if n else None
         print(f"{r['case']:8} {r['rps']:5.0f} {fmt(d['p50_ms']):>10} {fmt(p['p50_ms']):>9} {fmt(add50):>6} "
               f"{fmt(d['p99_ms']):>10} {fmt(p['p99_ms']):>9} {fmt(add99):>7} {p['errors']:>6} "
-              f"{fmt(m['start_mb'], 0):>8}→{fmt(m['end_mb'], 0):<8} {fmt(m['slope_mb_per_min']):>7}")
+              f"{fmt(m['start_mb'], 0):>8}→{fmt(m['end_mb'], 0):<8} {fmt(m['slope_mb_per_min']):>7} "
+              f"{fmt(r['cpu']['proxy_ms_per_request'], 3):>16} {fmt(sys_ms, 3):>6} "
+              f"{fmt(r['cpu']['mirror_ms_per_request'], 3):>7}")
     for r in results:
         for side in ("direct", "proxied"):
             if r[side]["errors"]:

@@ -100,6 +100,14 @@ def main() -> None:
                   f"{same}/{len(PROMPTS)}; added latency median {statistics.median(added):+.1f} ms, "
                   f"max {max(added):+.1f} ms (sequential, includes vLLM's own run-to-run variation)")
         time.sleep(8)  # let the mirror finish its comparisons off the response path
+        # The proxy's own view (GET /metrics): the counters, which equal the database's.
+        metrics = httpx.get(f"http://127.0.0.1:{args.port}/metrics").text
+        totals: dict[str, float] = {}
+        for line in metrics.splitlines():
+            if line.startswith("servecmp_shadow_") and "_total{" in line:
+                name = line.split("{", 1)[0]
+                totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        print("/metrics:", ", ".join(f"{k.removeprefix('servecmp_shadow_')} {v:g}" for k, v in totals.items() if v))
     finally:
         proxy.terminate()
         proxy.wait(timeout=30)

@@ -38,6 +38,8 @@ class McqConfig(_Section):
     sample: int | None = Field(default=None, ge=1)
     seed: int = 0
     top_k: int = Field(default=20, ge=1)
+    #: The API letter items are asked through (--api): auto, completions or chat.
+    api: str = "auto"
     runs_dir: str = "runs"
     #: Compare the baseline with `[secondary]` (a replica of it) too: the noise floor (--secondary).
     secondary: bool = False
@@ -76,6 +78,10 @@ class ServerConfig(_Section):
     dtype: str = "auto"
     quantization: str | None = None
     device: Literal["cpu", "gpu"] = "cpu"
+    #: The serving engine: vLLM, or llama.cpp's server for a GGUF file (servecmp.serving.llamacpp; the
+    #: `llamacpp` extra). llama.cpp reads `model` (the .gguf), `served_name`, `port`, `cpu_cores`,
+    #: `max_model_len` (its n_ctx) and `extra_args`.
+    engine: Literal["vllm", "llamacpp"] = "vllm"
     #: CPU only: the cores this server's compute threads bind to (VLLM_CPU_OMP_THREADS_BIND),
     #: e.g. "0" or "0-3". Two servers on one machine should get disjoint sets.
     cpu_cores: str | None = None
@@ -92,6 +98,21 @@ class ServerConfig(_Section):
     #: Replaces the whole launch command (default: this Python's `-m vllm.entrypoints.openai.api_server`
     #: plus the flags above). `{host}`, `{port}`, `{model}` and `{served_name}` are filled in.
     command: list[str] | None = None
+
+
+def looks_like_path(model: str) -> bool:
+    """A local path rather than a hub name: explicit path syntax or something that exists here."""
+    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
+
+
+def served_name_for(cfg: ServerConfig) -> str:
+    """The model name the server answers to: `served_name`, else a local path's last part, else the model."""
+    if cfg.served_name:
+        return cfg.served_name
+    if looks_like_path(cfg.model):
+        return Path(cfg.model).expanduser().name
+    return cfg.model
+
 
 
 class ServeConfig(_Section):
@@ -153,7 +174,7 @@ class MtBenchConfig(_Section):
 
 
 class ShadowConfig(_Section):
-    """`servecmp shadow`: the proxy in front of the primary, and replay.
+    """`servecmp shadow`: the proxy in front of the primary, the mirror receiver (collect), and replay.
 
     The endpoints are the top-level `[baseline]` (the primary: clients get its answers),
     `[candidate]` and `[secondary]` sections, as for every command. Of their settings shadow uses
@@ -182,6 +203,8 @@ class ShadowConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8100, ge=0, le=65535)
+    #: Where comparisons are stored: an SQLite file path, or a postgresql:// URL (the `postgres` extra;
+    #: several proxy or collector replicas can share one PostgreSQL database).
     db: str = "shadow.db"
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     hash_only: bool = False

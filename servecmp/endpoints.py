@@ -26,9 +26,10 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,11 +37,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from servecmp.errors import EndpointError, UserError, first_error
 
 if TYPE_CHECKING:
-    import asyncio
-
     from asyncio_throttle import Throttler
 
     from servecmp._http import Transport
+    from servecmp.concurrency import Outcome, VegasController
+
+#: The client whose seat the running task holds (`EndpointClient.slot`).
+_HELD_SLOT: ContextVar[EndpointClient | None] = ContextVar("servecmp_held_slot", default=None)
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -98,7 +101,11 @@ class EndpointSpec(BaseModel):
     #: Name of the environment variable that holds the API key (never the key itself).
     api_key_env: str | None = None
     timeout_s: float = Field(default=120.0, gt=0)
-    max_concurrency: int = Field(default=4, ge=1)
+    #: Requests in flight: a fixed number, or "auto" (`servecmp.concurrency`: found while running).
+    max_concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = 4
+    #: The most "auto" may reach (None: `servecmp.concurrency.DEFAULT_MAX_LIMIT`); a fixed number ignores it.
+    #: Not written when unset, so manifests of runs that never use it (MT-Bench's) keep their layout.
+    concurrency_cap: int | None = Field(default=None, ge=1, exclude_if=lambda v: v is None)
     requests_per_second: float | None = Field(default=None, gt=0)
     max_retries: int = Field(default=4, ge=0)
 
@@ -204,6 +211,15 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _load_outcome(exc: BaseException) -> Outcome:
+    """What a failed attempt says about the server's load (`servecmp.concurrency.Outcome`)."""
+    from servecmp._http import RequestTimeout
+
+    if isinstance(exc, HttpStatusError):
+        return "overload" if exc.status_code in (429, 503) else "other"
+    return "overload" if isinstance(exc, RequestTimeout) else "other"
+
+
 def is_unreachable(exc: BaseException) -> bool:
     """Whether an `EndpointError` means the endpoint could not be reached or gave no answer in time
     (refused, dropped connection, timeout) rather than answering with an error."""
@@ -236,7 +252,23 @@ class EndpointClient:
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
         self._sleep = sleep or asyncio.sleep
-        self._sem: asyncio.Semaphore = asyncio.Semaphore(max(1, spec.max_concurrency))
+        from servecmp.concurrency import DEFAULT_MAX_LIMIT, Gate, VegasController
+
+        #: The adaptive limit's state machine (None at a fixed concurrency).
+        self.controller: VegasController | None = None
+        if spec.max_concurrency == "auto":
+            self.controller = VegasController(max_limit=spec.concurrency_cap or DEFAULT_MAX_LIMIT)
+            self._gate = Gate(self.controller.limit)
+        else:
+            self._gate = Gate(spec.max_concurrency)
+        self._t0 = time.perf_counter()
+        #: How MCQ letter items are asked of this endpoint ("completions" or "chat") and whether an
+        #: option missing from the top-k may be scored through echoed prompt logprobs; set from the
+        #: capability probe (servecmp.capabilities) before any item is sent.
+        self.api: Literal["completions", "chat"] = "completions"
+        self.echo_fallback = True
+        #: What the probe found (a servecmp.capabilities.EndpointCapabilities), None before it ran.
+        self.capabilities: Any = None
         self._throttler: Throttler | None = None
         if spec.requests_per_second:
             from asyncio_throttle import Throttler
@@ -283,8 +315,12 @@ class EndpointClient:
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[Any, float]:
         """Run one request with the concurrency cap, rate cap and retries; return (result, seconds)."""
         attempt = 0
+        # A caller inside `slot()` holds a seat already: its requests go out on that one.
+        held = _HELD_SLOT.get() is self
         while True:
-            async with self._sem:
+            if not held:
+                await self._gate.acquire()
+            try:
                 if self._throttler is not None:
                     async with self._throttler:
                         pass
@@ -294,8 +330,13 @@ class EndpointClient:
                     result = await self._request(method, path, body)
                     elapsed = time.perf_counter() - t0
                     self.stats.latencies.append(elapsed)
+                    if self.controller is not None and method != "GET":  # /models says nothing of load
+                        self._observe(elapsed, "ok", t0 + elapsed)
                     return result, elapsed
                 except Exception as exc:  # noqa: BLE001 - classified just below
+                    if self.controller is not None and method != "GET":
+                        now = time.perf_counter()
+                        self._observe(now - t0, _load_outcome(exc), now)
                     if not _is_retryable(exc) or attempt >= self.spec.max_retries:
                         self.stats.failures += 1
                         raise EndpointError(
@@ -303,11 +344,48 @@ class EndpointClient:
                             + (f" (after {attempt} retries)" if attempt else ""),
                             status=exc.status_code if isinstance(exc, HttpStatusError) else None,
                         ) from exc
+            finally:
+                if not held:
+                    self._gate.release()
             attempt += 1
             self.stats.retries += 1
             # Full jitter: spreads retries of many concurrent requests instead of synchronising them.
             delay = random.uniform(0, min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1)))
             await self._sleep(delay)
+
+    def _observe(self, latency: float, outcome: Outcome, now: float) -> None:
+        """Feed the adaptive limit one finished attempt (times relative to the client's start)."""
+        from servecmp.concurrency import Sample
+
+        assert self.controller is not None
+        limit = self.controller.on_sample(Sample(latency, outcome, now - self._t0, self._gate.in_flight))
+        if limit != self._gate.limit:
+            self._gate.set_limit(limit)
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The number of requests allowed in flight now (the adaptive limit's current level)."""
+        return self._gate.limit
+
+    def cap_concurrency(self, limit: int) -> None:
+        """Never exceed `limit` in flight (a server's advertised limit); "auto" only."""
+        if self.controller is not None:
+            self.controller.cap(limit)
+            self._gate.set_limit(self.controller.limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the endpoint's seats across the calls made inside (they take no other). The
+        MCQ runner takes its seat before it picks the next item, so the item is chosen when it can be
+        sent (prefix-aware ordering decides at send time, not when a worker queued up). A retry's
+        backoff keeps the seat."""
+        await self._gate.acquire()
+        token = _HELD_SLOT.set(self)
+        try:
+            yield
+        finally:
+            _HELD_SLOT.reset(token)
+            self._gate.release()
 
     async def list_models(self) -> list[str]:
         page, _ = await self._call("GET", "/models")

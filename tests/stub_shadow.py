@@ -107,6 +107,9 @@ class StubControl:
     status: int = 200
     garbage: bool = False
     drop: bool = False
+    #: Seconds a stream waits after its last event (``[DONE]``) before it ends, as a server that is
+    #: slow to close the chunked body (lets a test's client leave after [DONE] but before the end).
+    tail_delay_s: float = 0.0
     tokenize: bool = True
     #: When set, generation requests wait until the event is set (released by the test).
     gate: threading.Event | None = None
@@ -279,13 +282,15 @@ def _generate(ctl: StubControl, path: str, raw: bytes) -> Response:
     events.append(b"data: [DONE]\n\n")
     if ctl.drop:
         return StreamingResponse(_dropping(events[:2]), media_type="text/event-stream")
-    return StreamingResponse(_events(events), media_type="text/event-stream")
+    return StreamingResponse(_events(events, ctl.tail_delay_s), media_type="text/event-stream")
 
 
-async def _events(events: list[bytes]) -> AsyncIterator[bytes]:
+async def _events(events: list[bytes], tail_delay_s: float = 0.0) -> AsyncIterator[bytes]:
     for ev in events:
         yield ev
         await asyncio.sleep(0)  # one chunk per event on the wire
+    if tail_delay_s:
+        await asyncio.sleep(tail_delay_s)
 
 
 class StubDropped(Exception):

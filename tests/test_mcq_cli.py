@@ -62,7 +62,7 @@ def test_full_run_matches_independent_computation(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         summary = json.loads(proc.stdout)
         prompts = [r["body"]["prompt"] for r in b.state.requests if r["path"] == "/v1/completions"
-                   and not r["body"].get("echo") and r["body"]["prompt"] != "Hello"]
+                   and not r["body"].get("echo") and "user" not in r["body"]]  # "user": the capability probe
     assert len(prompts) == 12
     run_dir = only_run_dir(runs)
     recs = records(run_dir)
@@ -155,7 +155,8 @@ def test_endpoint_dying_mid_run_leaves_resumable_run(tmp_path: Path) -> None:
     data = tmp_path / "items.jsonl"
     write_items(data, 10)
     runs = tmp_path / "runs"
-    cand_state = StubState(model="cand", fail_after=6)
+    # /v1/models and the capability probe take 8 requests (servecmp.capabilities), then 5 go through.
+    cand_state = StubState(model="cand", fail_after=8 + 5)
     with StubServer(StubState(model="base")) as b, StubServer(cand_state) as c:
         proc = servecmp("mcq", "--baseline", b.url, "--candidate", c.url, "--task", f"jsonl:{data}",
                         "--runs-dir", str(runs), "--top-k", "5", "--retries", "1", "--concurrency", "1")
@@ -209,10 +210,11 @@ def test_an_item_the_endpoint_refuses_is_counted_not_fatal(tmp_path: Path) -> No
     data = tmp_path / "items.jsonl"
     write_items(data, 5)
     runs = tmp_path / "runs"
-    # Requests: /v1/models, the probe, then items one at a time: the second item gets a 400, as vLLM
-    # answers a prompt longer than --max-model-len.
+    # Requests: /v1/models, the capability probe (7 requests: completions, chat, one echo per option,
+    # top-k on an item), then items one at a time: the second item gets a 400, as vLLM answers a
+    # prompt longer than --max-model-len.
     with StubServer(StubState(model="base")) as b, \
-            StubServer(StubState(model="cand", script=[None, None, None, 400])) as c:
+            StubServer(StubState(model="cand", script=[None] * 9 + [400])) as c:
         proc = servecmp("mcq", "--baseline", b.url, "--candidate", c.url, "--task", f"jsonl:{data}",
                         "--runs-dir", str(runs), "--top-k", "5", "--concurrency", "1", "--json")
     assert proc.returncode == 0, proc.stderr

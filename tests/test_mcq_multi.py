@@ -167,7 +167,7 @@ def test_one_candidate_keeps_the_summary_layout(tmp_path: Path) -> None:
     comp = compare_run(run_dir)
     summary = load_summary(run_dir)
     assert summary == comp.candidates[0].summary and summary.flips.flips == 2
-    assert json.loads((run_dir / "summary.json").read_text())["schema"] == "servecmp.mcq_summary/2"
+    assert json.loads((run_dir / "summary.json").read_text())["schema"] == "servecmp.mcq_summary/3"
     one = load_comparison(run_dir)
     assert [c.name for c in one.candidates] == ["candidate"] and len(one.leaderboard) == 1
     # A run of an earlier servecmp (no comparison.json) reads as a comparison of one.
@@ -207,7 +207,8 @@ def test_candidates_from_the_config_file() -> None:
                         "mcq": {"noise_floor": 5}})
     s = new_settings(McqOptions(), cfg)
     assert [(c.name, c.base_url, c.model, c.api_key_env, c.max_concurrency) for c in s.candidates] == [
-        ("int8", "http://c1:1/v1", None, None, 2), (None, "http://c2:1/v1", "m2", "K2", 4)]
+        # Not set in the file: MCQ's default, "auto" (servecmp.concurrency).
+        ("int8", "http://c1:1/v1", None, None, 2), (None, "http://c2:1/v1", "m2", "K2", "auto")]
     assert s.noise_floor == 5 and s.secondary is None
 
 

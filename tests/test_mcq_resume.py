@@ -124,14 +124,17 @@ def test_resume_after_kill_restores_pacing_and_refuses_a_results_flag(tmp_path: 
                            "--seed", "0", "--json")
         assert_one_line_error(refused, f"cannot resume {run_dir} with --seed, --top-k: ")
         assert refused.stderr.split(f"{run_dir} with ")[1].split(": ")[0] == "--seed, --top-k" and (
-            "only --concurrency, --rps, --timeout, --retries, --json, --show, --gate, --summary-md apply"
+            "only --concurrency, --max-concurrency, --rps, --timeout, --retries, --json, --show, --gate, "
+            "--summary-md apply"
             in refused.stderr)
         assert b.state.requests == [] and records(run_dir) == before
 
         # 3. Observed in the resumed run: it prints its pacing, keeps two requests in flight per
         # endpoint (the default is 4), and gives up after one retry (the default is 4): the candidate
         # answers its first three item requests with 503, so with two workers one item must get two.
-        c.state.script = [None, None, 503, 503, 503]  # /v1/models and the probe go through
+        # /v1/models and the capability probe (completions, chat, one echo per option of the four, top-k
+        # on an item) go through.
+        c.state.script = [None] * 8 + [503, 503, 503]
         b.reset()
         failed = servecmp("mcq", "--resume", str(run_dir), "--json")
         assert failed.returncode == 3, failed.stderr
@@ -250,7 +253,8 @@ def test_each_results_flag_is_refused(tmp_path: Path, given: dict[str, Any], nam
     message = str(err.value)
     assert message.startswith(f"cannot resume {run_dir} with {named}: a resumed run takes every setting")
     assert "\n" not in message and message.endswith(
-        "drop that flag (with --resume only --concurrency, --rps, --timeout, --retries, --json, --show, --gate, "
+        "drop that flag (with --resume only --concurrency, --max-concurrency, --rps, --timeout, --retries, --json, "
+        "--show, --gate, "
         "--summary-md apply) or start a new run")
 
 

@@ -269,5 +269,5 @@ def test_the_typed_summary_mirrors_the_metrics_layout(tmp_path: Path) -> None:
     del old["version"]
     (tmp_path / "summary.json").write_text(json.dumps(old))
     with pytest.raises(UserError, match=r"is an MCQ summary of layout servecmp.mcq_summary/1, not "
-                                        r"servecmp.mcq_summary/2; recompute it from the records with: servecmp report"):
+                                        r"servecmp.mcq_summary/3; recompute it from the records with: servecmp report"):
         typed.load_summary(tmp_path / "summary.json")

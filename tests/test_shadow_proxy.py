@@ -25,7 +25,11 @@ import pytest
 from servecmp.config import ShadowConfig
 from servecmp.shadow.proxy import build_app, build_proxy
 from servecmp.shadow.wiring import ShadowEndpoints
-from tests.stub_shadow import ServerThread, StubControl, answer_tokens, build_stub_app, free_port
+from tests.stub_shadow import ServerThread, StubControl, answer_tokens, build_stub_app, free_port, render_chat
+
+
+def render_chat_prompt(content: str) -> str:
+    return render_chat([{"role": "user", "content": content}])
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -63,7 +67,7 @@ def candidate(candidate_server: tuple[ServerThread, StubControl]) -> Iterator[tu
 @pytest.fixture(autouse=True)
 def _reset_primary(primary: tuple[ServerThread, StubControl]) -> None:
     _, ctl = primary
-    ctl.status, ctl.garbage, ctl.drop, ctl.gate = 200, False, False, None
+    ctl.status, ctl.garbage, ctl.drop, ctl.gate, ctl.tail_delay_s = 200, False, False, None, 0.0
     ctl.authorizations.clear()
     ctl.paths.clear()
 
@@ -524,3 +528,31 @@ def test_teacher_forcing_can_spare_the_primary(
     assert (with_logprobs["tf_source"], with_logprobs["tf_error"]) == ("response", None)
     # The primary saw the two client requests and nothing else.
     assert list(primary[1].paths) == [CHAT, CHAT]
+
+
+def test_a_client_leaving_right_after_done_is_still_compared(
+    primary: tuple[ServerThread, StubControl], candidate: tuple[str, StubControl], make_proxy: Any
+) -> None:
+    # What the openai SDK does: stop at "data: [DONE]" and close, here before the primary has ended
+    # its chunked body (the stub waits 5 s after [DONE]).
+    primary[1].tail_delay_s = 5.0
+    proxy = make_proxy(candidate[0], teacher_forced=False)
+    body = json.dumps(chat_body("until done", stream=True)).encode()
+    port = int(proxy.url.rsplit(":", 1)[1])
+    received = b""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        while b"data: [DONE]" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, "the proxy closed before [DONE]"
+            received += chunk
+    assert wait_for(lambda: proxy.proxy.counters.get("mirrored") == 1)
+    primary[1].tail_delay_s = 0.0
+    assert post(proxy.url, CHAT, chat_body("next")).status_code == 200  # no half-read connection was pooled
+    proxy.stop()
+    counters = proxy.counters()
+    assert (counters["client_disconnected"], counters["mirrored"], counters["recorded"]) == (0, 2, 2)
+    first = proxy.rows()[0]
+    assert (first["stream"], first["primary_error"], first["other_error"]) == (1, None, None)
+    assert first["primary_answer"] == "".join(answer_tokens(render_chat_prompt("until done"), 0, 8))

@@ -256,13 +256,13 @@ def test_summary_is_typed_versioned_and_reads_back(tmp_path: Path) -> None:
     _write_db(db, scenario(8))
     summary = load_summary(db, worst_n=3, n_boot=200)
     data = summary.model_dump(mode="json")
-    assert (data["schema"], data["version"], data["database"]) == ("servecmp.shadow_summary", 1, str(db))
+    assert (data["schema"], data["version"], data["database"]) == ("servecmp.shadow_summary", 3, str(db))
     assert data["settings"] == {"confidence": 0.95, "alpha": 0.05, "n_boot": 200, "worst_n": 3}
     assert data["counters"]["requests"] == 11 and data["counters"]["dropped_queue_full"] == 2
     (run,) = data["runs"]
     assert (run["run_id"], run["mode"], run["baseline_url"], run["secondary_url"]) == (
         "run1", "serve", "http://127.0.0.1:1", "http://127.0.0.1:3")
-    assert [m["kind"] for m in data["measures"]] == ["rate"] * 3 + ["mean"] * 7 + ["max"] * 2
+    assert [m["kind"] for m in data["measures"]] == ["rate"] * 3 + ["mean"] * 10 + ["max"] * 2
     assert ShadowSummary.model_validate(json.loads(json.dumps(data))) == summary
     assert list(ShadowCounters.model_fields) == list(COUNTER_NAMES)  # one list of counters, kept in step
 

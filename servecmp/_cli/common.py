@@ -6,8 +6,9 @@ value and from its own default, and `--resume` can refuse flags that would chang
 Meaning, across commands:
 - `--baseline/--candidate/--secondary URL`: the endpoints (shadow also accepts `--primary` for
   `--baseline`); `--<role>-model`, `--<role>-key-env` (the *name* of the variable holding the key).
-- `--concurrency`, `--rps`, `--timeout`, `--retries`: how servecmp paces its own requests to an
-  endpoint (shadow replay's send rate is `--send-rps`, a different concept).
+- `--concurrency` (auto or N; `--max-concurrency` caps auto), `--rps`, `--timeout`, `--retries`: how
+  servecmp paces its own requests to an endpoint (shadow replay's send rate is `--send-rps`, a
+  different concept).
 - `--limit N`: the first N items/questions/requests, in file order. `--sample N` (mcq): a seeded
   random sample of N items.
 - `--show N`: how many worst items/questions/requests a report lists.
@@ -70,7 +71,26 @@ NoiseFloor = Annotated[int | None, typer.Option(
     help="After the main pass, ask every endpoint a seeded sample of N items again (another order and "
          "concurrency): each endpoint's own noise floor.")]
 
-Concurrency = Annotated[int | None, typer.Option("--concurrency", min=1, help="Requests in flight per endpoint.")]
+
+
+def parse_concurrency(value: str | int) -> int | str:
+    """`--concurrency`: "auto" or a positive whole number (one-line usage error otherwise)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if not text.isdigit() or int(text) < 1:
+        raise typer.BadParameter(f"{value!r} is neither auto nor a whole number >= 1")
+    return int(text)
+
+
+# Typed `str | None` for typer; the value is "auto" or an int (`parse_concurrency`).
+Concurrency = Annotated[str | None, typer.Option(
+    "--concurrency", parser=parse_concurrency, metavar="auto|N",
+    help="Requests in flight per endpoint: auto (mcq's default: raised while throughput grows at a steady "
+         "latency, lowered on 429/503/timeouts or queueing) or a fixed number.")]
+MaxConcurrency = Annotated[int | None, typer.Option(
+    "--max-concurrency", min=1, metavar="N",
+    help="With --concurrency auto: never more than N in flight (default 256).")]
 Rps = Annotated[float | None, typer.Option("--rps", min=0.0, help="Requests per second per endpoint, at most.")]
 Timeout = Annotated[float | None, typer.Option("--timeout", min=0.0, help="Per-request timeout, seconds.")]
 Retries = Annotated[
@@ -101,6 +121,11 @@ Html = Annotated[
     typer.Option("--html", metavar="FILE",
                  help="Also write the report as one self-contained HTML file (opens offline, plots embedded)."),
 ]
+Api = Annotated[str | None, typer.Option(
+    "--api", metavar="auto|completions|chat",
+    help="How letter items (MMLU) are asked: completions (top-k at the answer position), chat (the exemplars "
+         "as prior turns, top_logprobs of the first token; for chat-only endpoints), or auto (completions where "
+         "every endpoint has it, else chat). Continuation tasks need completions.")]
 TopK = Annotated[
     int | None, typer.Option("--top-k", min=1, help="Top-k logprobs per request (vLLM: <= its --max-logprobs).")
 ]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from servecmp._cli.common import Json
+from servecmp._cli.common import Html, Json
 from servecmp.errors import UserError
 
 
@@ -29,10 +29,15 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="KL to report: option (over the answer options) or topk.")
         ] = "option",
         as_json: Json = False,
+        html: Html = None,
     ) -> None:
         """Per candidate: Δaccuracy, flips, KL, ΔMT-Bench, and how they correlate (Spearman, Pearson)."""
         if kl not in ("option", "topk"):
             raise UserError(f"--kl must be option or topk, not {kl!r}")
+        if html is not None:
+            from servecmp.html import check_writable
+
+            check_writable(html)
         # Imported here: scipy and numpy cost ~1 s, which --help must not pay.
         from rich.console import Console
         from rich.table import Table
@@ -44,6 +49,10 @@ def register(app: typer.Typer) -> None:
         rows, warnings = corr.pair_runs(runs)
         results = corr.correlations(rows)
         wrote = corr.scatter_plot(rows, plot)
+        if html is not None:
+            from servecmp.html import render_correlate, write_html
+
+            write_html(html, render_correlate(rows, results, warnings, kl_source, run_dirs))
         err = Console(stderr=True)
         for w in warnings:
             err.print(f"warning: {w}", highlight=False)

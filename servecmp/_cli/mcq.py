@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from servecmp._cli.common import (
+    Api,
     Baseline,
     BaselineKeyEnv,
     BaselineModel,
@@ -24,8 +25,10 @@ from servecmp._cli.common import (
     Concurrency,
     ConfigFile,
     Gate,
+    Html,
     Json,
     Limit,
+    MaxConcurrency,
     NoiseFloor,
     Retries,
     Rps,
@@ -53,8 +56,8 @@ if TYPE_CHECKING:
 RESUME_HELP = (
     "Finish an interrupted run (its RUN_DIR). Every setting that decides its results comes from the run's "
     "manifest and flags that would set one are refused; pacing flags apply to this invocation only (not "
-    "given: the run's own). These apply: --concurrency, --rps, --timeout, --retries, --json, --show, --gate, "
-    "--summary-md."
+    "given: the run's own). These apply: --concurrency, --max-concurrency, --rps, --timeout, --retries, --json, "
+    "--show, --gate, --summary-md."
 )
 Resume = Annotated[Path | None, typer.Option("--resume", help=RESUME_HELP)]
 
@@ -168,7 +171,9 @@ def register(app: typer.Typer) -> None:
         sample: Sample = None,
         seed: Seed = None,
         top_k: TopK = None,
+        api: Api = None,
         concurrency: Concurrency = None,
+        max_concurrency: MaxConcurrency = None,
         rps: Rps = None,
         timeout: Timeout = None,
         retries: Retries = None,
@@ -177,6 +182,7 @@ def register(app: typer.Typer) -> None:
         from_lm_eval: FromLmEval = None,
         gate: Gate = None,
         summary_md: SummaryMd = None,
+        html: Html = None,
         as_json: Json = False,
         show: Show = None,
         config: ConfigFile = None,
@@ -193,12 +199,17 @@ def register(app: typer.Typer) -> None:
             candidate_key_env=candidate_key_env or None, candidate_name=candidate_name or None,
             secondary=secondary, secondary_model=secondary_model, secondary_key_env=secondary_key_env,
             noise_floor=noise_floor, task=task, data_dir=data_dir, source=source, fewshot=fewshot,
-            fewshot_file=fewshot_file, limit=limit, sample=sample, seed=seed, top_k=top_k,
-            concurrency=concurrency, rps=rps, timeout=timeout, retries=retries, runs_dir=runs_dir,
+            fewshot_file=fewshot_file, limit=limit, sample=sample, seed=seed, top_k=top_k, api=api,
+            concurrency=concurrency, max_concurrency=max_concurrency, rps=rps, timeout=timeout, retries=retries,
+            runs_dir=runs_dir,
             resume=resume, config=config,
         )
         # Progress and messages go to stderr with --json, so stdout is only the JSON object.
         console = Console(stderr=as_json)
+        if html is not None:
+            from servecmp.html import check_writable
+
+            check_writable(html)  # before the run, not after an hour of it
         from servecmp.verdicts import resolve_gates, wants_verdict
 
         if from_lm_eval is not None:
@@ -231,6 +242,10 @@ def register(app: typer.Typer) -> None:
             comparison = result.comparison
         verdicts = decide_candidates(comparison, gates) if wants_verdict(gates, summary_md) else None
         print_comparison(comparison, as_json=as_json, show=show, console=console, verdicts=verdicts)
+        if html is not None:
+            from servecmp.html import mcq_html
+
+            mcq_html(html, comparison, gates, verdicts=verdicts)
         if verdicts is not None:
             from servecmp.verdicts import emit_verdict
 
@@ -241,7 +256,7 @@ def register(app: typer.Typer) -> None:
 
 
 def report_run(path: Path, *, as_json: bool, show: int | None, console: Console, gates: Sequence[GateRule],
-               summary_md: Path | None, title: str = "servecmp mcq gates") -> int:
+               summary_md: Path | None, title: str = "servecmp mcq gates", html: Path | None = None) -> int:
     """`servecmp report RUN_DIR` for an MCQ run of any shape (one or several candidates, a noise
     floor): recompute from the records, print, decide the gates on every candidate. Returns the
     exit code (0 without gates)."""
@@ -251,6 +266,10 @@ def report_run(path: Path, *, as_json: bool, show: int | None, console: Console,
     comparison = compare_run(path)
     verdicts = decide_candidates(comparison, gates) if wants_verdict(gates, summary_md) else None
     print_comparison(comparison, as_json=as_json, show=show, console=console, verdicts=verdicts)
+    if html is not None:
+        from servecmp.html import mcq_html
+
+        mcq_html(html, comparison, gates, verdicts=verdicts, run_dir=path)
     if verdicts is None:
         return 0
     return emit_verdict(verdicts, console=console, summary_md=summary_md, title=title)

@@ -26,6 +26,7 @@ from servecmp._cli.common import (
     Concurrency,
     ConfigFile,
     Gate,
+    Html,
     Json,
     Limit,
     Resume,
@@ -187,6 +188,7 @@ def register(app: typer.Typer) -> None:
         as_json: Json = False,
         gate: Gate = None,
         summary_md: SummaryMd = None,
+        html: Html = None,
         runs_dir: RunsDir = None,
         resume: Resume = None,
         config: ConfigFile = None,
@@ -207,6 +209,10 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config)
         # Checked before any request: a bad expression must not cost a run.
         gates = resolve_gates("mtbench", gate, cfg)
+        if html is not None:
+            from servecmp.html import check_writable
+
+            check_writable(html)
         opts = MtBenchOptions(
             questions=questions,
             references=references,
@@ -247,6 +253,10 @@ def register(app: typer.Typer) -> None:
             root = runs_dir or Path(cfg.mtbench.runs_dir)
             result = run_blocking(settings, io, runs_root=root)
         out = Console()
+        if html is not None:
+            from servecmp.html import mtbench_html
+
+            mtbench_html(html, result.summary, gates, run_dir=result.paths.root)
         code = print_mtbench(result.summary, gates, as_json=as_json, show=settings.show, out=out,
                              console=console if as_json else out, summary_md=summary_md,
                              title=f"servecmp gates: mtbench run {result.paths.root.name}")

@@ -95,8 +95,13 @@ def register(app: typer.Typer) -> None:
         ] = "w8a8",
         runs_dir: Annotated[Path | None, typer.Option(help="Where the run directory (logs) goes.")] = None,
         startup_timeout: Annotated[float | None, typer.Option(help="Seconds to wait for both.")] = None,
+        candidate_gguf: Annotated[str | None, typer.Option(
+            "--candidate-gguf", metavar="PATH|TYPE",
+            help="Serve the candidate with llama.cpp instead: a .gguf file, or a type of the embedded model's GGUF "
+                 "ladder (f16, q8_0, q6_k, q5_1, q5_0, q4_k_m, q4_1, iq4_nl, q4_0, q3_k, q2_k; built on first use "
+                 "with llama.cpp's quantizer). Needs the llamacpp extra.")] = None,
     ) -> None:
-        """Start a baseline and a candidate vLLM server and keep them running until Ctrl-C.
+        """Start a baseline and a candidate server (vLLM; llama.cpp for --candidate-gguf) until Ctrl-C.
 
         The servers come from serve.baseline / serve.candidate in servecmp.toml, or else are the
         embedded SmolLM2 pair (built on first use). Logs go to a run directory.
@@ -114,6 +119,10 @@ def register(app: typer.Typer) -> None:
         servers = resolve_servers(
             cfg.serve, baseline_port=baseline_port, candidate_port=candidate_port, scheme=scheme
         )
+        if candidate_gguf is not None:
+            from servecmp.serving.gguf import gguf_candidate
+
+            servers["candidate"] = gguf_candidate(candidate_gguf, servers["candidate"])
         run_dir = new_run_dir(runs_dir or Path(cfg.serve.runs_dir), "serve")
         pair = ServerPair(
             servers,

@@ -1,4 +1,4 @@
-"""`servecmp shadow serve | report | replay`.
+"""`servecmp shadow serve | collect | report | replay`.
 
 The endpoints are the shared ones: `--baseline` (the primary: clients get its answers; `--primary`
 is the same option), `--candidate`, `--secondary`, their `--<role>-model` and `--<role>-key-env`,
@@ -26,6 +26,7 @@ from servecmp._cli.common import (
     CandidateModel,
     ConfigFile,
     Gate,
+    Html,
     Json,
     Limit,
     Secondary,
@@ -53,7 +54,8 @@ BaselineOrPrimary = Annotated[
     typer.Option("--baseline", "--primary",
                  help="Baseline endpoint URL: the primary, whose answers clients get (--primary: same)."),
 ]
-Db = Annotated[str | None, typer.Option("--db", help="SQLite database for the comparisons (default shadow.db).")]
+Db = Annotated[str | None, typer.Option(
+    "--db", help="Where comparisons are stored: an SQLite file (default shadow.db) or postgresql://user@host/db.")]
 HashOnly = Annotated[
     bool | None, typer.Option("--hash-only/--store-text", help="Store only SHA-256 of prompts and answers (no text).")
 ]
@@ -65,6 +67,15 @@ TeacherForced = Annotated[
 MaxDbMb = Annotated[
     float | None, typer.Option("--max-db-mb", help="Stop recording when the database reaches this size.")
 ]
+Host = Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")]
+Port = Annotated[int | None, typer.Option("--port", help="Port to listen on (default 8100).")]
+SampleRate = Annotated[float | None, typer.Option("--sample-rate", help="Share of requests to mirror.")]
+QueueSize = Annotated[int | None, typer.Option("--queue-size", help="Mirror jobs waiting at most.")]
+MirrorConcurrency = Annotated[int | None, typer.Option("--mirror-concurrency", help="Comparisons at once.")]
+InProcess = Annotated[
+    bool, typer.Option("--in-process", help="Compare in this process (default: a separate, niced one).")
+]
+AccessLog = Annotated[bool, typer.Option("--access-log", help="Log each request line (no bodies).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -128,22 +139,18 @@ def serve(
     baseline_key_env: BaselineKeyEnv = None,
     candidate_key_env: CandidateKeyEnv = None,
     secondary_key_env: SecondaryKeyEnv = None,
-    host: Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Port to listen on (default 8100).")] = None,
+    host: Host = None,
+    port: Port = None,
     db: Db = None,
-    sample_rate: Annotated[float | None, typer.Option("--sample-rate", help="Share of requests to mirror.")] = None,
+    sample_rate: SampleRate = None,
     hash_only: HashOnly = None,
     max_db_mb: MaxDbMb = None,
-    queue_size: Annotated[int | None, typer.Option("--queue-size", help="Mirror jobs waiting at most.")] = None,
-    mirror_concurrency: Annotated[
-        int | None, typer.Option("--mirror-concurrency", help="Comparisons at once.")
-    ] = None,
+    queue_size: QueueSize = None,
+    mirror_concurrency: MirrorConcurrency = None,
     teacher_forced: TeacherForced = None,
     top_k: TopK = None,
-    in_process: Annotated[
-        bool, typer.Option("--in-process", help="Compare in the proxy's own process (default: a separate, niced one).")
-    ] = False,
-    access_log: Annotated[bool, typer.Option("--access-log", help="Log each request line (no bodies).")] = False,
+    in_process: InProcess = False,
+    access_log: AccessLog = False,
     config: ConfigFile = None,
 ) -> None:
     """Run the proxy: clients get the primary's (baseline's) responses unchanged; the candidate gets a copy.
@@ -151,6 +158,7 @@ def serve(
     The client's own Authorization header goes to the primary only. The key named by
     --baseline-key-env is for the requests servecmp itself makes to the primary (teacher-forced
     scoring), as is --baseline-model; the candidate and secondary get their own keys and models.
+    Prometheus metrics (servecmp_shadow_*) are at GET /metrics on the same port.
     """
     import logging
     import sys
@@ -160,6 +168,7 @@ def serve(
 
     from servecmp.config import load_config
     from servecmp.shadow.proxy import build_app, build_proxy
+    from servecmp.shadow.store import redact_target
 
     err_console = Console(stderr=True)
     file_cfg = load_config(config)
@@ -182,17 +191,96 @@ def serve(
     floor = f", secondary {endpoints.secondary.base_url}" if endpoints.secondary else ""
     err_console.print(
         f"shadow: http://{cfg.host}:{cfg.port} → primary (baseline) {endpoints.baseline.base_url}; mirroring "
-        f"{cfg.sample_rate:.0%} to candidate {endpoints.candidate.base_url}{floor}; recording to {cfg.db}"
-        + (" (hashes only)" if cfg.hash_only else ""),
+        f"{cfg.sample_rate:.0%} to candidate {endpoints.candidate.base_url}{floor}; recording to "
+        f"{redact_target(cfg.db)}" + (" (hashes only)" if cfg.hash_only else "") + f"; metrics at /metrics; run "
+        f"{proxy.run_id}",
         highlight=False, markup=False,
     )
+    # proxy_headers off: the proxy never reads the client's address, so X-Forwarded-For parsing
+    # would be CPU spent on every request for nothing.
     uvicorn.run(build_app(proxy), host=cfg.host, port=cfg.port, log_level="warning", access_log=access_log,
-                server_header=False, date_header=False)
+                server_header=False, date_header=False, proxy_headers=False)
+
+
+@shadow_app.command("collect")
+def collect(
+    baseline: BaselineOrPrimary = None,
+    candidate: Candidate = None,
+    secondary: Secondary = None,
+    baseline_model: BaselineModel = None,
+    candidate_model: CandidateModel = None,
+    secondary_model: SecondaryModel = None,
+    baseline_key_env: BaselineKeyEnv = None,
+    candidate_key_env: CandidateKeyEnv = None,
+    secondary_key_env: SecondaryKeyEnv = None,
+    host: Host = None,
+    port: Port = None,
+    db: Db = None,
+    sample_rate: SampleRate = None,
+    hash_only: HashOnly = None,
+    max_db_mb: MaxDbMb = None,
+    queue_size: QueueSize = None,
+    mirror_concurrency: MirrorConcurrency = None,
+    max_in_flight: Annotated[
+        int, typer.Option("--max-in-flight", min=1, help="Requests to the baseline replica at once; more are dropped.")
+    ] = 64,
+    teacher_forced: TeacherForced = None,
+    top_k: TopK = None,
+    in_process: InProcess = False,
+    access_log: AccessLog = False,
+    config: ConfigFile = None,
+) -> None:
+    """Receive requests Envoy/Istio mirror here (answered 202 at once) and compare as `shadow serve` does.
+
+    For each mirrored request: the --baseline replica answers it again, the candidate (and the
+    secondary) too, and the measures are recorded as the proxy records them. No client waits on
+    this process; it is not in the request path. Prometheus metrics are at GET /metrics.
+    """
+    import logging
+    import sys
+
+    import uvicorn
+    from rich.console import Console
+
+    from servecmp.config import load_config
+    from servecmp.shadow.collect import build_collect_app, build_receiver
+    from servecmp.shadow.store import redact_target
+
+    err_console = Console(stderr=True)
+    file_cfg = load_config(config)
+    endpoints = _endpoints(
+        file_cfg, baseline=baseline, candidate=candidate, secondary=secondary, baseline_model=baseline_model,
+        candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
+        candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env,
+    )
+    cfg = _shadow_settings(
+        file_cfg, host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only, max_db_mb=max_db_mb,
+        queue_size=queue_size, mirror_concurrency=mirror_concurrency, teacher_forced=teacher_forced, top_k=top_k,
+        mirror_process=False if in_process else None,
+    )
+    if not _is_loopback(cfg.host):
+        err_console.print(f"[yellow]shadow collect: listening on {cfg.host}, not a loopback address: whoever can "
+                          "reach it can make servecmp send requests to the baseline and the candidate[/]")
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    receiver = build_receiver(cfg, endpoints, max_in_flight=max_in_flight)
+    floor = f", secondary {endpoints.secondary.base_url}" if endpoints.secondary else ""
+    err_console.print(
+        f"shadow collect: http://{cfg.host}:{cfg.port} ← mirrored requests; each sent to baseline "
+        f"{endpoints.baseline.base_url} and candidate {endpoints.candidate.base_url}{floor} "
+        f"({cfg.sample_rate:.0%} of them); recording to {redact_target(cfg.db)}"
+        + (" (hashes only)" if cfg.hash_only else "") + f"; metrics at /metrics; run {receiver.run_id}",
+        highlight=False, markup=False,
+    )
+    uvicorn.run(build_collect_app(receiver), host=cfg.host, port=cfg.port, log_level="warning",
+                access_log=access_log, server_header=False, date_header=False)
 
 
 @shadow_app.command("report")
 def report(
-    db: Annotated[Path, typer.Argument(help="Shadow database written by `shadow serve` or `shadow replay`.")],
+    db: Annotated[str, typer.Argument(
+        metavar="DB", help="Shadow database written by `shadow serve`, `collect` or `replay`: an SQLite file "
+        "or a postgresql:// URL.")],
     as_json: Json = False,
     show: Show = None,
     worst: Annotated[int | None, typer.Option("--worst", min=0, hidden=True, help="Old name of --show.")] = None,
@@ -200,6 +288,7 @@ def report(
     gate: Gate = None,
     summary_md: SummaryMd = None,
     config: ConfigFile = None,
+    html: Html = None,
 ) -> None:
     """Summarise a shadow database: rates with 95% intervals, the noise floor, worst requests, per hour.
 
@@ -215,13 +304,27 @@ def report(
         raise UserError(f"--show {show} and --worst {worst} disagree (--worst is the old name of --show)")
     gates = resolve_gates("shadow", gate, config)
     worst_n = show if show is not None else worst if worst is not None else 10
+    if html is not None:
+        from servecmp.html import check_writable
+
+        check_writable(html)
     summary = load_summary(db, worst_n=worst_n, n_boot=n_boot)
+    if html is not None:
+        from servecmp.html import shadow_html
+
+        shadow_html(html, summary, db, gates)
     console = Console(stderr=as_json)  # with --json, stdout holds only the JSON; the verdict block goes to stderr
     code = print_and_decide("shadow", summary, gates, as_json=as_json, render=lambda: render(summary, console, db),
                             console=console, summary_md=summary_md, candidate=None,
-                            title=f"servecmp gates: shadow database {db.name}")
+                            title=f"servecmp gates: shadow database {_db_name(db)}")
     if code:
         raise SystemExit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which swallows it
+
+
+def _db_name(db: str) -> str:
+    from servecmp.shadow.store import is_postgres, redact_target
+
+    return redact_target(db) if is_postgres(db) else Path(db).name
 
 
 @shadow_app.command("replay")
@@ -261,6 +364,7 @@ def replay_cmd(
 
     from servecmp.config import load_config
     from servecmp.shadow.replay import load_requests, replay
+    from servecmp.shadow.store import redact_target
 
     if old_rps is not None:
         # Elsewhere --rps caps servecmp's own requests per endpoint; here the number is the rate the
@@ -278,12 +382,12 @@ def replay_cmd(
     cfg = _shadow_settings(file_cfg, db=db, hash_only=hash_only, max_db_mb=max_db_mb,
                            teacher_forced=teacher_forced, top_k=top_k)
     requests = load_requests(file, limit)
-    err_console.print(f"shadow replay: {len(requests)} requests at {send_rps:g}/s → {cfg.db}",
+    err_console.print(f"shadow replay: {len(requests)} requests at {send_rps:g}/s → {redact_target(cfg.db)}",
                       highlight=False, markup=False)
     outcome = asyncio.run(replay(cfg, endpoints, requests, send_rps=send_rps, max_in_flight=max_in_flight))
     err_console.print(
         f"shadow replay: sent {outcome.sent}, compared {outcome.compared}, primary failed "
         f"{outcome.primary_failed} in {outcome.seconds:.1f} s (run {outcome.run_id}); "
-        f"see `servecmp shadow report {cfg.db}`",
+        f"see `servecmp shadow report {redact_target(cfg.db)}`",
         highlight=False, markup=False,
     )

@@ -84,3 +84,12 @@ class McqRecord(BaseModel):
     #: 0: the main pass. 1: the noise-floor pass (`--noise-floor N`: the same item asked again, in
     #: another order and at another concurrency); the metrics keep the two apart.
     repeat: int = 0
+    #: The API the item was asked through: "completions" (top-k at the answer position) or "chat"
+    #: (top_logprobs of the first generated token, see servecmp.mcq.chat).
+    api: Literal["completions", "chat"] = "completions"
+    #: Options missing from the top-k that were scored through echoed prompt logprobs instead: a
+    #: second logprob path (servecmp.capabilities), counted so the two are never mixed silently.
+    echo_options: int = 0
+    #: Options missing from the top-k with no other path (chat, or an endpoint whose echo disagrees
+    #: with its top-k): given the smallest top-k logprob, an upper bound.
+    censored_options: int = 0

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from servecmp.mcq.compare import McqComparison
-from servecmp.mcq.summary import Distribution, Estimate, McqSummary, Proportion
+from servecmp.mcq.summary import Distribution, Estimate, McqSummary, MeanError, NextTokenReport, Proportion
 
 if TYPE_CHECKING:
     from servecmp.gates import Verdict
@@ -115,16 +115,30 @@ def render_mcq_report(s: McqSummary, console: Console, *, show: int | None = Non
         t.add_row("acc_norm flips", prop(s.acc_norm.flips.rate))
     console.print(t)
 
-    k = Table(title="KL(baseline ‖ candidate), nats", title_justify="left")
+    k = Table(title="Divergences, nats: KL(baseline ‖ candidate) is the headline; KL(c ‖ b) and "
+                    "Jensen-Shannon beside it", title_justify="left")
     for col in ("distribution", "n", "mean [95% CI]", "median", "p90", "p99", "max", "note"):
         k.add_column(col, justify="left" if col in ("distribution", "note") else "right")
-    _kl_row(k, "answer options", s.option_kl)
+    _kl_row(k, "answer options KL(b ‖ c)", s.option_kl, "exact over the options")
+    if s.option_kl_cb is not None:
+        _kl_row(k, "answer options KL(c ‖ b)", s.option_kl_cb)
+    if s.option_js is not None:
+        _kl_row(k, "answer options JS", s.option_js)
     tk = s.topk_kl
     if tk is not None:
         um = tk.unresolved_baseline_mass
-        _kl_row(k, "next token (top-k)", tk.kl_hat,
-                f"lower bound; unresolved mass mean {num(um.mean)}, max {num(um.max)}")
+        if tk.tight is not None:
+            tt = tk.tight
+            _kl_row(k, "next token KL(b ‖ c)", tt.kl_bc,
+                    f"top-k estimate; {pct(tt.tail_share)} of it extrapolated (tail), "
+                    f"{tt.n_imputed} items with an imputed token")
+            _kl_row(k, "next token KL(c ‖ b)", tt.kl_cb, "top-k estimate")
+            _kl_row(k, "next token JS", tt.js, "top-k estimate")
+        _kl_row(k, "next token KL(b ‖ c) bound", tk.kl_hat,
+                f"guaranteed lower bound; unresolved mass mean {num(um.mean)}, max {num(um.max)}")
     console.print(k)
+    if s.next_token_report is not None:
+        render_llama_cpp_block(s.next_token_report, console)
 
     tm = s.top_margin
     bc = tm.by_baseline_correctness
@@ -168,6 +182,40 @@ def render_mcq_report(s: McqSummary, console: Console, *, show: int | None = Non
         console.print(g)
 
     console.print("[bold]Reading:[/] " + escape(_verdict(s)), highlight=False)
+
+
+def _pm(m: MeanError, scale: float = 1.0, digits: int = 6, unit: str = "") -> str:
+    if m.value is None:
+        return "–"
+    err = "–" if m.error is None else f"{scale * m.error:.{digits}f}"
+    return f"{scale * m.value:.{digits}f} ± {err}{unit}"
+
+
+def render_llama_cpp_block(r: NextTokenReport, console: Console) -> None:
+    """llama.cpp's ``perplexity --kl-divergence`` statistics with its labels, for side-by-side reading."""
+    t = Table(title=f"Next token at the answer position, as llama.cpp's KL-divergence report (n = {r.n} items; "
+                    "± is one standard error)", title_justify="left")
+    t.add_column("llama.cpp label")
+    t.add_column("value", justify="right")
+    t.add_column("llama.cpp label")
+    t.add_column("value", justify="right")
+    from servecmp.metrics.kl_report import DP_PERCENTILES, KLD_PERCENTILES
+
+    left = [("Mean    KLD", _pm(r.kld_mean))]
+    left += [(label, num(r.kld_percentiles.get(key), 6)) for key, _, label in KLD_PERCENTILES]
+    right = [("Mean    Δp", _pm(r.dp_mean, 100.0, 3, " %"))]
+    right += [(label, "–" if r.dp_percentiles.get(key) is None else f"{100 * (r.dp_percentiles[key] or 0):.3f}%")
+              for key, _, label in DP_PERCENTILES]
+    right += [("RMS Δp", _pm(r.dp_rms, 100.0, 3, " %")),
+              ("Same top p", _pm(r.same_top, 100.0, 3, " %") + f"  ({r.same_top_count}/{r.n})")]
+    for i in range(max(len(left), len(right))):
+        a = left[i] if i < len(left) else ("", "")
+        b = right[i] if i < len(right) else ("", "")
+        t.add_row(escape(a[0]), a[1], escape(b[0]), b[1])
+    t.caption = (f"KLD: {r.kld_source} (nats). Δp = p_candidate − p_baseline of {r.dp_token}"
+                 + (f"; imputed on {r.n_dp_imputed} items (not in the candidate's top-k)" if r.n_dp_imputed else "")
+                 + ".")
+    console.print(t)
 
 
 def est_num(e: Estimate | None, digits: int = 4, signed: bool = False) -> str:

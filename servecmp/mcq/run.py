@@ -4,8 +4,15 @@ run directory.
 `run_mcq` is the whole run (load the task, check every endpoint, write the manifest, score every
 pending item, summarise); `servecmp mcq` and `servecmp demo` call it with `McqSettings` from
 `servecmp.mcq.settings`. Each endpoint gets its own pool of workers, so a slow endpoint never holds
-the others back, and every finished record is on disk before the next one starts being waited for.
-The baseline is scored once per item whatever the number of candidates. Records are keyed by
+the others back, and finished records reach the file in batches of whole lines, at most 0.1 s apart
+while answers arrive and at the end (a killed run re-asks the few not yet written, never records one
+twice). The baseline is scored once
+per item whatever the number of candidates. How many requests each endpoint has in flight is its
+client's business: a fixed number, or "auto" (`servecmp.concurrency`: found while running, its path
+written to concurrency.jsonl and printed at the end with the server's prefix-cache hit rate). A
+worker takes a seat first and then the next item from a `servecmp.mcq.order.PrefixScheduler`, so
+items sharing a few-shot prefix go out together, the first alone, and the server's prefix cache
+computes the prefix once. Records are keyed by
 (item, endpoint name, repeat); a resumed run skips every key that already has a record.
 
 Noise floor (`--noise-floor N`): after the main pass, a seeded sample of N items (`floor_items`) is
@@ -24,9 +31,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, TextColumn
 
+from servecmp.capabilities import ApiChoice, capability_lines, check_resumed_apis, probe_findings, probe_item
+from servecmp.concurrency import DEFAULT_MAX_LIMIT, RunWatch
 from servecmp.endpoints import EndpointClient, EndpointError, EndpointSpec
 from servecmp.errors import RunFailed, RunInterrupted, UserError
 from servecmp.mcq.compare import McqComparison, compare_run
+from servecmp.mcq.order import PrefixScheduler
 from servecmp.mcq.records import ITEM_ERRORS, RECORDS, McqItem, McqRecord
 from servecmp.mcq.scoring import score_item
 from servecmp.mcq.settings import McqManifest, McqSettings, new_manifest, read_manifest, write_manifest
@@ -63,9 +73,10 @@ def floor_items(items: Sequence[McqItem], n: int, seed: int) -> list[McqItem]:
     return rng.sample(list(items), min(n, len(items)))
 
 
-def floor_concurrency(concurrency: int) -> int:
-    """Another concurrency than the main pass's: 1 when it ran several requests at once, else 2."""
-    return 1 if concurrency > 1 else 2
+def floor_concurrency(concurrency: int | str) -> int:
+    """Another concurrency than the main pass's: 1 when it ran several requests at once ("auto"
+    included), else 2."""
+    return 1 if concurrency == "auto" or int(concurrency) > 1 else 2
 
 
 def _role(name: str) -> EndpointRole:
@@ -88,8 +99,10 @@ def run_dir_label(task: str) -> str:
 def describe_endpoint(role: str, spec: EndpointSpec) -> str:
     """One line of what servecmp sends an endpoint: where, which model, and the pacing."""
     rps = "unlimited" if spec.requests_per_second is None else f"{spec.requests_per_second:g}"
+    level = (f"auto, at most {spec.concurrency_cap or DEFAULT_MAX_LIMIT}" if spec.max_concurrency == "auto"
+             else spec.max_concurrency)
     key = f", key from ${spec.api_key_env}" if spec.api_key_env else ""
-    return (f"{role:>9}: {spec.model} at {spec.base_url} (concurrency {spec.max_concurrency}, rps {rps}, "
+    return (f"{role:>9}: {spec.model} at {spec.base_url} (concurrency {level}, rps {rps}, "
             f"timeout {spec.timeout_s:g} s, retries {spec.max_retries}{key})")
 
 
@@ -117,15 +130,19 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
             specs["secondary"] = settings.secondary
         clients = {key: EndpointClient(spec) for key, spec in specs.items()}
         try:
-            models = await prepare_clients(clients, settings.top_k, letter)
+            models = await prepare_clients(clients, settings.top_k, letter, api=settings.api,
+                                           probe=probe_item(data.items))
             for key, spec in specs.items():
                 spec.model = models[key]
             settings.resolve_names()
             named = settings.named_endpoints()
             clients = {name: clients[key] for name, key in zip(named, specs, strict=True)}
+            found = probe_findings(clients)
+            if resume is not None:
+                check_resumed_apis(resume[1], clients)
             if resume is None:
                 run_dir = new_run_dir(settings.runs_dir, f"mcq-{run_dir_label(settings.task)}")
-                write_manifest(run_dir, new_manifest(settings, data))
+                write_manifest(run_dir, new_manifest(settings, data).model_copy(update=found))
             elif not resume[1].pacing_recorded:
                 # A version-1 manifest: rewrite it in today's layout, now recording the pacing in use.
                 upgraded = new_manifest(settings, data).model_copy(
@@ -136,6 +153,9 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
                           highlight=False)
             for name, spec in named.items():
                 console.print(describe_endpoint(name, spec), highlight=False)
+            for line in capability_lines(clients):
+                console.print(escape(line), highlight=False)
+            watch = await RunWatch.start(clients)
             with make_progress(console) as progress:
                 try:
                     outcome = await run_items(data.items, clients, run_dir, top_k=settings.top_k,
@@ -153,6 +173,9 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
                             outcome.item_errors[k] = outcome.item_errors.get(k, 0) + v
                 except asyncio.CancelledError:
                     raise KeyboardInterrupt from None
+            # Where "auto" found each server's ceiling, and the prefix cache's hit rate over the run.
+            for line in await watch.finish(run_dir):
+                console.print(escape(line), highlight=False)
             return run_dir, outcome
         finally:
             for c in clients.values():
@@ -203,23 +226,29 @@ async def run_items(
     top_k: int,
     progress: Progress | None = None,
     repeat: int = 0,
+    ordered: bool = True,
 ) -> RunOutcome:
     """Score every pending (item, endpoint) pair, appending each record as it completes.
 
     `clients` maps endpoint names (what records carry) to clients. With ``repeat`` > 0 (the noise
     floor) the records carry that marker and every endpoint runs at `floor_concurrency`.
+    ``ordered``: the main pass sends prefix groups together (`servecmp.mcq.order`); False sends
+    the items as given (benchmarks compare the two).
     Stops an endpoint's workers at its first request that fails after all retries (the endpoint is
     probably down); the others carry on so their finished work is kept.
     """
     done = done_keys(run_dir)
     outcome = RunOutcome()
-    appender = JsonlAppender(run_dir / RECORDS)
+    # Lines reach the file in batches (at most 0.1 s late) and fsync runs off the event loop: at
+    # hundreds of answers a second, a write call per record and a blocking fsync every 5 s cost the
+    # loop time every request in flight waits for. A killed run re-asks the unwritten few on resume.
+    appender = JsonlAppender(run_dir / RECORDS, flush_seconds=0.1, background_sync=True)
     errors = JsonlAppender(run_dir / ITEM_ERRORS, sync_every=1)
     try:
         await asyncio.gather(
             *(
                 _run_role(name, [it for it in items if (it.item_id, name, repeat) not in done], client,
-                          appender, errors, top_k, progress, len(items), outcome, repeat)
+                          appender, errors, top_k, progress, len(items), outcome, repeat, ordered)
                 for name, client in clients.items()
             )
         )
@@ -240,35 +269,47 @@ async def _run_role(
     total: int,
     outcome: RunOutcome,
     repeat: int = 0,
+    ordered: bool = True,
 ) -> None:
     task_id = None
     if progress is not None:
         label = name if not repeat else f"{name} (again)"
         task_id = progress.add_task(label, total=total, completed=total - len(pending), rate="")
-    queue: asyncio.Queue[McqItem] = asyncio.Queue()
-    for it in pending:
-        queue.put_nowait(it)
+    # The main pass groups items by prompt prefix (servecmp.mcq.order); the noise floor keeps its
+    # shuffled order on purpose.
+    scheduler = PrefixScheduler(pending, grouped=ordered and not repeat)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     finished = 0
     key = name if not repeat else f"{name} (noise floor)"
-    concurrency = client.spec.max_concurrency if not repeat else floor_concurrency(client.spec.max_concurrency)
+    spec_level = client.spec.max_concurrency
+    if repeat:
+        concurrency = floor_concurrency(spec_level)
+    else:
+        # "auto": a worker per seat the limit may reach; the client's gate holds the rest back.
+        concurrency = spec_level if spec_level != "auto" else client.spec.concurrency_cap or DEFAULT_MAX_LIMIT
 
     async def worker() -> None:
         nonlocal finished
         while key not in outcome.failed:
-            try:
-                item = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            try:
-                record: McqRecord = await score_item(client, item, _role(name), top_k)
-            except EndpointError as exc:
-                if not exc.is_request_error:
-                    outcome.failed.setdefault(key, str(exc))
+            # The seat first, then the item: the scheduler picks what to send when it can be sent.
+            async with client.slot():
+                item = await scheduler.next()
+                if item is None:
                     return
-                errors.append({"item_id": item.item_id, "endpoint": name, "status": exc.status,
-                               "error": str(exc)[:500], **({"repeat": repeat} if repeat else {})})
+                failure: EndpointError | None = None
+                try:
+                    record: McqRecord = await score_item(client, item, _role(name), top_k)
+                except EndpointError as exc:
+                    failure = exc
+                finally:
+                    scheduler.done(item)
+            if failure is not None:
+                if not failure.is_request_error:
+                    outcome.failed.setdefault(key, str(failure))
+                    return
+                errors.append({"item_id": item.item_id, "endpoint": name, "status": failure.status,
+                               "error": str(failure)[:500], **({"repeat": repeat} if repeat else {})})
                 outcome.item_errors[key] = outcome.item_errors.get(key, 0) + 1
             else:
                 if record.endpoint != name or repeat:
@@ -290,13 +331,37 @@ def _label(key: str, n_candidates: int) -> str:
     return "candidate" if n_candidates == 1 else f"candidate {int(key[1:]) + 1}"
 
 
-async def prepare_clients(clients: dict[str, EndpointClient], top_k: int, letter: bool) -> dict[str, str]:
+async def prepare_clients(clients: dict[str, EndpointClient], top_k: int, letter: bool, *,
+                          api: ApiChoice | None = None, probe: tuple[str, Sequence[str]] | None = None,
+                          ) -> dict[str, str]:
     """Resolve model names and prove each endpoint serves logprobs, before any item is sent.
-    Returns each endpoint's model name, by the keys of `clients`."""
+    Returns each endpoint's model name, by the keys of `clients`.
+
+    With `api` (a run), each endpoint's capabilities are probed (servecmp.capabilities) on `probe`
+    (a letter prompt and its option tokens), kept in ``client.capabilities``, and the API each one
+    is asked through is set in ``client.api``; the echo fallback is kept only where the probe showed
+    echo agreeing with the top-k. Without it, one top-k request per endpoint (scripts/bench_mcq.py)."""
     n = sum(1 for key in clients if key.startswith("#"))
     models = {key: await client.resolve_model(_label(key, n)) for key, client in clients.items()}
+    if api is None:
+        for key, client in clients.items():
+            await client.probe_logprobs(_label(key, n), top_k if letter else 1)
+        return models
+    from servecmp.capabilities import PROBE_CONTINUATIONS, PROBE_PROMPT, choose_api, probe_capabilities
+
+    prompt, options = probe or (PROBE_PROMPT, PROBE_CONTINUATIONS)
+    caps = {}
     for key, client in clients.items():
-        await client.probe_logprobs(_label(key, n), top_k if letter else 1)
+        try:
+            caps[key] = await probe_capabilities(client, top_k if letter else 1, prompt=prompt, continuations=options)
+        except EndpointError as exc:
+            raise UserError(f"{_label(key, n)} endpoint failed the capability probe: {exc}") from exc
+        client.capabilities = caps[key]
+    chosen = choose_api(caps, api, letter=letter, labels={key: _label(key, n) for key in clients}, top_k=top_k)
+    for key, client in clients.items():
+        client.api = chosen[key]
+        # Only a second path shown to agree with the top-k may fill in an option missing from it.
+        client.echo_fallback = caps[key].paths_agree is True
     return models
 
 

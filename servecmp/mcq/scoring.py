@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from servecmp.endpoints import EndpointClient
+from servecmp.mcq.chat import chat_messages, chat_top, option_logprobs_from_chat
 from servecmp.mcq.records import McqItem, McqRecord
 from servecmp.records import EndpointRole
 from servecmp.tasks import choice_lengths
@@ -100,6 +101,8 @@ async def _echo_scores(client: EndpointClient, item: McqItem,
 
 async def score_item(client: EndpointClient, item: McqItem, role: EndpointRole, top_k: int) -> McqRecord:
     if item.kind == "letter":
+        if client.api == "chat":
+            return await score_letter_chat(client, item, role, top_k)
         return await _score_letter(client, item, role, top_k)
     return await _score_continuation(client, item, role)
 
@@ -132,6 +135,21 @@ async def _score_letter(client: EndpointClient, item: McqItem, role: EndpointRol
     prompt_tokens, completion_tokens = parse_usage(resp)
     n_requests = 1
     missing = [i for i, lp in enumerate(option_lp) if math.isnan(lp)]
+    if not topk and not client.echo_fallback:
+        from servecmp.errors import EndpointError
+
+        # llama-cpp-python returns no logprobs when the generated token ends the text; with no
+        # second path that agrees, the item cannot be scored here (counted as an item error).
+        raise EndpointError(f"{client.spec.base_url}: no top-k logprobs for item {item.item_id} (the model "
+                            "ended the text?) and no echo path that agrees with the top-k", status=422)
+    if missing and topk and not client.echo_fallback:
+        # No second path (no echo, or an echo that disagrees with the top-k: servecmp.capabilities):
+        # the smallest top-k logprob bounds a missing option from above; counted, never silent.
+        for i in missing:
+            option_lp[i] = topk[-1][1]
+        return _record(item, role, option_lp, topk=topk, latency=latency,
+                       usage=(prompt_tokens, completion_tokens), n_requests=n_requests).model_copy(
+            update={"censored_options": len(missing)})
     if missing:
         scores, resp2, _ = await _echo_scores(client, item, missing)
         for i, s in zip(missing, scores, strict=True):
@@ -140,11 +158,27 @@ async def _score_letter(client: EndpointClient, item: McqItem, role: EndpointRol
         prompt_tokens += p2
         completion_tokens += c2
         n_requests += 1
-    return _record(item, role, option_lp, topk=topk, latency=latency,
-                   usage=(prompt_tokens, completion_tokens), n_requests=n_requests)
+    record = _record(item, role, option_lp, topk=topk, latency=latency,
+                     usage=(prompt_tokens, completion_tokens), n_requests=n_requests)
+    return record.model_copy(update={"echo_options": len(missing)}) if missing else record
 
 
 async def _score_continuation(client: EndpointClient, item: McqItem, role: EndpointRole) -> McqRecord:
     scores, resp, latency = await _echo_scores(client, item, list(range(len(item.continuations))))
     return _record(item, role, [sc.logprob for sc in scores], topk=[], latency=latency, usage=parse_usage(resp),
                    n_requests=1)
+
+
+async def score_letter_chat(client: EndpointClient, item: McqItem, role: EndpointRole, top_k: int) -> McqRecord:
+    resp, latency = await client.chat(chat_messages(item), max_tokens=1,
+                                      extra_body={"logprobs": True, "top_logprobs": top_k})
+    top = sorted(chat_top(resp), key=lambda kv: kv[1], reverse=True)
+    if not top:
+        from servecmp.errors import EndpointError
+
+        # The probe saw chat logprobs; an answer without them is this request's failure.
+        raise EndpointError(f"{client.spec.base_url}: a chat answer without top_logprobs for item {item.item_id}",
+                            status=422)
+    option_lp, censored = option_logprobs_from_chat(top, item.continuations)
+    record = _record(item, role, option_lp, topk=top, latency=latency, usage=parse_usage(resp), n_requests=1)
+    return record.model_copy(update={"api": "chat", "censored_options": censored})

@@ -6,6 +6,10 @@
                  source and few-shot count resolved) plus what the run found (item count, task
                  fingerprint, prompt-format hash, times). kind "mcq", version 3 (2 and 1 read).
 
+Concurrency: "auto" unless --concurrency or the endpoint's servecmp.toml section sets a number
+(`_mcq_pacing`; MT-Bench, sharing `_candidates`, keeps `EndpointSpec`'s fixed 4); the manifest records
+"auto" as such, so a resumed run adapts again rather than replaying the level the original reached.
+
 Precedence for a new run: flag, then servecmp.toml (`[baseline]`, `[candidate]` or `[[candidates]]`,
 `[secondary]` when `[mcq] secondary = true`, `[mcq]`), then the defaults of `EndpointSpec` and
 `McqConfig`. `--candidate` flags replace the file's candidates.
@@ -14,7 +18,7 @@ Resume policy (the same as MT-Bench's). `--resume RUN_DIR` takes every setting t
 run's results from its manifest and reads no config file: a flag that would decide one (endpoints,
 task, items, seed, top-k, noise floor, runs dir, -c/--config) is refused when given at all, even
 with the stored value, all such flags named in one line. Pacing flags (`RESUME_PACING_FLAGS`:
---concurrency, --rps, --timeout, --retries) apply to every endpoint for this invocation only (not
+--concurrency, --max-concurrency, --rps, --timeout, --retries) apply to every endpoint for this invocation only (not
 given: the manifest's values); presentation and verdict flags (--json, --show, --gate,
 --summary-md) are accepted too.
 
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 
 from servecmp import __version__
+from servecmp.capabilities import EndpointCapabilities
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
 from servecmp.records import ROLES, EndpointRole, RunManifest
@@ -53,7 +58,7 @@ MANIFEST_VERSION = 3
 #: Flags that change how results are shown, never what they are: always accepted with --resume.
 PRESENTATION_FLAGS = ("--json", "--show", "--gate", "--summary-md")
 #: Pacing flags: accepted with --resume, for that invocation (every endpoint).
-RESUME_PACING_FLAGS = ("--concurrency", "--rps", "--timeout", "--retries")
+RESUME_PACING_FLAGS = ("--concurrency", "--max-concurrency", "--rps", "--timeout", "--retries")
 #: Every flag --resume accepts (the --help of `servecmp mcq --resume` lists the same).
 ACCEPTED_ON_RESUME = RESUME_PACING_FLAGS + PRESENTATION_FLAGS
 #: Names a candidate may not take: the other roles' record names.
@@ -98,7 +103,12 @@ class McqOptions:
     sample: int | None = None
     seed: int | None = None
     top_k: int | None = None
-    concurrency: int | None = None
+    #: "auto", "completions" or "chat": the API letter items are asked through.
+    api: str | None = None
+    #: A number or "auto" (not given: "auto", unless the endpoint's servecmp.toml section sets one).
+    concurrency: int | str | None = None
+    #: The cap of "auto" (`--max-concurrency`).
+    max_concurrency: int | None = None
     rps: float | None = None
     timeout: float | None = None
     retries: int | None = None
@@ -139,6 +149,9 @@ class McqSettings(BaseModel):
     #: Seeds the sample and every bootstrap interval.
     seed: int = 0
     top_k: int = 20
+    #: The API letter items are asked through: "auto" (completions when every endpoint has it, else
+    #: chat), "completions" or "chat" (servecmp.capabilities.choose_api).
+    api: Literal["auto", "completions", "chat"] = "auto"
     runs_dir: Path = Path("runs")
 
     @model_validator(mode="before")
@@ -206,7 +219,7 @@ class SecondaryEndpoint(EndpointSpec):
 
 #: The settings a manifest records as given, under the same names (`new_manifest`) and gives back
 #: to a resumed run (`McqManifest.settings`); source and fewshot it records as the task resolved them.
-RECORDED_AS_GIVEN = {"task", "data_dir", "fewshot_file", "limit", "sample", "seed", "top_k", "noise_floor"}
+RECORDED_AS_GIVEN = {"task", "data_dir", "fewshot_file", "limit", "sample", "seed", "top_k", "noise_floor", "api"}
 
 
 class McqManifest(BaseModel):
@@ -242,6 +255,13 @@ class McqManifest(BaseModel):
     #: A second replica of the baseline (not in `endpoints`, whose roles are baseline/candidate).
     secondary: SecondaryEndpoint | None = None
     noise_floor: int | None = None
+    #: The API asked for (--api). Manifests from before it read as "auto"; their records all came
+    #: through completions, which `endpoint_apis` (None there) means to a resume.
+    api: Literal["auto", "completions", "chat"] = "auto"
+    #: The API each endpoint was asked through, by endpoint name (None: before the capability probe).
+    endpoint_apis: dict[str, Literal["completions", "chat"]] | None = None
+    #: What the capability probe found at each endpoint, by endpoint name.
+    capabilities: dict[str, EndpointCapabilities] | None = None
     started_at: str
     finished_at: str | None = None
 
@@ -376,9 +396,11 @@ def _as_list(value: list[str] | str | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _candidates(opts: McqOptions, cfg: Config, pacing: dict[str, Any]) -> list[NamedEndpoint]:
+def _candidates(opts: McqOptions, cfg: Config, pacing: dict[str, Any], *,
+                auto_default: bool = False) -> list[NamedEndpoint]:
     """--candidate flags (with --candidate-model/-key-env/-name by position), else servecmp.toml's
-    `[[candidates]]`, else its `[candidate]`."""
+    `[[candidates]]`, else its `[candidate]`. `auto_default`: MCQ's concurrency default (`_mcq_pacing`);
+    MT-Bench, which shares this, keeps the fixed one."""
     urls = _as_list(opts.candidate)
     models, keys, names = (_as_list(opts.candidate_model), _as_list(opts.candidate_key_env),
                            _as_list(opts.candidate_name))
@@ -394,7 +416,8 @@ def _candidates(opts: McqOptions, cfg: Config, pacing: dict[str, Any]) -> list[N
             sections = [cfg.candidate]
         for i, url in enumerate(urls):
             spec = endpoint_from("candidate", sections[i], url, model=models[i] if i < len(models) else None,
-                                 api_key_env=keys[i] if i < len(keys) else None, **pacing)
+                                 api_key_env=keys[i] if i < len(keys) else None,
+                                 **_mcq_pacing(pacing, sections[i], auto_default))
             out.append(NamedEndpoint(**spec.model_dump(), name=names[i] if i < len(names) else None))
     elif cfg.candidates:
         if cfg.candidate is not None:
@@ -403,7 +426,7 @@ def _candidates(opts: McqOptions, cfg: Config, pacing: dict[str, Any]) -> list[N
             raise UserError("several --candidate-model/--candidate-key-env/--candidate-name flags need as many "
                             "--candidate URLs")
         for c in cfg.candidates:
-            flags = dict(pacing)
+            flags = _mcq_pacing(pacing, c, auto_default)
             if len(cfg.candidates) == 1:
                 flags.update(model=models[0] if models else None, api_key_env=keys[0] if keys else None)
             spec = endpoint_from("candidate", EndpointSpec(**c.model_dump(exclude={"name"})), None, **flags)
@@ -411,7 +434,7 @@ def _candidates(opts: McqOptions, cfg: Config, pacing: dict[str, Any]) -> list[N
             out.append(NamedEndpoint(**spec.model_dump(), name=name))
     else:
         spec = endpoint_from("candidate", cfg.candidate, None, model=models[0] if models else None,
-                             api_key_env=keys[0] if keys else None, **pacing)
+                             api_key_env=keys[0] if keys else None, **_mcq_pacing(pacing, cfg.candidate, auto_default))
         out.append(NamedEndpoint(**spec.model_dump(), name=names[0] if names else None))
     given = [c.name for c in out if c.name]
     for name in given:
@@ -422,23 +445,47 @@ def _candidates(opts: McqOptions, cfg: Config, pacing: dict[str, Any]) -> list[N
     return out
 
 
+def _api(value: str) -> Literal["auto", "completions", "chat"]:
+    if value not in ("auto", "completions", "chat"):
+        raise UserError(f"--api {value}: expected auto, completions or chat")
+    return value  # type: ignore[return-value]
+
+
+def _mcq_pacing(pacing: dict[str, Any], section: BaseModel | None, auto_default: bool = True) -> dict[str, Any]:
+    """MCQ's default concurrency is "auto" (servecmp.concurrency), unless --concurrency or the
+    endpoint's own servecmp.toml section (a key written there, not its default) sets one. MT-Bench
+    keeps `EndpointSpec`'s fixed default."""
+    if auto_default and pacing.get("max_concurrency") is None and (
+            section is None or "max_concurrency" not in section.model_fields_set):
+        return {**pacing, "max_concurrency": "auto"}
+    return dict(pacing)
+
+
 def new_settings(opts: McqOptions, cfg: Config) -> McqSettings:
     """Flags over servecmp.toml over defaults. UserError for a missing endpoint or a bad value."""
+    api = _api(opts.api if opts.api is not None else cfg.mcq.api)
+    task = opts.task or cfg.mcq.task
+    from servecmp.tasks.continuation_tasks import CONTINUATION_TASKS
+
+    if api == "chat" and task in CONTINUATION_TASKS:
+        # Refused before any data is loaded or request sent (servecmp.capabilities.choose_api says the same).
+        raise UserError("continuation tasks (arc, hellaswag, piqa, winogrande) score each choice's echoed prompt "
+                        "logprobs, which /v1/chat/completions cannot return: use --api completions")
     pacing = {"max_concurrency": opts.concurrency, "requests_per_second": opts.rps, "timeout_s": opts.timeout,
-              "max_retries": opts.retries}
+              "max_retries": opts.retries, "concurrency_cap": opts.max_concurrency}
     mc = cfg.mcq
     # --limit (the first N) given as a flag replaces the config's seeded sample: they are alternatives.
     sample = opts.sample if opts.sample is not None or opts.limit is not None else mc.sample
     secondary = None
     if opts.secondary is not None or mc.secondary:
         secondary = endpoint_from("secondary", cfg.secondary, opts.secondary, model=opts.secondary_model,
-                                  api_key_env=opts.secondary_key_env, **pacing)
+                                  api_key_env=opts.secondary_key_env, **_mcq_pacing(pacing, cfg.secondary))
     elif opts.secondary_model is not None or opts.secondary_key_env is not None:
         raise UserError("--secondary-model/--secondary-key-env need --secondary URL")
     return McqSettings(
         baseline=endpoint_from("baseline", cfg.baseline, opts.baseline, model=opts.baseline_model,
-                               api_key_env=opts.baseline_key_env, **pacing),
-        candidates=_candidates(opts, cfg, pacing),
+                               api_key_env=opts.baseline_key_env, **_mcq_pacing(pacing, cfg.baseline)),
+        candidates=_candidates(opts, cfg, pacing, auto_default=True),
         secondary=secondary,
         noise_floor=opts.noise_floor if opts.noise_floor is not None else mc.noise_floor,
         task=opts.task or mc.task,
@@ -450,6 +497,7 @@ def new_settings(opts: McqOptions, cfg: Config) -> McqSettings:
         sample=sample,
         seed=opts.seed if opts.seed is not None else mc.seed,
         top_k=opts.top_k if opts.top_k is not None else mc.top_k,
+        api=api,
         runs_dir=opts.runs_dir if opts.runs_dir is not None else Path(mc.runs_dir),
     )
 
@@ -463,7 +511,8 @@ FIXED_ON_RESUME: dict[str, str] = {
     "candidate_name": "--candidate-name", "secondary": "--secondary", "secondary_model": "--secondary-model",
     "secondary_key_env": "--secondary-key-env", "noise_floor": "--noise-floor", "task": "--task",
     "data_dir": "--data-dir", "source": "--source", "fewshot": "--fewshot", "fewshot_file": "--fewshot-file",
-    "limit": "--limit", "sample": "--sample", "seed": "--seed", "top_k": "--top-k", "runs_dir": "--runs-dir",
+    "limit": "--limit", "sample": "--sample", "seed": "--seed", "top_k": "--top-k", "api": "--api",
+    "runs_dir": "--runs-dir",
     "config": "-c/--config",
 }  # fmt: skip
 
@@ -490,7 +539,8 @@ def resumed_settings(opts: McqOptions) -> tuple[McqSettings, McqManifest]:
         )
     manifest = read_manifest(run_dir)
     settings = manifest.settings(runs_dir=run_dir.parent)
-    pacing = {"max_concurrency": opts.concurrency, "requests_per_second": opts.rps,
+    pacing = {"max_concurrency": opts.concurrency, "concurrency_cap": opts.max_concurrency,
+              "requests_per_second": opts.rps,
               "timeout_s": opts.timeout, "max_retries": opts.retries}
     given = {k: v for k, v in pacing.items() if v is not None}
     if given:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from servecmp.errors import UserError
 from servecmp.mcq.records import McqRecord
@@ -25,8 +25,12 @@ from servecmp.records import EndpointRole
 from servecmp.runstore import SUMMARY, read_json, validate_as, write_json_atomic
 
 #: Layout identifier and version; `servecmp.metrics.summary` writes the same two values.
-SCHEMA: Literal["servecmp.mcq_summary/2"] = "servecmp.mcq_summary/2"
-VERSION: Literal[2] = 2
+#: Version 3 added the reverse KL, Jensen-Shannon, the tight top-k estimate and llama.cpp's block;
+#: version 2 files still load (those fields are then None: not measured).
+SCHEMA: Literal["servecmp.mcq_summary/3"] = "servecmp.mcq_summary/3"
+VERSION: Literal[3] = 3
+#: Versions `load_summary` reads.
+READABLE_VERSIONS = (2, 3)
 
 
 class _Model(BaseModel):
@@ -77,8 +81,26 @@ class SharedTokens(_Model):
     min: int | None
 
 
+class TightTopk(_Model):
+    """The tighter top-k estimate (`servecmp.metrics.kl.topk_kl_tight`): not a bound."""
+
+    n: int
+    #: KL(baseline ‖ candidate), the headline direction.
+    kl_bc: Distribution
+    #: KL(candidate ‖ baseline).
+    kl_cb: Distribution
+    js: Distribution
+    #: Items where a token shown by one list only had its other side imputed.
+    n_imputed: int
+    n_floored: int
+    #: Share of the mean KL(b ‖ c) estimate that is the extrapolated tail term.
+    tail_share: float | None
+    estimator: str
+
+
 class TopkKl(_Model):
-    """The top-k next-token KL lower bound (see `servecmp.metrics.kl`)."""
+    """The top-k next-token KL lower bound (see `servecmp.metrics.kl`), and from version 3 the
+    reverse-KL and JS bounds over the same cells and the tight estimate (None in version 2 files)."""
 
     n: int
     kl_hat: Distribution
@@ -87,6 +109,37 @@ class TopkKl(_Model):
     n_floored: int
     shared_tokens: SharedTokens
     estimator: str
+    kl_cb_hat: Distribution | None = None
+    js_hat: Distribution | None = None
+    tight: TightTopk | None = None
+
+
+class MeanError(_Model):
+    """A mean and its standard error, as llama.cpp prints "value ± error"."""
+
+    value: float | None
+    error: float | None
+
+
+class NextTokenReport(_Model):
+    """llama.cpp's ``perplexity --kl-divergence`` statistics over the answer positions
+    (`servecmp.metrics.kl_report`). Δp values are fractions; errors are one standard error."""
+
+    n: int
+    kld_mean: MeanError
+    #: Keys max, p99_9, p99, p95, p90, median, p10, p5, p1, p0_1, min.
+    kld_percentiles: dict[str, float | None]
+    dp_mean: MeanError
+    #: Keys as KLD's plus p75 and p25.
+    dp_percentiles: dict[str, float | None]
+    dp_rms: MeanError
+    same_top_count: int
+    same_top: MeanError
+    #: What the per-item KLD is (the tight top-k estimate) and which token Δp is about.
+    kld_source: str
+    dp_token: str
+    #: Items whose candidate probability of that token was imputed (not in its top-k list).
+    n_dp_imputed: int
 
 
 class SummarySettings(_Model):
@@ -202,8 +255,8 @@ class McqSummary(_Model):
                               validate_by_alias=True)
 
     # `schema` would shadow a BaseModel attribute; the JSON key stays "schema".
-    schema_: Literal["servecmp.mcq_summary/2"] = Field(default=SCHEMA, alias="schema")
-    version: Literal[2] = VERSION
+    schema_: Literal["servecmp.mcq_summary/2", "servecmp.mcq_summary/3"] = Field(default=SCHEMA, alias="schema")
+    version: Literal[2, 3] = VERSION
     settings: SummarySettings
     #: Items both endpoints answered (the ones every metric is computed over).
     n_items: int
@@ -214,7 +267,12 @@ class McqSummary(_Model):
     answer_changes: Proportion
     acc_norm: AccNorm | None
     option_kl: OptionKl
+    #: KL(candidate ‖ baseline) and JS over the options (version 3; None when read from version 2).
+    option_kl_cb: OptionKl | None = None
+    option_js: Distribution | None = None
     topk_kl: TopkKl | None
+    #: llama.cpp's block over the next-token distributions (None without top-k, or version 2).
+    next_token_report: NextTokenReport | None = None
     top_margin: TopMargin
     #: Rows of the metrics' own type (`servecmp.metrics.mcq.GroupRow`), validated with this model's
     #: rules (unknown keys refused).
@@ -222,6 +280,15 @@ class McqSummary(_Model):
     pairing: Pairing
     tasks: list[str]
     run: RunInfo
+
+    @model_validator(mode="after")
+    def _version_fields(self) -> McqSummary:
+        # Version 3 always has the option divergences; a version 3 file without them is damaged.
+        if self.version == 3 and (self.option_kl_cb is None or self.option_js is None):
+            raise ValueError("a servecmp.mcq_summary/3 summary needs option_kl_cb and option_js")
+        if f"servecmp.mcq_summary/{self.version}" != self.schema_:
+            raise ValueError(f"schema {self.schema_} does not match version {self.version}")
+        return self
 
 
 def summary_from_records(base: Sequence[McqRecord], cand: Sequence[McqRecord], run: RunInfo, *,
@@ -251,7 +318,8 @@ def write_summary(run_dir: Path, summary: McqSummary) -> None:
 def load_summary(path: Path) -> McqSummary:
     """A stored summary (a run directory's summary.json, or the file itself), as written.
 
-    UserError for a file that is not an MCQ summary of this version; `compare_run` recomputes
+    UserError for a file that is not an MCQ summary of a version this model reads (2 or 3: a
+    version 2 file loads with the version 3 fields None); `compare_run` recomputes
     one from the records instead.
     """
     file = path / SUMMARY if path.is_dir() else path
@@ -261,7 +329,7 @@ def load_summary(path: Path) -> McqSummary:
                         "servecmp.mcq.compare.load_comparison")
     if not isinstance(raw, dict) or not str(raw.get("schema", "")).startswith("servecmp.mcq_summary/"):
         raise UserError(f"{file} is not an MCQ summary")
-    if raw.get("version") != VERSION:
+    if raw.get("version") not in READABLE_VERSIONS:
         raise UserError(f"{file} is an MCQ summary of layout {raw.get('schema')}, not {SCHEMA}; "
                         f"recompute it from the records with: servecmp report {file.parent}")
     return validate_as(McqSummary, raw, file, "a valid MCQ summary")

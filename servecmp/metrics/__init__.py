@@ -8,13 +8,17 @@ quantized model to replace its baseline: it must also give the same answers. The
 - `servecmp.metrics.mcq`: multiple-choice metrics from ``(n, k)`` option-logprob matrices
   (choices, acc_norm, flips, answer changes, option KL, top margin, per-group breakdown);
 - `servecmp.metrics.kl`: the top-k next-token KL lower bound (its docstring states the estimator
-  and its guarantees) and an exact full-vocabulary reference;
+  and its guarantees), the tighter top-k estimate (`topk_kl_tight`), KL in both directions and
+  Jensen-Shannon (`divergences`, `cell_divergences`) and an exact full-vocabulary reference;
+- `servecmp.metrics.kl_report`: llama.cpp's ``perplexity --kl-divergence`` statistics (`kl_report`,
+  printed in llama.cpp's layout by `llama_cpp_text`) over any per-position arrays;
 - `servecmp.metrics.floor`: the noise floor (an endpoint against itself) and a candidate's excess
   over it (paired bootstrap, exact McNemar, Wilcoxon);
 - `servecmp.metrics.summary`: `summarize_mcq`, everything above as one JSON-ready dict;
 - `servecmp.metrics.from_records`: `summarize_records`, the same from two runs' `McqRecord`s.
 
-Conventions. "diff"/"delta" is candidate − baseline. KL is KL(baseline ‖ candidate) in nats.
+Conventions. "diff"/"delta" is candidate − baseline. KL is KL(baseline ‖ candidate) in nats (the
+headline; ``_cb`` names KL(candidate ‖ baseline), ``js`` Jensen-Shannon).
 Choices are argmax with ties to the lowest option index; an item whose option logprobs are all
 ``-inf`` is unanswered (choice -1, counted wrong, left out of option KL and top margin). Intervals
 are two-sided at ``settings.confidence`` (0.95 by default): percentile bootstrap (scipy, seeded,
@@ -30,8 +34,8 @@ record shapes recur:
 
 Numbers that are undefined (empty subsets, constant inputs to a test) are ``null``, never NaN::
 
-    schema          "servecmp.mcq_summary/2"
-    version         2
+    schema          "servecmp.mcq_summary/3"
+    version         3
     settings        {confidence, n_boot, seed, kl_units: "nats", prob_floor, margin_edges}
     n_items         paired items compared
     n_options       k (columns of the option matrices, after padding)
@@ -41,8 +45,16 @@ Numbers that are undefined (empty subsets, constant inputs to a test) are ``null
     answer_changes  Proportion (items whose chosen option differs)
     acc_norm        null, or {accuracy, flips, answer_changes} as above with length-normalised choices
     option_kl       Distribution of the per-item option KL + {n_floored}
+    option_kl_cb    the same for KL(candidate ‖ baseline) over the options
+    option_js       Distribution of the per-item Jensen-Shannon divergence over the options
     topk_kl         null, or {n, kl_hat: Distribution, unresolved_baseline_mass: Distribution,
-                    n_exact (items with p_R = q_R = 0), n_floored, shared_tokens: {mean, min}, estimator}
+                    n_exact (items with p_R = q_R = 0), n_floored, shared_tokens: {mean, min}, estimator,
+                    kl_cb_hat: Distribution, js_hat: Distribution  (lower bounds over the same cells),
+                    tight: {n, kl_bc, kl_cb, js: Distribution, n_imputed, n_floored, estimator}}
+    next_token_report  null, or llama.cpp's block (`servecmp.metrics.kl_report.KlReport`) over the answer
+                    positions: {n, kld_mean: {value, error}, kld_percentiles: {max, p99_9, ..., min},
+                    dp_mean, dp_percentiles, dp_rms, same_top_count, same_top, kld_source, dp_token,
+                    n_dp_imputed}
     top_margin      {n,
                      by_baseline_correctness: {when_correct: Estimate, when_wrong: Estimate,
                                                mann_whitney_p},
@@ -61,7 +73,35 @@ requests_per_item, item_errors); it is what summary.json and ``--json`` hold.
 """
 
 from servecmp.metrics.from_records import PairedRecords, pair_records, summarize_records
-from servecmp.metrics.kl import TopkKl, TopkKlItem, exact_kl, merge_topk, topk_kl, topk_kl_item
+from servecmp.metrics.kl import (
+    CellDivergences,
+    CompletedTopk,
+    Divergences,
+    TopkKl,
+    TopkKlItem,
+    TopkTight,
+    TopkTightItem,
+    cell_divergences,
+    complete_topk,
+    divergences,
+    exact_divergences,
+    exact_kl,
+    merge_topk,
+    topk_kl,
+    topk_kl_item,
+    topk_kl_tight,
+    topk_kl_tight_item,
+)
+from servecmp.metrics.kl_report import (
+    KlReport,
+    MeanError,
+    TopTokenProbs,
+    kl_report,
+    llama_cpp_text,
+    mean_and_error,
+    top_token,
+    top_token_probs,
+)
 from servecmp.metrics.mcq import (
     DEFAULT_MARGIN_EDGES,
     NO_ANSWER,
@@ -104,7 +144,26 @@ from servecmp.metrics.stats import (
 from servecmp.metrics.summary import SCHEMA, SCHEMA_VERSION, jsonable, summarize_mcq
 
 __all__ = [
+    "CellDivergences",
+    "CompletedTopk",
     "DEFAULT_MARGIN_EDGES",
+    "Divergences",
+    "KlReport",
+    "MeanError",
+    "TopTokenProbs",
+    "TopkTight",
+    "TopkTightItem",
+    "cell_divergences",
+    "complete_topk",
+    "divergences",
+    "exact_divergences",
+    "kl_report",
+    "llama_cpp_text",
+    "mean_and_error",
+    "top_token",
+    "top_token_probs",
+    "topk_kl_tight",
+    "topk_kl_tight_item",
     "NO_ANSWER",
     "SCHEMA",
     "SCHEMA_VERSION",

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from servecmp.metrics import kl as kl_mod
+from servecmp.metrics import kl_report as kl_report_mod
 from servecmp.metrics import mcq
 from servecmp.metrics.stats import (
     DEFAULT_CONFIDENCE,
@@ -26,8 +27,11 @@ from servecmp.metrics.stats import (
 
 #: Identifies the layout of the dict `summarize_mcq` returns; bump both when a key changes meaning.
 #: Version 2 added `version` and the typed `run` section (`servecmp.mcq.summary.McqSummary`).
-SCHEMA = "servecmp.mcq_summary/2"
-SCHEMA_VERSION = 2
+#: Version 3 added KL(candidate ‖ baseline) and Jensen-Shannon (``option_kl_cb``, ``option_js``, and in
+#: ``topk_kl`` the bounds ``kl_cb_hat``/``js_hat`` and the ``tight`` estimate) and llama.cpp's
+#: KL-divergence block over the next-token distributions (``next_token_report``).
+SCHEMA = "servecmp.mcq_summary/3"
+SCHEMA_VERSION = 3
 
 
 def summarize_mcq(
@@ -71,6 +75,8 @@ def summarize_mcq(
     changed = mcq.changed_answers(base_choice, cand_choice)
     base_ok, cand_ok = mcq.correct(base_choice, g), mcq.correct(cand_choice, g)
     okl = mcq.option_kl(base, cand)
+    # The other direction and JS over the same renormalised options (KL(b‖c) stays `okl`, the headline).
+    odiv = kl_mod.divergences(base, cand, floor=mcq.PROB_FLOOR)
     margin = mcq.top_margin(base)
 
     norm: tuple[mcq.IntArray, mcq.IntArray] | None = None
@@ -79,22 +85,29 @@ def summarize_mcq(
         cn = mcq.length_normalised_choices(cand, option_lengths)
         norm = (bn, cn)
     tk: kl_mod.TopkKl | None = None
+    tight: kl_mod.TopkTight | None = None
+    top: kl_report_mod.TopTokenProbs | None = None
     if base_topk is not None and cand_topk is not None:
         if len(base_topk) != n or len(cand_topk) != n:
             raise ValueError(f"top-k lists must have one entry per item ({n})")
         tk = kl_mod.topk_kl(base_topk, cand_topk)
+        tight = kl_mod.topk_kl_tight(base_topk, cand_topk)
+        top = kl_report_mod.top_token_probs(base_topk, cand_topk)
 
     # Every per-item mean is bootstrapped from one shared resampling (see `_mean_cis`).
     columns: dict[str, FloatArray] = {
         "acc_b": base_ok.astype(float), "acc_c": cand_ok.astype(float), "option_kl": okl.kl,
+        "option_kl_cb": odiv.kl_cb, "option_js": odiv.js,
     }
     differences = {"acc_d": ("acc_b", "acc_c")}
     if norm is not None:
         columns["norm_b"] = mcq.correct(norm[0], g).astype(float)
         columns["norm_c"] = mcq.correct(norm[1], g).astype(float)
         differences["norm_d"] = ("norm_b", "norm_c")
-    if tk is not None:
-        columns.update(topk_kl=tk.kl_hat, topk_rest=tk.p_rest)
+    if tk is not None and tight is not None:
+        assert tk.kl_cb_hat is not None and tk.js_hat is not None
+        columns.update(topk_kl=tk.kl_hat, topk_rest=tk.p_rest, topk_kl_cb=tk.kl_cb_hat, topk_js=tk.js_hat,
+                       tight_kl_bc=tight.kl_bc, tight_kl_cb=tight.kl_cb, tight_js=tight.js)
     ci = _mean_cis(columns, differences, kw)
 
     out: dict[str, Any] = {
@@ -110,14 +123,19 @@ def summarize_mcq(
         "acc_norm": None,
         "option_kl": {**dataclasses.asdict(_distribution(okl.kl, ci["option_kl"])),
                       "n_floored": int(np.count_nonzero(okl.floored))},
+        "option_kl_cb": {**dataclasses.asdict(_distribution(odiv.kl_cb, ci["option_kl_cb"])),
+                         "n_floored": int(np.count_nonzero(odiv.floored_cb))},
+        "option_js": _distribution(odiv.js, ci["option_js"]),
         "topk_kl": None,
+        "next_token_report": None,
     }
     if norm is not None:
         bn, cn = norm
         out["acc_norm"] = _choice_metrics(mcq.correct(bn, g), mcq.correct(cn, g), bn, cn, ci, "norm",
                                           confidence)
-    if tk is not None:
-        out["topk_kl"] = _topk_section(tk, ci)
+    if tk is not None and tight is not None and top is not None:
+        out["topk_kl"] = _topk_section(tk, tight, ci)
+        out["next_token_report"] = _next_token_report(tight, top)
 
     has_margin = np.isfinite(margin)
     out["top_margin"] = {
@@ -185,9 +203,11 @@ def _distribution(values: FloatArray, mean_ci: Estimate) -> Distribution:
     return distribution_with_ci(values[np.isfinite(values)], mean_ci)
 
 
-def _topk_section(tk: kl_mod.TopkKl, ci: Mapping[str, Estimate]) -> dict[str, Any]:
+def _topk_section(tk: kl_mod.TopkKl, tight: kl_mod.TopkTight, ci: Mapping[str, Estimate]) -> dict[str, Any]:
     ok = tk.available
     shared = tk.n_shared[ok]
+    assert tk.kl_cb_hat is not None and tk.js_hat is not None
+    t_ok = tight.available
     return {
         "n": int(np.count_nonzero(ok)),
         "kl_hat": _distribution(tk.kl_hat, ci["topk_kl"]),
@@ -197,7 +217,43 @@ def _topk_section(tk: kl_mod.TopkKl, ci: Mapping[str, Estimate]) -> dict[str, An
         "shared_tokens": {"mean": float(shared.mean()) if shared.size else None,
                           "min": int(shared.min()) if shared.size else None},
         "estimator": "lower bound: KL over the tokens in both top-k lists plus one rest bucket",
+        "kl_cb_hat": _distribution(tk.kl_cb_hat, ci["topk_kl_cb"]),
+        "js_hat": _distribution(tk.js_hat, ci["topk_js"]),
+        "tight": {
+            "n": int(np.count_nonzero(t_ok)),
+            "kl_bc": _distribution(tight.kl_bc, ci["tight_kl_bc"]),
+            "kl_cb": _distribution(tight.kl_cb, ci["tight_kl_cb"]),
+            "js": _distribution(tight.js, ci["tight_js"]),
+            # Items where a token shown by one list only had its other side imputed.
+            "n_imputed": int(np.count_nonzero(t_ok & ((tight.n_imputed_base > 0) | (tight.n_imputed_cand > 0)))),
+            "n_floored": int(np.count_nonzero(tight.floored)),
+            # How much of the mean KL(b‖c) estimate is the extrapolated tail term (the rest is observed).
+            "tail_share": _share(tight.tail[t_ok], tight.kl_bc[t_ok]),
+            "estimator": TIGHT_ESTIMATOR,
+        },
     }
+
+
+#: How the tight estimate is made (stored in the summary so a reader knows what the number is).
+TIGHT_ESTIMATOR = ("estimate: every token either top-k list shows is its own cell; the side whose list "
+                   "does not show it gets that list's smallest probability, capped at an equal share of "
+                   "its unlisted mass; one rest cell for the tokens neither list shows, plus a tail term "
+                   "p_R * s^2 / 2 (s^2: variance of the log-ratios of the shared tokens)")
+
+
+def _share(part: FloatArray, whole: FloatArray) -> float | None:
+    total = float(whole.sum())
+    return float(part.sum()) / total if total > 0 else None
+
+
+def _next_token_report(tight: kl_mod.TopkTight, top: kl_report_mod.TopTokenProbs) -> dict[str, Any]:
+    """llama.cpp's KL-divergence block over the items' answer positions (`servecmp.metrics.kl_report`)."""
+    rep = kl_report_mod.kl_report(tight.kl_bc, top.p_base, top.p_cand, top.same_top)
+    ok = np.isfinite(tight.kl_bc) & np.isfinite(top.p_cand)
+    return {**dataclasses.asdict(rep),
+            "kld_source": "tight top-k estimate of KL(baseline ‖ candidate) at the answer position",
+            "dp_token": "the baseline's most likely token",
+            "n_dp_imputed": int(np.count_nonzero(top.imputed & ok))}
 
 
 def jsonable(obj: Any) -> Any:

@@ -34,7 +34,7 @@ version 2. A version newer than this servecmp knows is refused.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -95,7 +95,8 @@ class MtJudge(BaseModel):
     max_tokens: int = Field(ge=1)
     # Pacing the run started with; a resume keeps it unless --judge-rps is given.
     timeout_s: float = Field(gt=0)
-    max_concurrency: int = Field(ge=1)
+    #: "auto" only for the demo judge (the baseline judges, at the baseline's pacing).
+    max_concurrency: Annotated[int, Field(ge=1)] | Literal["auto"]
     requests_per_second: float | None = Field(default=None, gt=0)
     max_retries: int = Field(ge=0)
 

@@ -76,7 +76,8 @@ class MtBenchOptions:
     candidate_key_env: list[str] | str | None = None
     candidate_name: list[str] | str | None = None
     #: Pacing of the two answering endpoints (the judge has its own, from [judge] and --judge-rps).
-    concurrency: int | None = None
+    #: A number or "auto" (servecmp.concurrency); not given: EndpointSpec's fixed default.
+    concurrency: int | str | None = None
     rps: float | None = None
     timeout: float | None = None
     retries: int | None = None
@@ -167,7 +168,7 @@ def _mode(value: str) -> Mode:
     return cast(Mode, value)
 
 
-def _pacing(opts: MtBenchOptions) -> dict[str, float | int | None]:
+def _pacing(opts: MtBenchOptions) -> dict[str, float | int | str | None]:
     return {
         "max_concurrency": opts.concurrency,
         "requests_per_second": opts.rps,

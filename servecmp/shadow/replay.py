@@ -28,6 +28,7 @@ from servecmp.shadow.payloads import PATH_KINDS
 from servecmp.shadow.store import Counters
 from servecmp.shadow.upstream import UPSTREAM_ERRORS, Upstream
 from servecmp.shadow.wiring import ComparisonParts, ShadowEndpoints, build_comparison, start_run
+from servecmp.shadow.workers import compare_and_store
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -163,21 +164,18 @@ async def replay(
     parts: ComparisonParts = build_comparison(cfg, endpoints, run, counters)
     parts.writer.start()
     slots = asyncio.Semaphore(max(1, max_in_flight))
-    failed = compared = 0
+    failed = 0
 
     async def one(req: ReplayRequest) -> None:
-        nonlocal failed, compared
+        nonlocal failed
         try:
             try:
                 job = await _send_primary(parts.primary, req)
             except UPSTREAM_ERRORS:
                 failed += 1
-                counters.inc("primary_unreachable")
+                counters.inc("primary_unreachable", route=PATH_KINDS[req.path])
                 return
-            records = await parts.comparer.compare(job)
-            counters.inc("mirrored")
-            parts.writer.submit(records)
-            compared += 1
+            await compare_and_store(parts, counters, job)  # the proxy's and the collector's path
         finally:
             slots.release()
 
@@ -189,7 +187,7 @@ async def replay(
             if delay > 0:
                 await asyncio.sleep(delay)
             await slots.acquire()  # a slow endpoint slows the schedule rather than piling up requests
-            counters.inc("requests")
+            counters.inc("requests", route=PATH_KINDS[req.path])
             tasks.append(asyncio.create_task(one(req)))
         await asyncio.gather(*tasks)
     finally:
@@ -198,4 +196,4 @@ async def replay(
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.to_thread(parts.writer.close)
         await parts.aclose()
-    return ReplayOutcome(len(tasks), compared, failed, run.run_id, time.perf_counter() - t_start)
+    return ReplayOutcome(len(tasks), counters.get("mirrored"), failed, run.run_id, time.perf_counter() - t_start)

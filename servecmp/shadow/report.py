@@ -13,8 +13,10 @@ both; `render` prints. ``--json`` is ``ShadowSummary.model_dump(mode="json")``, 
 (undefined numbers, e.g. a rate over no requests, are ``null``, never NaN)::
 
     schema              "servecmp.shadow_summary"
-    version             1
-    database            the file read (null when summarised from rows)
+    version             3   (2: counters gained recorded and dropped_db_error; 3: the measures
+                             kl_tight_mean, kl_cb_mean, js_mean and teacher_forced_tokens. A version 2
+                             summary still validates, with teacher_forced_tokens null)
+    database            the file or URL read, password redacted (null when summarised from rows)
     settings            {confidence, alpha, n_boot, worst_n}
     runs                [{run_id, started_at, mode, baseline_url, candidate_url, secondary_url,
                           hash_only, sample_rate, settings}]   (baseline = the primary)
@@ -32,6 +34,16 @@ both; `render` prints. ``--json`` is ``ShadowSummary.model_dump(mode="json")``, 
     hourly              [{hour, requests, candidate_errors: Rate, candidate_mismatch: Rate,
                           secondary_mismatch: Rate | null, candidate_edit_distance: {mean, n},
                           candidate_kl_mean: {mean, n}}]
+    teacher_forced_tokens  null (no per-token values stored: a database from before layout 3, or no
+                          teacher-forced request) or {kld_source, dp_token, candidate: TokenBlock | null,
+                          secondary: TokenBlock | null}
+
+    TokenBlock  {n, n_requests, skipped_requests, kld_mean: {value, error}, kld_percentiles: {max,
+                 p99_9, p99, p95, p90, median, p10, p5, p1, p0_1, min}, dp_mean, dp_percentiles (as
+                 kld's plus p75, p25), dp_rms, same_top_count, same_top}: llama.cpp's
+                 ``perplexity --kl-divergence`` statistics over every teacher-forced token of the
+                 target's requests, pooled as llama.cpp pools tokens (`servecmp.metrics.kl_report`);
+                 Δp as fractions, errors one standard error (not 95% intervals)
 
     Rate        {count, n, rate, low, high}                 Wilson interval
     Mean        {mean, low, high, n}                        percentile bootstrap interval
@@ -42,21 +54,22 @@ both; `render` prints. ``--json`` is ``ShadowSummary.model_dump(mode="json")``, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import sqlite3
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from servecmp.errors import UserError
+from servecmp.metrics.kl_report import DP_PERCENTILES, KLD_PERCENTILES, kl_report
 from servecmp.metrics.stats import (
     DEFAULT_CONFIDENCE,
     bootstrap_mean_ci,
@@ -65,11 +78,14 @@ from servecmp.metrics.stats import (
     wilcoxon_paired,
     wilson_ci,
 )
-from servecmp.shadow.store import COUNTER_NAMES, open_readonly
+from servecmp.shadow.measures import TokenStats
+from servecmp.shadow.store import COUNTER_NAMES, load_all, redact_target
 
 SCHEMA: Final = "servecmp.shadow_summary"
 #: Bumped whenever the layout changes (readers refuse fields they do not know).
-VERSION: Final = 1
+VERSION: Final = 3
+#: Layouts `ShadowSummary` validates (a version 2 summary has no version 3 fields).
+READABLE_VERSIONS: Final = (2, 3)
 ALPHA = 0.05
 Row = dict[str, Any]
 Indicator = Callable[[Row], bool | None]
@@ -103,7 +119,13 @@ MEANS: list[tuple[str, str, bool]] = [
     ("kl_mean", "KL per token, teacher-forced (nats, top-k bound)", True),
     ("top1_agree", "Top-1 agreement, teacher-forced", True),
     ("dp_mean", "Δp of the chosen token, teacher-forced", True),
+    # Database layout 3: absent from older databases' rows, and then not listed (see `summarise`).
+    ("kl_tight_mean", "KL(primary ‖ other) per token, teacher-forced (nats, top-k estimate)", True),
+    ("kl_cb_mean", "KL(other ‖ primary) per token, teacher-forced (nats, top-k estimate)", True),
+    ("js_mean", "Jensen-Shannon per token, teacher-forced (nats, top-k estimate)", True),
 ]
+#: Columns of database layout 3; a measure on one is listed only when the rows have the column.
+LAYOUT_3_COLUMNS = frozenset({"kl_tight_mean", "kl_cb_mean", "js_mean"})
 
 #: (column, label): the largest value seen.
 MAXES: list[tuple[str, str]] = [
@@ -234,6 +256,50 @@ class HourRow(_Model):
     candidate_kl_mean: PlainMean
 
 
+class MeanError(_Model):
+    """A mean and its standard error, as llama.cpp prints "value ± error"; null when undefined."""
+
+    value: float | None
+    error: float | None
+
+
+class TokenBlock(_Model):
+    """llama.cpp's KL-divergence statistics over one target's teacher-forced tokens, pooled across
+    requests (`servecmp.metrics.kl_report.kl_report`). Δp values are fractions; errors are one
+    standard error."""
+
+    #: Tokens pooled (llama.cpp's n), and the requests they came from.
+    n: int
+    n_requests: int
+    #: Requests whose stored per-token values could not be read (another layout): left out.
+    skipped_requests: int = 0
+    #: "Mean    KLD"
+    kld_mean: MeanError
+    #: Keys max, p99_9, p99, p95, p90, median, p10, p5, p1, p0_1, min.
+    kld_percentiles: dict[str, float | None]
+    dp_mean: MeanError
+    #: Keys as KLD's plus p75 and p25.
+    dp_percentiles: dict[str, float | None]
+    dp_rms: MeanError
+    same_top_count: int
+    same_top: MeanError
+
+
+#: What `TeacherForcedTokens`' KLD and Δp are.
+KLD_SOURCE = "KL(primary ‖ other) per token, tight top-k estimate (nats)"
+DP_TOKEN = "p_other − p_primary of the primary's answer token (both read from the top-k lists)"
+
+
+class TeacherForcedTokens(_Model):
+    """llama.cpp's block per target: the candidate's, and the secondary's (the noise floor: what
+    the same statistics look like between two copies of the baseline)."""
+
+    kld_source: str = KLD_SOURCE
+    dp_token: str = DP_TOKEN
+    candidate: TokenBlock | None
+    secondary: TokenBlock | None
+
+
 class RunSummary(_Model):
     """One `shadow serve` or `shadow replay` run recorded in the database."""
 
@@ -256,9 +322,11 @@ class ShadowCounters(_Model):
     requests: int = 0
     sampled_out: int = 0
     mirrored: int = 0
+    recorded: int = 0
     dropped_queue_full: int = 0
     dropped_writer_full: int = 0
     dropped_db_full: int = 0
+    dropped_db_error: int = 0
     dropped_too_large: int = 0
     dropped_shutdown: int = 0
     client_disconnected: int = 0
@@ -283,7 +351,7 @@ class ShadowSummary(_Model):
                               validate_by_alias=True)
 
     schema_: Literal["servecmp.shadow_summary"] = Field(default=SCHEMA, alias="schema")
-    version: Literal[1] = VERSION
+    version: Literal[2, 3] = VERSION
     database: str | None = None
     settings: ReportSettings
     runs: list[RunSummary]
@@ -297,6 +365,8 @@ class ShadowSummary(_Model):
     measures: list[Measure]
     worst: list[WorstRequest]
     hourly: list[HourRow]
+    #: Version 3; None when no per-token values are stored (older database, or no teacher forcing).
+    teacher_forced_tokens: TeacherForcedTokens | None = None
 
     def measure(self, key: str) -> RateMeasure | MeanMeasure | MaxMeasure:
         for m in self.measures:
@@ -319,7 +389,7 @@ def _rate(rows: Sequence[Row], ind: Indicator) -> Rate:
 
 
 def _mean(rows: Sequence[Row], col: str, n_boot: int) -> Mean:
-    vals = [float(r[col]) for r in rows if r[col] is not None and math.isfinite(float(r[col]))]
+    vals = [float(v) for v in (r.get(col) for r in rows) if v is not None and math.isfinite(float(v))]
     est = bootstrap_mean_ci(vals, n_boot=n_boot)
     return Mean(mean=est.point, low=est.low, high=est.high, n=est.n)
 
@@ -359,7 +429,7 @@ def _paired_rate(cand: dict[str, Row], sec: dict[str, Row], ind: Indicator, n_bo
 
 
 def _paired_mean(cand: dict[str, Row], sec: dict[str, Row], col: str, n_boot: int) -> MeanExcess:
-    floor, candidate = _paired(cand, sec, lambda r: _clean(r[col]))
+    floor, candidate = _paired(cand, sec, lambda r: _clean(r.get(col)))
     diff = paired_bootstrap_diff_ci(floor, candidate, n_boot=n_boot)
     test = wilcoxon_paired(floor, candidate) if floor else None
     p = test.pvalue if test is not None else None
@@ -387,6 +457,27 @@ def _snippet(r: Row, width: int = 60) -> str:
         text = " ".join(str(r["prompt"]).split())
         return text if len(text) <= width else text[: width - 1] + "…"
     return f"sha256:{str(r['prompt_sha256'])[:12]}"
+
+
+def token_block(rows: Sequence[Row]) -> TokenBlock | None:
+    """llama.cpp's statistics over every teacher-forced token of ``rows`` (one target's), pooled as
+    llama.cpp pools the tokens of its text; None when no row has per-token values."""
+    parts: list[TokenStats] = []
+    skipped = 0
+    for r in rows:
+        blob = r.get("tf_token_stats")
+        if blob is None:
+            continue
+        try:
+            parts.append(TokenStats.unpack(blob))
+        except ValueError:
+            skipped += 1
+    if not parts:
+        return None
+    rep = kl_report(np.concatenate([t.kl for t in parts]), np.concatenate([t.p_primary for t in parts]),
+                    np.concatenate([t.p_other for t in parts]), np.concatenate([t.same_top for t in parts]))
+    return TokenBlock.model_validate({**dataclasses.asdict(rep), "n_requests": len(parts),
+                                      "skipped_requests": skipped})
 
 
 def _run(r: Row) -> RunSummary:
@@ -430,6 +521,8 @@ def summarise(
             excess=_paired_rate(cand, sec, ind, n_boot) if has_floor else None,
         ))
     for col, label, tested in MEANS:
+        if col in LAYOUT_3_COLUMNS and rows and not any(col in r for r in rows):
+            continue  # a database from before layout 3: not measured, rather than "n = 0"
         measures.append(MeanMeasure(
             key=col, label=label, candidate=_mean(cand_rows, col, n_boot),
             secondary=_mean(sec_rows, col, n_boot) if has_floor else None,
@@ -480,6 +573,9 @@ def summarise(
             other_errors[r["other_error"]] += 1
     times = [float(r["ts"]) for r in rows]
     known = counters or {}
+    blocks = (token_block(cand_rows), token_block(sec_rows) if has_floor else None)
+    tokens = (TeacherForcedTokens(candidate=blocks[0], secondary=blocks[1])
+              if blocks[0] is not None or blocks[1] is not None else None)
     return ShadowSummary(
         settings=ReportSettings(n_boot=n_boot, worst_n=worst_n),
         runs=[_run(r) for r in runs],
@@ -494,36 +590,21 @@ def summarise(
         measures=measures,
         worst=worst,
         hourly=hourly,
+        teacher_forced_tokens=tokens,
     )
 
 
-def load(path: Path) -> tuple[list[Row], dict[str, int], list[Row]]:
-    """(pair rows, counters summed over runs, runs) from a shadow database."""
-    conn = open_readonly(path)
-    try:
-        rows = [dict(r) for r in conn.execute("SELECT * FROM pairs ORDER BY ts, id")]
-        counters = dict.fromkeys(COUNTER_NAMES, 0)
-        for name, value in conn.execute("SELECT name, SUM(value) FROM counters GROUP BY name"):
-            counters[name] = int(value)
-        runs = [
-            dict(r)
-            for r in conn.execute(
-                "SELECT run_id, started_at, mode, primary_url, candidate_url, secondary_url, hash_only, "
-                "sample_rate, settings FROM runs ORDER BY started_at"
-            )
-        ]
-    except sqlite3.DatabaseError as exc:
-        raise UserError(f"{path}: cannot read the shadow database ({exc})") from exc
-    finally:
-        conn.close()
-    return rows, counters, runs
+def load(db: Path | str) -> tuple[list[Row], dict[str, int], list[Row]]:
+    """(pair rows, counters summed over runs, runs) from a shadow database: an SQLite file or a
+    ``postgresql://`` URL."""
+    return load_all(db)
 
 
-def load_summary(db: Path, *, worst_n: int = 10, n_boot: int = 2000) -> ShadowSummary:
+def load_summary(db: Path | str, *, worst_n: int = 10, n_boot: int = 2000) -> ShadowSummary:
     """The summary of a shadow database (what `shadow report` and `servecmp report DB` print)."""
     rows, counters, runs = load(db)
     summary = summarise(rows, counters=counters, runs=runs, worst_n=worst_n, n_boot=n_boot)
-    summary.database = str(db)
+    summary.database = redact_target(db)
     return summary
 
 
@@ -584,8 +665,8 @@ def _distinct(values: Sequence[str | None]) -> str:
     return ", ".join(dict.fromkeys(v for v in values if v)) or "—"
 
 
-def render(summary: ShadowSummary, console: Console, db: Path | None = None) -> None:
-    where = db if db is not None else summary.database
+def render(summary: ShadowSummary, console: Console, db: Path | str | None = None) -> None:
+    where = redact_target(db) if db is not None else summary.database
     # escape(): a path or URL may hold brackets, which rich would read as markup.
     head = Table(title=f"Shadow traffic{f' — {escape(str(where))}' if where else ''}", show_header=False)
     head.add_column("what")
@@ -630,6 +711,9 @@ def render(summary: ShadowSummary, console: Console, db: Path | None = None) -> 
             )
         console.print(w)
 
+    if summary.teacher_forced_tokens is not None:
+        render_token_blocks(summary.teacher_forced_tokens, console)
+
     if summary.hourly:
         h = Table(title="Per hour (UTC)")
         for col in ("hour", "requests", "cand. errors", "cand. differs", "floor differs", "cand. edit dist.",
@@ -640,3 +724,51 @@ def render(summary: ShadowSummary, console: Console, db: Path | None = None) -> 
                       _share(hr.secondary_mismatch), _num(hr.candidate_edit_distance.mean),
                       _num(hr.candidate_kl_mean.mean, 4))
         console.print(h)
+
+
+def _pm(m: MeanError, scale: float, spec: str, unit: str = "") -> str:
+    """llama.cpp's "value ± error" (the numbers in its formats)."""
+    if m.value is None:
+        return "—"
+    err = "—" if m.error is None else format(scale * m.error, spec)
+    return f"{format(scale * m.value, spec)} ± {err}{unit}"
+
+
+def block_column(b: TokenBlock | None) -> list[str]:
+    """One target's values, in the order of `BLOCK_LABELS`."""
+    if b is None:
+        return ["—"] * len(BLOCK_LABELS)
+
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{100 * x:.3f}%"
+
+    out = [f"{b.n} ({b.n_requests} requests)", _pm(b.kld_mean, 1.0, ".6f")]
+    out += ["—" if b.kld_percentiles.get(k) is None else f"{b.kld_percentiles[k]:.6f}" for k, _, _ in KLD_PERCENTILES]
+    out.append(_pm(b.dp_mean, 100.0, ".3f", " %"))
+    out += [pct(b.dp_percentiles.get(k)) for k, _, _ in DP_PERCENTILES]
+    out.append(_pm(b.dp_rms, 100.0, ".3f", " %"))
+    out.append(_pm(b.same_top, 100.0, ".3f", " %") + f" ({b.same_top_count}/{b.n})")
+    return out
+
+
+#: llama.cpp's labels, top to bottom, after a first row with the number of tokens.
+BLOCK_LABELS = ("tokens", "Mean    KLD", *(label for _, _, label in KLD_PERCENTILES), "Mean    Δp",
+                 *(label for _, _, label in DP_PERCENTILES), "RMS Δp", "Same top p")
+
+
+def render_token_blocks(t: TeacherForcedTokens, console: Console) -> None:
+    """llama.cpp's ``perplexity --kl-divergence`` block, with its labels, per target side by side:
+    the candidate's numbers beside the noise floor's say how much of them quantization explains."""
+    table = Table(title="Teacher-forced tokens, as llama.cpp's KL-divergence report (± one standard error)")
+    table.add_column("llama.cpp label")
+    table.add_column("candidate", justify="right")
+    columns = [block_column(t.candidate)]
+    if t.secondary is not None:
+        table.add_column("noise floor (secondary)", justify="right")
+        columns.append(block_column(t.secondary))
+    for i, label in enumerate(BLOCK_LABELS):
+        table.add_row(label, *(c[i] for c in columns))
+    skipped = sum(b.skipped_requests for b in (t.candidate, t.secondary) if b is not None)
+    table.caption = (f"KLD: {t.kld_source}. Δp: {t.dp_token}. Same top p: the two most likely tokens agree."
+                     + (f" {skipped} requests' per-token values unreadable (left out)." if skipped else ""))
+    console.print(table)

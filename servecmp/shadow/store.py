@@ -1,227 +1,158 @@
-"""The shadow database: one SQLite file (WAL) of request pairs, runs and counters.
+"""The shadow database: request pairs, runs and counters, in SQLite (a file path, the default) or
+PostgreSQL (a ``postgresql://`` URL, for several proxy replicas writing to one database).
+
+One schema (`TABLES`, rendered per dialect), one writer (`PairWriter`) and one interface
+(`StoreConn`) for both backends: `servecmp.shadow.sqlite_store` and `servecmp.shadow.pg_store`.
+`open_store(target)` picks the backend from the target's form.
 
 Writes never happen on the request path: `PairWriter.submit` puts records on a bounded queue
-(a full queue drops and counts), and one writer thread inserts them in batches. Privacy is enforced
-here, in one place: with ``hash_only`` the prompt, the request body and both answers are replaced
-by nothing (their SHA-256 is stored instead), so no text reaches the file.
+(a full queue drops and counts), and one writer thread inserts them in batches. Each batch is one
+transaction that inserts the rows *and* stores the run's counters, ``recorded`` included, so the
+``recorded`` counter in the database always equals the run's rows there; the in-memory ``recorded``
+counter (what ``/metrics`` exports) is raised only after that commit. So every request the proxy
+has counted as recorded is in the database, whatever happens to the process afterwards.
+
+Privacy is enforced here, in one place: with ``hash_only`` the prompt, the request body and both
+answers are replaced by nothing (their SHA-256 is stored instead), so no text reaches the database.
+A database URL's password never reaches a message, a log line or the stored run settings
+(`redact_target`).
 
 Size cap: before each batch the writer compares the database's size with the cap and, past it,
-drops rows (counted as ``dropped_db_full``); ``PRAGMA max_page_count`` backs that up inside SQLite.
-The WAL file can hold up to ~4 MB more between checkpoints.
+drops rows (counted as ``dropped_db_full``). SQLite backs that up with ``PRAGMA max_page_count``
+(the WAL file can hold up to ~4 MB more between checkpoints); in PostgreSQL the size is that of
+servecmp's tables, checked by each replica before its batch, so several replicas can overshoot the
+cap by up to one batch each.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
 import queue
-import sqlite3
 import threading
-import time
-import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections import Counter as Tally
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from servecmp.errors import UserError
 
-log = logging.getLogger("servecmp.shadow")
+if TYPE_CHECKING:
+    pass
 
-SCHEMA_VERSION = 1
-
-#: Every counter a run keeps; created at zero when the run starts so reports show them all.
-COUNTER_NAMES = (
-    "requests",  # proxied requests on the mirrored paths
-    "sampled_out",  # not mirrored by the sampling rate
-    "mirrored",  # comparisons completed (one per request, whatever the number of targets)
-    "dropped_queue_full",  # mirror queue full: request not compared
-    "dropped_writer_full",  # writer queue full: records not stored
-    "dropped_db_full",  # database at its size cap: records not stored
-    "dropped_too_large",  # body larger than the capture limit: not compared
-    "dropped_shutdown",  # still queued when the proxy stopped
-    "client_disconnected",  # client left before the primary finished: not compared
-    "primary_unreachable",  # answered 502 to the client
-    "primary_dropped",  # primary stream broke after the response started
-    "mirror_failures",  # a comparison raised (a bug or an unexpected payload); logged
+from servecmp.shadow.schema import (
+    COUNTER_NAMES,
+    INDEXES,
+    PAIR_COLUMNS,
+    ROUTE_KINDS,
+    SCHEMA_VERSION,
+    TABLES,
+    TEXT_COLUMNS,
+    Counters,
+    PairRecord,
+    Row,
+    RunInfo,
+    StoreConn,
+    StoreError,
+    is_postgres,
+    missing_columns,
+    pair_row,
+    redact_target,
+    render_schema,
+    scrub,
+    secrets_of,
 )
 
-TEXT_COLUMNS = ("prompt", "request_json", "primary_answer", "other_answer")
+__all__ = [
+    "COUNTER_NAMES",
+    "Counters",
+    "INDEXES",
+    "PAIR_COLUMNS",
+    "PairRecord",
+    "PairWriter",
+    "ROUTE_KINDS",
+    "Row",
+    "RunInfo",
+    "SCHEMA_VERSION",
+    "StoreConn",
+    "StoreError",
+    "TABLES",
+    "TEXT_COLUMNS",
+    "is_postgres",
+    "load_all",
+    "missing_columns",
+    "open_readonly",
+    "open_store",
+    "pair_row",
+    "redact_target",
+    "register_run",
+    "render_schema",
+    "save_counters",
+    "scrub",
+    "secrets_of",
+]
+
+log = logging.getLogger("servecmp.shadow")
 
 
-@dataclass
-class PairRecord:
-    """One comparison: the primary's answer against one other endpoint's (candidate or secondary)."""
+def open_store(target: str | Path, *, readonly: bool = False, max_db_mb: float | None = None) -> StoreConn:
+    """A connection to the database at ``target``: a ``postgresql://`` URL or an SQLite file path.
+    One-line UserError (password redacted) when it cannot be opened."""
+    if is_postgres(target):
+        from servecmp.shadow.pg_store import PgConn
 
-    run_id: str
-    request_id: str
-    ts: float
-    source: str  # "live" or "replay"
-    endpoint: str  # "chat" or "completions"
-    stream: bool
-    target: str  # "candidate" or "secondary"
-    prompt_sha256: str
-    primary_status: int
-    primary_latency_s: float
-    prompt: str | None = None
-    request_json: str | None = None
-    primary_answer: str | None = None
-    primary_sha256: str | None = None
-    primary_error: str | None = None
-    other_answer: str | None = None
-    other_sha256: str | None = None
-    other_status: int | None = None
-    other_error: str | None = None
-    other_latency_s: float | None = None
-    latency_ratio: float | None = None
-    exact_match: bool | None = None
-    first_diff: int | None = None
-    edit_distance: float | None = None
-    length_ratio: float | None = None
-    n_tokens_primary: int | None = None
-    n_tokens_other: int | None = None
-    tokenisation: str | None = None
-    tf_source: str | None = None  # where the primary's top-k came from: "response" or "prompt_logprobs"
-    tf_positions: int | None = None
-    kl_mean: float | None = None
-    kl_max: float | None = None
-    top1_agree: float | None = None
-    dp_mean: float | None = None
-    dp_max_abs: float | None = None
-    dp_rms: float | None = None
-    tf_error: str | None = None
+        return PgConn.open(str(target), readonly=readonly)
+    from servecmp.shadow.sqlite_store import SqliteConn
+
+    return SqliteConn.open(Path(target), readonly=readonly, max_db_mb=max_db_mb)
 
 
-PAIR_COLUMNS = tuple(f.name for f in dataclasses.fields(PairRecord))
-_SQL_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER"}
+def register_run(target: str | Path, run: RunInfo, *, max_db_mb: float | None = None) -> None:
+    """Create the database if needed and record the run (settings, zeroed counters).
 
-
-def _column_sql(f: dataclasses.Field[Any]) -> str:
-    base = str(f.type).split("|")[0].strip()
-    return f"{f.name} {_SQL_TYPES[base]}"
-
-
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, started_at REAL NOT NULL, mode TEXT NOT NULL,
-    primary_url TEXT, candidate_url TEXT, secondary_url TEXT,
-    hash_only INTEGER NOT NULL, sample_rate REAL NOT NULL, settings TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (
-    run_id TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (run_id, name)
-);
-CREATE TABLE IF NOT EXISTS pairs (
-    id INTEGER PRIMARY KEY, {", ".join(_column_sql(f) for f in dataclasses.fields(PairRecord))}
-);
-CREATE INDEX IF NOT EXISTS pairs_ts ON pairs (ts);
-CREATE INDEX IF NOT EXISTS pairs_request ON pairs (request_id);
-"""
-
-
-class Counters:
-    """Named event counts, shared by the event loop, the writer thread and (in process mode) the
-    mirror process.
-
-    ``shared`` is a ctypes array of ``len(COUNTER_NAMES)`` int64 in shared memory (a
-    ``multiprocessing`` RawArray); every counter has one writing process, so no cross-process lock
-    is needed, and the in-process lock covers the threads.
+    Done once, in the process that parses the user's options, so a bad path or URL, an unreachable
+    server or a full database is one clear error before any traffic flows.
     """
-
-    def __init__(self, shared: Any | None = None) -> None:
-        self._lock = threading.Lock()
-        self._values: Any = shared if shared is not None else [0] * len(COUNTER_NAMES)
-        self._index = {name: i for i, name in enumerate(COUNTER_NAMES)}
-
-    def inc(self, name: str, n: int = 1) -> None:
-        i = self._index[name]
-        with self._lock:
-            self._values[i] += n
-
-    def get(self, name: str) -> int:
-        return int(self._values[self._index[name]])
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {name: int(self._values[i]) for name, i in self._index.items()}
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    mode: str  # "serve" or "replay"
-    primary_url: str
-    candidate_url: str
-    secondary_url: str | None
-    hash_only: bool
-    sample_rate: float
-    #: Non-secret settings worth knowing when reading the report (never keys).
-    settings: dict[str, Any]
-    run_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
-
-
-def _row(rec: PairRecord, hash_only: bool) -> tuple[Any, ...]:
-    if hash_only:
-        return tuple(None if c in TEXT_COLUMNS else getattr(rec, c) for c in PAIR_COLUMNS)
-    return tuple(getattr(rec, c) for c in PAIR_COLUMNS)
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    conn.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-    )
-    return conn
-
-
-def open_readonly(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
-        raise UserError(f"shadow database {path} not found")
+    conn = open_store(target)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
-        conn.execute("SELECT 1 FROM pairs LIMIT 1")
-    except sqlite3.DatabaseError as exc:
-        raise UserError(f"{path} is not a servecmp shadow database ({exc})") from exc
-    return conn
+        try:
+            conn.register_run(run)
+        except StoreError as exc:
+            raise UserError(f"shadow database {conn.label} is full or unwritable ({exc})") from None
+        if max_db_mb is not None:
+            try:
+                size = conn.size_bytes()
+            except StoreError as exc:
+                raise UserError(f"shadow database {conn.label}: {exc}") from None
+            if size >= max_db_mb * 1024 * 1024:
+                raise UserError(f"shadow database {conn.label} is already larger than --max-db-mb {max_db_mb}")
+    finally:
+        conn.close()
+
+
+def save_counters(target: str | Path, run_id: str, snapshot: dict[str, int]) -> None:
+    """Store a run's counters from outside the writer (the proxy, after the mirror process ended)."""
+    conn = open_store(target)
+    try:
+        conn.write_counters(run_id, snapshot)
+    finally:
+        conn.close()
+
+
+def load_all(target: str | Path) -> tuple[list[Row], dict[str, int], list[Row]]:
+    conn = open_store(target, readonly=True)
+    try:
+        return conn.load()
+    finally:
+        conn.close()
+
+
+def open_readonly(path: Path) -> StoreConn:
+    """An existing database, for reading (UserError if absent or not a shadow database)."""
+    return open_store(path, readonly=True)
 
 
 _STOP = object()
-
-
-def register_run(path: Path, run: RunInfo, *, max_db_mb: float | None = None) -> None:
-    """Create the database if needed and record the run (settings, zeroed counters).
-
-    Done once, in the process that parses the user's options, so a bad path or a full database is
-    one clear error before any traffic flows.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(path)
-    except (OSError, sqlite3.DatabaseError) as exc:
-        raise UserError(f"cannot open shadow database {path}: {exc}") from exc
-    try:
-        with conn:
-            conn.execute("BEGIN")
-            conn.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run.run_id, time.time(), run.mode, run.primary_url, run.candidate_url, run.secondary_url,
-                 int(run.hash_only), run.sample_rate, json.dumps(run.settings, sort_keys=True)),
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO counters (run_id, name, value) VALUES (?, ?, 0)",
-                [(run.run_id, n) for n in COUNTER_NAMES],
-            )
-    except sqlite3.OperationalError as exc:
-        raise UserError(f"shadow database {path} is full or unwritable ({exc})") from exc
-    finally:
-        conn.close()
-    if max_db_mb is not None and path.stat().st_size >= max_db_mb * 1024 * 1024:
-        raise UserError(f"shadow database {path} is already larger than --max-db-mb {max_db_mb}")
 
 
 class PairWriter:
@@ -230,7 +161,7 @@ class PairWriter:
 
     def __init__(
         self,
-        path: Path,
+        target: str | Path,
         run: RunInfo,
         counters: Counters,
         *,
@@ -239,7 +170,7 @@ class PairWriter:
         batch_size: int = 256,
         flush_interval_s: float = 0.5,
     ) -> None:
-        self.path = path
+        self.target = target
         self.run = run
         self.counters = counters
         self._max_bytes = int(max_db_mb * 1024 * 1024) if max_db_mb else None
@@ -248,13 +179,7 @@ class PairWriter:
         self._flush_interval = flush_interval_s
         self._full = False
         self.rows_written = 0
-        try:
-            self._conn = connect(path)
-        except (OSError, sqlite3.DatabaseError) as exc:
-            raise UserError(f"cannot open shadow database {path}: {exc}") from exc
-        self._page_size = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
-        if self._max_bytes is not None:
-            self._conn.execute(f"PRAGMA max_page_count = {max(1, self._max_bytes // self._page_size)}")
+        self._conn = open_store(target, max_db_mb=max_db_mb)
         self._thread = threading.Thread(target=self._loop, name="shadow-writer", daemon=True)
 
     def start(self) -> None:
@@ -270,7 +195,7 @@ class PairWriter:
         return True
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Write what is queued, store the final counters and close the file."""
+        """Write what is queued, store the final counters and close the connection."""
         if self._thread.is_alive():
             # The stop marker must get in even when the queue is full; a blocking put waits for room.
             with contextlib.suppress(queue.Full):
@@ -278,9 +203,7 @@ class PairWriter:
             self._thread.join(timeout_s)
         else:
             self._write_counters()
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._conn.close()
+        self._conn.close()
 
     def _loop(self) -> None:
         stop = False
@@ -302,60 +225,39 @@ class PairWriter:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     item = None
-            try:
-                if batch:
-                    self._write_pairs(batch)
+            if batch:
+                self._write_pairs(batch)
+            else:
                 self._write_counters()
-            except sqlite3.Error:
-                log.exception("shadow writer: database error")
-
-    def _size_bytes(self) -> int:
-        return int(self._conn.execute("PRAGMA page_count").fetchone()[0]) * self._page_size
 
     def _write_pairs(self, batch: list[PairRecord]) -> None:
-        if self._full or (self._max_bytes is not None and self._size_bytes() >= self._max_bytes):
-            self._full = True
-            self.counters.inc("dropped_db_full", len(batch))
-            return
-        rows = [_row(r, self.run.hash_only) for r in batch]
-        placeholders = ", ".join("?" for _ in PAIR_COLUMNS)
         try:
-            with self._conn:
-                self._conn.execute("BEGIN")
-                self._conn.executemany(
-                    f"INSERT INTO pairs ({', '.join(PAIR_COLUMNS)}) VALUES ({placeholders})", rows
-                )
-        except sqlite3.OperationalError as exc:
-            if "full" not in str(exc):
-                raise
-            self._full = True
-            self.counters.inc("dropped_db_full", len(batch))
+            if self._full or (self._max_bytes is not None and self._conn.size_bytes() >= self._max_bytes):
+                self._full = True
+                self.counters.inc("dropped_db_full", len(batch))
+                self._write_counters()
+                return
+            rows = [pair_row(r, self.run.hash_only) for r in batch]
+            counters = self.counters.snapshot()
+            # The stored "recorded" includes this batch: it commits with the rows it counts.
+            counters["recorded"] += len(rows)
+            self._conn.insert_batch(self.run.run_id, rows, counters)
+        except StoreError as exc:
+            if exc.full:
+                self._full = True
+                self.counters.inc("dropped_db_full", len(batch))
+            else:
+                self.counters.inc("dropped_db_error", len(batch))
+                log.error("shadow writer: %d records not stored: %s", len(batch), exc)
+            self._write_counters()
             return
-        self.rows_written += len(rows)
+        # Only now, after the commit, are the rows counted as recorded (what /metrics exports).
+        for route, n in Tally(r.endpoint for r in batch).items():
+            self.counters.inc("recorded", n, route=route)
+        self.rows_written += len(batch)
 
     def _write_counters(self) -> None:
-        snap = self.counters.snapshot()
-        with self._conn:
-            self._conn.execute("BEGIN")
-            self._conn.executemany(
-                "UPDATE counters SET value = ? WHERE run_id = ? AND name = ?",
-                [(v, self.run.run_id, k) for k, v in snap.items()],
-            )
-
-
-def save_counters(path: Path, run_id: str, snapshot: dict[str, int]) -> None:
-    """Store a run's counters from outside the writer (the proxy, after the mirror process ended)."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        with conn:
-            conn.execute("BEGIN")
-            conn.executemany(
-                "UPDATE counters SET value = ? WHERE run_id = ? AND name = ?",
-                [(v, run_id, k) for k, v in snapshot.items()],
-            )
-    finally:
-        conn.close()
-
-
-def iter_pairs(conn: sqlite3.Connection, where: str = "", params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-    return list(conn.execute(f"SELECT * FROM pairs {where} ORDER BY ts, id", tuple(params)))
+        try:
+            self._conn.write_counters(self.run.run_id, self.counters.snapshot())
+        except StoreError as exc:
+            log.error("shadow writer: counters not stored: %s", exc)

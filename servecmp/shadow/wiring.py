@@ -1,16 +1,17 @@
-"""Building the pieces of `shadow serve` and `shadow replay` from the `[shadow]` settings and the
-endpoints (`[baseline]` = the primary, `[candidate]`, `[secondary]`, as for every command)."""
+"""Building the pieces of `shadow serve`, `shadow collect` and `shadow replay` from the `[shadow]`
+settings and the endpoints (`[baseline]` = the primary, `[candidate]`, `[secondary]`, as for every
+command)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from servecmp.config import ShadowConfig
 from servecmp.endpoints import EndpointSpec, api_key_from_env
+from servecmp.shadow.metrics import ShadowCollector, Telemetry
 from servecmp.shadow.mirror import Comparer
-from servecmp.shadow.store import Counters, PairWriter, RunInfo, register_run
+from servecmp.shadow.store import Counters, PairWriter, RunInfo, redact_target, register_run
 from servecmp.shadow.teacher_forcing import TeacherForcer
 from servecmp.shadow.upstream import Upstream
 
@@ -49,6 +50,7 @@ def new_run(cfg: ShadowConfig, endpoints: ShadowEndpoints, *, mode: str) -> RunI
     for role, spec in endpoints.roles().items():
         api_key_from_env(spec.api_key_env, role)
     settings: dict[str, Any] = cfg.model_dump()
+    settings["db"] = redact_target(cfg.db)  # a PostgreSQL URL's password stays out of the database
     # Model names are worth knowing when reading the report; key variable names are left out of the
     # database (not secret themselves, but nothing a report needs).
     settings.update({f"{role}_model": spec.model for role, spec in endpoints.roles().items()})
@@ -66,7 +68,7 @@ def new_run(cfg: ShadowConfig, endpoints: ShadowEndpoints, *, mode: str) -> RunI
 def start_run(cfg: ShadowConfig, endpoints: ShadowEndpoints, *, mode: str) -> RunInfo:
     """`new_run` + record it in the database (which is created if needed)."""
     run = new_run(cfg, endpoints, mode=mode)
-    register_run(Path(cfg.db), run, max_db_mb=cfg.max_db_mb)
+    register_run(cfg.db, run, max_db_mb=cfg.max_db_mb)
     return run
 
 
@@ -84,6 +86,8 @@ class ComparisonParts:
     targets: dict[str, Upstream]
     writer: PairWriter
     comparer: Comparer
+    #: Where comparisons report their measures for /metrics (shared with the proxy in process mode).
+    telemetry: Telemetry = field(default_factory=Telemetry)
 
     async def aclose(self) -> None:
         for up in [self.primary, *self.targets.values()]:
@@ -91,7 +95,8 @@ class ComparisonParts:
 
 
 def build_comparison(
-    cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo, counters: Counters
+    cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo, counters: Counters,
+    telemetry: Telemetry | None = None,
 ) -> ComparisonParts:
     """The candidate/secondary upstreams, teacher forcing, comparer and database writer of a run."""
     primary = primary_upstream(cfg, endpoints)
@@ -99,7 +104,7 @@ def build_comparison(
     if endpoints.secondary is not None:
         targets["secondary"] = Upstream.create("secondary", endpoints.secondary, timeout_s=cfg.candidate_timeout_s)
     writer = PairWriter(
-        Path(cfg.db), run, counters, max_db_mb=cfg.max_db_mb, queue_size=cfg.writer_queue_size
+        cfg.db, run, counters, max_db_mb=cfg.max_db_mb, queue_size=cfg.writer_queue_size
     )
     teacher = None
     if cfg.teacher_forced:
@@ -112,8 +117,19 @@ def build_comparison(
         targets, teacher, run_id=run.run_id, timeout_s=cfg.candidate_timeout_s,
         max_capture_bytes=capture_bytes(cfg),
     )
-    return ComparisonParts(primary, targets, writer, comparer)
+    return ComparisonParts(primary, targets, writer, comparer, telemetry or Telemetry())
 
 
 def capture_bytes(cfg: ShadowConfig) -> int:
     return int(cfg.max_capture_mb * 1024 * 1024)
+
+
+def model_label(spec: EndpointSpec) -> str:
+    """An endpoint's model for metric labels: the configured name, else its URL (no credentials)."""
+    return spec.model or spec.base_url
+
+
+def metrics_collector(endpoints: ShadowEndpoints, run: RunInfo, counters: Counters,
+                      telemetry: Telemetry) -> ShadowCollector:
+    return ShadowCollector(counters, telemetry, baseline_model=model_label(endpoints.baseline),
+                           candidate_model=model_label(endpoints.candidate), run_id=run.run_id, mode=run.mode)

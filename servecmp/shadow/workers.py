@@ -2,22 +2,24 @@
 process (`ProcessMirror`, the default of `shadow serve`).
 
 Both take finished exchanges through ``submit(job) -> bool``, which never waits: a full queue drops
-the job and counts it (``dropped_queue_full``). Process mode keeps all comparison work (candidate and
-secondary calls, SSE parsing, edit distances, teacher-forced scoring, SQLite writes) off the proxy's
-event loop and its GIL, and ``nice`` makes the OS run the proxy first when the cores are busy: the
-primary's latency then depends on the mirror only through the non-blocking queue put.
+the job and counts it (``dropped_queue_full``). Both end in `compare_and_store`, the one path from a
+`MirrorJob` to stored records and metrics, whoever produced the job (the proxy or the collector).
+Process mode keeps all comparison work (candidate and secondary calls, SSE parsing, edit distances,
+teacher-forced scoring, database writes) off the proxy's event loop and its GIL, and ``nice`` makes
+the OS run the proxy first when the cores are busy: the primary's latency then depends on the
+mirror only through the non-blocking queue put.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import multiprocessing
 import os
 import queue
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -26,11 +28,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from servecmp.config import ShadowConfig
+from servecmp.errors import UserError
+from servecmp.shadow.metrics import Telemetry
 from servecmp.shadow.mirror import MirrorJob
-from servecmp.shadow.store import COUNTER_NAMES, Counters, RunInfo, save_counters
+from servecmp.shadow.store import Counters, RunInfo, StoreError, save_counters
 from servecmp.shadow.wiring import ComparisonParts, ShadowEndpoints, build_comparison
 
 log = logging.getLogger("servecmp.shadow")
+
+#: A process mirror puts accepted jobs on its queue in batches of up to this many, or after this
+#: long (the comparisons wait for the candidate anyway; a proxy killed outright loses at most these
+#: jobs, none of them counted as recorded).
+BATCH_MAX = 64
+BATCH_DELAY_S = 0.05
 
 
 class MirrorSink(Protocol):
@@ -49,16 +59,18 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__} at {where}" if where else type(exc).__name__
 
 
-async def _compare_and_store(parts: ComparisonParts, counters: Counters, job: MirrorJob) -> None:
+async def compare_and_store(parts: ComparisonParts, counters: Counters, job: MirrorJob) -> None:
+    """Compare one job, hand its records to the writer and its measures to the metrics."""
     try:
         records = await parts.comparer.compare(job)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        counters.inc("mirror_failures")
+        counters.inc("mirror_failures", route=job.kind)
         log.error("shadow: comparison failed (request %s): %s", job.request_id, describe_failure(exc))
         return
-    counters.inc("mirrored")
+    counters.inc("mirrored", route=job.kind)
+    parts.telemetry.observe_records(records)
     parts.writer.submit(records)
 
 
@@ -83,7 +95,7 @@ class LocalMirror:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            self.counters.inc("dropped_queue_full")
+            self.counters.inc("dropped_queue_full", route=job.kind)
             return False
         self.pending += 1
         return True
@@ -92,7 +104,7 @@ class LocalMirror:
         while True:
             job = await self._queue.get()
             try:
-                await _compare_and_store(self.parts, self.counters, job)
+                await compare_and_store(self.parts, self.counters, job)
             finally:
                 self.pending -= 1
                 self._queue.task_done()
@@ -116,19 +128,26 @@ class ProcessMirror:
 
     def __init__(self, cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo) -> None:
         ctx = multiprocessing.get_context("spawn")  # fork is unsafe in a process with threads
-        self.shared = ctx.RawArray("q", len(COUNTER_NAMES))
+        self.shared = ctx.RawArray("q", Counters.SIZE)
         self.counters = Counters(self.shared)
+        #: Histograms and error counts: the child observes, the proxy's /metrics reads.
+        self.telemetry = Telemetry.shared(ctx)
         #: Jobs the child has taken off the queue (written by the child only).
         self._taken = ctx.RawValue("q", 0)
         #: Jobs put on the queue (proxy side): at the end, accepted - taken were never compared.
         self.accepted = 0
         self._queue: Any = ctx.Queue(maxsize=max(1, cfg.queue_size))
+        self._queue_size = max(1, cfg.queue_size)
+        #: Accepted jobs not yet put on the queue (see `submit`), and the timer that flushes them.
+        self._batch: list[MirrorJob] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._stop_now = ctx.Event()
-        self._db = Path(cfg.db)
+        self._db = cfg.db
         self._run_id = run.run_id
         self._proc = ctx.Process(
             target=child_main,
-            args=(cfg, endpoints, run, self._queue, self.shared, self._taken, self._stop_now),
+            args=(cfg, endpoints, run, self._queue, self.shared, self.telemetry.ints, self.telemetry.floats,
+                  self._taken, self._stop_now),
             name="servecmp-shadow-mirror",
             daemon=True,
         )
@@ -138,18 +157,42 @@ class ProcessMirror:
         self._proc.start()
 
     def submit(self, job: MirrorJob) -> bool:
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            self.counters.inc("dropped_queue_full")
+        # Jobs go over in batches, so the proxy pays one queue put (a wake-up of the queue's feeder
+        # thread, a pickle, a pipe write) per batch rather than per job. The bound stays per job: the
+        # child counts the jobs it takes, so accepted - taken is what waits, batched or not.
+        if self.accepted - self._taken.value >= self._queue_size:
+            self.counters.inc("dropped_queue_full", route=job.kind)
             if not self._warned_dead and not self._proc.is_alive():
                 self._warned_dead = True
                 log.error("shadow: the mirror process has exited; comparisons are being dropped")
             return False
         self.accepted += 1
+        self._batch.append(job)
+        if len(self._batch) >= BATCH_MAX:
+            self._flush()
+        elif self._flush_timer is None:
+            try:
+                self._flush_timer = asyncio.get_running_loop().call_later(BATCH_DELAY_S, self._flush)
+            except RuntimeError:  # not called from an event loop: no timer to flush it later
+                self._flush()
         return True
 
+    def _flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        try:
+            self._queue.put_nowait(batch)
+        except queue.Full:  # cannot happen while batches <= jobs waiting <= queue size; counted if it does
+            self.accepted -= len(batch)
+            for job in batch:
+                self.counters.inc("dropped_queue_full", route=job.kind)
+
     async def stop(self, drain_timeout_s: float) -> None:
+        self._flush()
         await asyncio.to_thread(self._stop_blocking, drain_timeout_s)
 
     def _stop_blocking(self, drain_timeout_s: float) -> None:
@@ -177,12 +220,13 @@ class ProcessMirror:
         # ones (the proxy's own counts are all in shared memory).
         try:
             save_counters(self._db, self._run_id, self.counters.snapshot())
-        except sqlite3.Error:
-            log.exception("shadow: could not store the final counters")
+        except (StoreError, UserError) as exc:
+            log.error("shadow: could not store the final counters: %s", exc)
 
 
 def child_main(
-    cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo, jobs: Any, shared: Any, taken: Any, stop_now: Any
+    cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo, jobs: Any, shared: Any, hist_ints: Any,
+    hist_floats: Any, taken: Any, stop_now: Any,
 ) -> None:
     """Entry point of the mirror process."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
@@ -193,14 +237,15 @@ def child_main(
     if cfg.mirror_nice:
         with contextlib.suppress(OSError):
             os.nice(cfg.mirror_nice)
-    asyncio.run(_child(cfg, endpoints, run, jobs, Counters(shared), taken, stop_now, os.getppid()))
+    asyncio.run(_child(cfg, endpoints, run, jobs, Counters(shared), Telemetry(hist_ints, hist_floats), taken,
+                       stop_now, os.getppid()))
 
 
 async def _child(
-    cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo, jobs: Any, counters: Counters, taken: Any,
-    stop_now: Any, parent_pid: int,
+    cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo, jobs: Any, counters: Counters,
+    telemetry: Telemetry, taken: Any, stop_now: Any, parent_pid: int,
 ) -> None:
-    parts = build_comparison(cfg, endpoints, run, counters)
+    parts = build_comparison(cfg, endpoints, run, counters, telemetry)
     parts.writer.start()
     loop = asyncio.get_running_loop()
     slots = threading.Semaphore(cfg.mirror_concurrency)
@@ -209,7 +254,7 @@ async def _child(
 
     async def run_one(job: MirrorJob) -> None:
         try:
-            await _compare_and_store(parts, counters, job)
+            await compare_and_store(parts, counters, job)
         finally:
             slots.release()
 
@@ -225,17 +270,26 @@ async def _child(
 
     def reader() -> None:
         # Takes a job only when a comparison slot is free, so the backlog stays in the bounded
-        # queue (where the proxy sees it as full) instead of piling up here.
+        # queue (where the proxy sees it as full) instead of piling up here. The proxy sends lists
+        # of jobs (batches): one is counted as taken only when it starts.
+        batch: collections.deque[MirrorJob] = collections.deque()
         while not stopping():
             if not slots.acquire(timeout=0.2):
                 continue
             job = None
             while not stopping():
-                try:
-                    job = jobs.get(timeout=0.2)
+                if batch:
+                    job = batch.popleft()
                     break
+                try:
+                    item = jobs.get(timeout=0.2)
                 except queue.Empty:
                     continue
+                if isinstance(item, list):
+                    batch.extend(item)
+                    continue
+                job = item
+                break
             if job is None:
                 break
             taken.value += 1

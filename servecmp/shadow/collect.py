@@ -1,0 +1,179 @@
+"""`servecmp shadow collect`: the mirror receiver. Envoy (``request_mirror_policies``) or Istio
+(``VirtualService`` ``mirror``) sends it a copy of live requests; nobody waits for its answer.
+
+Path of a mirrored request: read the body, answer ``202 Accepted`` at once (the mesh discards the
+answer anyway), then, off the response path, send the request to a baseline replica (the primary
+here: the user's own answer came from another replica, which servecmp never sees) and hand the
+exchange, as a `MirrorJob` with source "mirror", to the same mirror as the proxy's
+(`workers.compare_and_store`: candidate, secondary, measures, database, metrics). So records,
+counters and ``/metrics`` mean exactly what they mean for `shadow serve`.
+
+Bounded: at most ``max_in_flight`` baseline requests at once; more are dropped and counted
+(``dropped_queue_full``), as the proxy drops what its mirror queue cannot take. The mirrored
+request's headers (its Authorization included) go to the baseline replica only, as the proxy's do;
+the candidate and the secondary get their own keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from servecmp.config import ShadowConfig
+from servecmp.shadow.metrics import Telemetry, build_registry, exposition
+from servecmp.shadow.mirror import MirrorJob
+from servecmp.shadow.payloads import PATH_KINDS, EndpointKind
+from servecmp.shadow.proxy import build_mirror
+from servecmp.shadow.store import Counters
+from servecmp.shadow.upstream import REQUEST_DROP, UPSTREAM_ERRORS, Upstream
+from servecmp.shadow.wiring import ShadowEndpoints, capture_bytes, metrics_collector, primary_upstream, start_run
+from servecmp.shadow.workers import MirrorSink
+
+ACCEPTED = b'{"status":"accepted"}'
+
+
+@dataclass
+class MirrorReceiver:
+    """Shared state of one collector: the baseline replica, the mirror, counters."""
+
+    primary: Upstream
+    mirror: MirrorSink
+    counters: Counters
+    sample_rate: float = 1.0
+    capture_limit: int = 8 * 1024 * 1024
+    max_in_flight: int = 64
+    drain_timeout_s: float = 10.0
+    rng: random.Random = field(default_factory=random.Random)
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    registry: Any = None
+    #: The run this process records (servecmp_shadow_run_info's run_id).
+    run_id: str = ""
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def receive(self, request: Request) -> Response:
+        path = request.url.path
+        kind = PATH_KINDS[path]
+        body = await request.body()
+        self.counters.inc("requests", route=kind)
+        if self.sample_rate < 1.0 and self.rng.random() >= self.sample_rate:
+            self.counters.inc("sampled_out", route=kind)
+        elif len(body) > self.capture_limit:
+            self.counters.inc("dropped_too_large", route=kind)
+        elif len(self._tasks) >= self.max_in_flight:
+            self.counters.inc("dropped_queue_full", route=kind)
+        else:
+            headers = [
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in request.headers.raw
+                if k.decode("latin-1").lower() not in REQUEST_DROP
+            ]
+            url = f"{self.primary.url}{path}" + (f"?{request.url.query}" if request.url.query else "")
+            task = asyncio.create_task(self._fetch(kind, path, url, headers, body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return Response(ACCEPTED, status_code=202, media_type="application/json")
+
+    async def _fetch(self, kind: EndpointKind, path: str, url: str, headers: list[tuple[str, str]],
+                     body: bytes) -> None:
+        """The baseline replica's answer to the mirrored request, then the shared comparison path."""
+        ts = time.time()
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.primary.timeout_s):
+                async with self.primary.session.post(url, headers=headers, data=body) as resp:
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in resp.content.iter_any():
+                        size += len(chunk)
+                        if size > self.capture_limit:
+                            self.counters.inc("dropped_too_large", route=kind)
+                            return
+                        chunks.append(chunk)
+                    status = resp.status
+                    content_type = resp.headers.get("Content-Type")
+                    content_encoding = resp.headers.get("Content-Encoding")
+        except UPSTREAM_ERRORS:
+            self.counters.inc("primary_unreachable", route=kind)
+            return
+        self.mirror.submit(MirrorJob(
+            request_id=uuid.uuid4().hex, ts=ts, kind=kind, path=path, body=body, primary_status=status,
+            primary_body=b"".join(chunks), primary_content_type=content_type,
+            primary_content_encoding=content_encoding, primary_latency_s=time.perf_counter() - t0,
+            source="mirror",
+        ))
+
+    async def metrics(self, request: Request) -> Response:
+        data, content_type = exposition(self.registry)
+        return Response(data, headers={"Content-Type": content_type})
+
+    async def not_found(self, request: Request) -> Response:
+        return JSONResponse({"error": {"message": f"{request.url.path} is not collected by servecmp shadow",
+                                       "type": "not_found", "param": None, "code": 404}}, 404)
+
+    async def startup(self) -> None:
+        self.mirror.start()
+
+    async def shutdown(self) -> None:
+        # Baseline requests in flight finish (up to the drain timeout) and reach the mirror, which
+        # then drains its own queue; what is cut off is counted.
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.drain_timeout_s)
+            for t in pending:
+                t.cancel()
+            if pending:
+                self.counters.inc("dropped_shutdown", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self.mirror.stop(self.drain_timeout_s)
+        await self.primary.aclose()
+
+
+def build_receiver(
+    cfg: ShadowConfig, endpoints: ShadowEndpoints, *, max_in_flight: int = 64, rng: random.Random | None = None
+) -> MirrorReceiver:
+    """A collector wired from the `[shadow]` settings and the endpoints; registers the run."""
+    run = start_run(cfg, endpoints, mode="collect")
+    mirror, counters, telemetry = build_mirror(cfg, endpoints, run)
+    return MirrorReceiver(
+        primary=primary_upstream(cfg, endpoints),
+        mirror=mirror,
+        counters=counters,
+        sample_rate=cfg.sample_rate,
+        capture_limit=capture_bytes(cfg),
+        max_in_flight=max_in_flight,
+        drain_timeout_s=cfg.drain_timeout_s,
+        rng=rng or random.Random(),
+        telemetry=telemetry,
+        registry=build_registry(metrics_collector(endpoints, run, counters, telemetry)),
+        run_id=run.run_id,
+    )
+
+
+def build_collect_app(receiver: MirrorReceiver) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await receiver.startup()
+        try:
+            yield
+        finally:
+            await receiver.shutdown()
+
+    routes = [
+        Route("/metrics", receiver.metrics, methods=["GET"]),
+        Route("/v1/chat/completions", receiver.receive, methods=["POST"]),
+        Route("/v1/completions", receiver.receive, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_route("/{path:path}", receiver.not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    app.state.shadow = receiver
+    return app

@@ -1,0 +1,143 @@
+"""The SQLite backend of the shadow store: one file in WAL mode (the default `--db`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from servecmp.errors import UserError
+from servecmp.shadow.schema import (
+    COUNTER_NAMES,
+    PAIR_COLUMNS,
+    SCHEMA_VERSION,
+    Row,
+    RunInfo,
+    StoreConn,
+    StoreError,
+    missing_columns,
+    render_schema,
+)
+
+TYPES = {"text": "TEXT", "int": "INTEGER", "real": "REAL", "blob": "BLOB", "id": "INTEGER PRIMARY KEY"}
+SCHEMA = ";\n".join(render_schema(TYPES)) + ";"
+_INSERT = f"INSERT INTO pairs ({', '.join(PAIR_COLUMNS)}) VALUES ({', '.join('?' for _ in PAIR_COLUMNS)})"
+_UPDATE_COUNTER = "UPDATE counters SET value = ? WHERE run_id = ? AND name = ?"
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Bring an older database's ``pairs`` up to this layout. BEGIN IMMEDIATE takes the write lock
+    before the columns are listed, so two processes opening one old file at once (the proxy and its
+    mirror process) cannot both try to add a column."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        existing = [r[1] for r in conn.execute("PRAGMA table_info(pairs)")]
+        missing = missing_columns("pairs", existing)
+        for name, kind in missing:
+            conn.execute(f"ALTER TABLE pairs ADD COLUMN {name} {TYPES[kind]}")
+        if missing:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class SqliteConn(StoreConn):
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.label = str(path)
+        self._conn = conn
+        self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False, max_db_mb: float | None = None) -> SqliteConn:
+        if readonly:
+            if not path.is_file():
+                raise UserError(f"shadow database {path} not found")
+            try:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+                conn.row_factory = sqlite3.Row
+                conn.execute("SELECT 1 FROM pairs LIMIT 1")
+            except sqlite3.DatabaseError as exc:
+                raise UserError(f"{path} is not a servecmp shadow database ({exc})") from exc
+            return cls(path, conn)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # The writer thread uses the connection it did not create; one thread at a time.
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+                         (str(SCHEMA_VERSION),))
+            _add_missing_columns(conn)
+            out = cls(path, conn)
+            if max_db_mb:
+                # SQLite itself refuses to grow past the cap (the writer's size check comes first).
+                pages = max(1, int(max_db_mb * 1024 * 1024) // out._page_size)
+                conn.execute(f"PRAGMA max_page_count = {pages}")
+            return out
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise UserError(f"cannot open shadow database {path}: {exc}") from exc
+
+    def _tx(self, statements: Sequence[tuple[str, Sequence[Any]]], many: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        try:
+            with self._conn:
+                self._conn.execute("BEGIN")
+                for sql, params in statements:
+                    self._conn.execute(sql, params)
+                for sql, seq in many:
+                    self._conn.executemany(sql, seq)
+        except sqlite3.OperationalError as exc:
+            raise StoreError(str(exc), full="full" in str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    def register_run(self, run: RunInfo) -> None:
+        self._tx(
+            [("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+              (run.run_id, time.time(), run.mode, run.primary_url, run.candidate_url, run.secondary_url,
+               int(run.hash_only), run.sample_rate, json.dumps(run.settings, sort_keys=True)))],
+            [("INSERT INTO counters (run_id, name, value) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
+              [(run.run_id, n) for n in COUNTER_NAMES])],
+        )
+
+    def insert_batch(self, run_id: str, rows: Sequence[tuple[Any, ...]], counters: dict[str, int]) -> None:
+        self._tx([], [(_INSERT, rows), (_UPDATE_COUNTER, [(v, run_id, k) for k, v in counters.items()])])
+
+    def write_counters(self, run_id: str, counters: dict[str, int]) -> None:
+        self._tx([], [(_UPDATE_COUNTER, [(v, run_id, k) for k, v in counters.items()])])
+
+    def size_bytes(self) -> int:
+        try:
+            return int(self._conn.execute("PRAGMA page_count").fetchone()[0]) * self._page_size
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    def load(self) -> tuple[list[Row], dict[str, int], list[Row]]:
+        try:
+            self._conn.row_factory = sqlite3.Row
+            rows = [dict(r) for r in self._conn.execute("SELECT * FROM pairs ORDER BY ts, id")]
+            counters = dict.fromkeys(COUNTER_NAMES, 0)
+            for name, value in self._conn.execute("SELECT name, SUM(value) FROM counters GROUP BY name"):
+                counters[name] = int(value)
+            runs = [
+                dict(r)
+                for r in self._conn.execute(
+                    "SELECT run_id, started_at, mode, primary_url, candidate_url, secondary_url, hash_only, "
+                    "sample_rate, settings FROM runs ORDER BY started_at"
+                )
+            ]
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path}: cannot read the shadow database ({exc})") from exc
+        return rows, counters, runs
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # read-only or already closed: nothing to fold back
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._conn.close()
