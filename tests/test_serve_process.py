@@ -217,3 +217,26 @@ def test_check_alive_reports_a_server_that_died_while_serving(tmp_path: Path) ->
         proc.wait(timeout=5)
         with pytest.raises(UserError, match=r"^candidate server exited while serving \(killed by signal 9;"):
             pair.check_alive()
+
+
+def test_a_second_interrupt_while_stopping_kills_what_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A child that ignores SIGTERM would outlive the grace period; an interrupt during that wait
+    # (a second Ctrl-C, or SIGTERM to servecmp) must SIGKILL it before unwinding, not skip the kill.
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                               "print('ready', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, start_new_session=True,
+    )
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+
+    class InterruptedClock:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(_: float) -> None:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve, "time", InterruptedClock)  # the servers module's clock only
+    with pytest.raises(KeyboardInterrupt):
+        serve.stop_processes([child], grace_s=60)
+    assert child.wait(timeout=10) == -signal.SIGKILL

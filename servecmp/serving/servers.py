@@ -288,11 +288,18 @@ def stop_processes(processes: list[subprocess.Popen[bytes]], grace_s: float) -> 
         signal_group(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     pending = list(processes)
-    while pending and time.monotonic() < deadline:
-        # Reap the leader first: an unreaped zombie leader keeps its group "alive".
-        pending = [p for p in pending if p.poll() is None or group_alive(p.pid)]
-        if pending:
-            time.sleep(0.1)
+    try:
+        while pending and time.monotonic() < deadline:
+            # Reap the leader first: an unreaped zombie leader keeps its group "alive".
+            pending = [p for p in pending if p.poll() is None or group_alive(p.pid)]
+            if pending:
+                time.sleep(0.1)
+    except BaseException:
+        # A second Ctrl-C or SIGTERM while stopping means "now": kill what is left before unwinding,
+        # or the grace period's SIGKILL would be skipped and a server left running.
+        for proc in processes:
+            signal_group(proc.pid, signal.SIGKILL)
+        raise
     for proc in pending:
         signal_group(proc.pid, signal.SIGKILL)
     for proc in processes:
