@@ -4,6 +4,7 @@ API choice it leads to, and what a run records and says about it."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import math
 from collections import Counter
@@ -150,6 +151,16 @@ def test_a_run_records_capabilities_and_says_the_apis_differ(tmp_path: Path) -> 
     assert manifest["capabilities"]["baseline"]["path_gap_nats"] == 0.0
     assert Counter((r["endpoint"], r["api"]) for r in records(run_dir)) == {("baseline", "completions"): 6,
                                                                            ("candidate", "chat"): 6}
+    # The report says so too: the summary, the terminal report of the stored run and its HTML page.
+    summary = json.loads(proc.stdout)
+    assert summary["run"]["apis"] == {"baseline": ["completions"], "candidate": ["chat"]}
+    mismatch = ("the endpoints were asked through different APIs (baseline completions, candidate chat): a chat "
+                "template changes the prompt, so this comparison mixes the API with the model")
+    page = tmp_path / "report.html"
+    report = servecmp("report", str(run_dir), "--html", str(page))
+    assert report.returncode == 0, report.stderr
+    assert f"warning: {mismatch}" in " ".join(report.stdout.split())
+    assert html.escape(mismatch) in page.read_text()
 
 
 def test_disagreeing_paths_are_never_mixed(tmp_path: Path) -> None:

@@ -616,6 +616,10 @@ def _settings(cmp: McqComparison, run_dir: Path | None) -> str:
     rpi = first.run.requests_per_item
     if rpi:
         pairs.append(("requests per item", ", ".join(f"{k} {v:.2f}" for k, v in rpi.items())))
+    if first.run.apis:
+        pairs.append(("asked through", ", ".join(f"{k} {'+'.join(v)}" for k, v in first.run.apis.items())))
+    if first.run.api_mismatch:
+        pairs.append(("warning", first.run.api_mismatch))
     for role, err in first.run.item_errors.items():
         pairs.append((f"{role} refused", f"{err.count} item(s), left out; e.g. {err.example[:200]}"))
     return settings_list(pairs + versions())

@@ -319,16 +319,18 @@ def compare_run(run_dir: Path) -> McqComparison:
         """RunInfo of the comparison of `a` (as "baseline") with `b` (as "candidate")."""
         requests: dict[EndpointRole, float] = {}
         errs: dict[EndpointRole, ItemErrors] = {}
+        apis: dict[EndpointRole, list[str]] = {}
         sides: tuple[tuple[EndpointRole, tuple[str, RunEndpoint, list[McqRecord]]], ...] = (
             ("baseline", a), ("candidate", b))
         for role, (name, _, rs) in sides:
             if rs:
                 requests[role] = sum(r.n_requests for r in rs) / len(rs)
+                apis[role] = sorted({r.api for r in rs})
             if name in errors and not (repeat and role == "candidate"):
                 errs[role] = errors[name]
         return RunInfo(run_dir=str(run_dir), task=manifest.task, source=manifest.source_description,
                        n_items_planned=planned, complete=complete, endpoints={"baseline": a[1], "candidate": b[1]},
-                       requests_per_item=requests, item_errors=errs)
+                       requests_per_item=requests, item_errors=errs, apis=apis)
 
     if len(manifest.candidates) == 1 and not (main.get("baseline") and main.get(manifest.candidates[0].name or "")):
         raise UserError(f"{run_dir}: no item has been answered by both endpoints yet")

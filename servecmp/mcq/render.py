@@ -93,6 +93,11 @@ def render_mcq_report(s: McqSummary, console: Console, *, show: int | None = Non
     if run.requests_per_item:
         line += "; requests/item: " + ", ".join(f"{k} {v:.2f}" for k, v in run.requests_per_item.items())
     console.print(line, highlight=False)
+    if any(v != ["completions"] for v in run.apis.values()):
+        console.print("asked through: " + ", ".join(f"{k} {'+'.join(v)}" for k, v in run.apis.items()),
+                      highlight=False)
+    if run.api_mismatch:
+        console.print(f"[yellow]warning: {escape(run.api_mismatch)}[/]", highlight=False)
     for role, err in run.item_errors.items():
         console.print(f"[yellow]{role} refused {err.count} item(s), left out of every metric; "
                       f"e.g. {escape(err.example[:200])}[/]", highlight=False)

@@ -246,6 +246,18 @@ class RunInfo(_Model):
     #: Mean requests per scored item, per endpoint (1.0 when every option was in the top-k).
     requests_per_item: dict[EndpointRole, float] = Field(default_factory=dict)
     item_errors: dict[EndpointRole, ItemErrors] = Field(default_factory=dict)
+    #: The API kinds ("completions", "chat") each endpoint's records were asked through. A chat
+    #: template changes the prompt, so a comparison across kinds mixes API and model (`api_mismatch`).
+    apis: dict[EndpointRole, list[str]] = Field(default_factory=dict)
+
+    @property
+    def api_mismatch(self) -> str | None:
+        """One sentence when the endpoints were not all asked through the same API, else None."""
+        if len({tuple(v) for v in self.apis.values()}) <= 1:
+            return None
+        kinds = ", ".join(f"{role} {'+'.join(v)}" for role, v in self.apis.items())
+        return (f"the endpoints were asked through different APIs ({kinds}): a chat template changes the "
+                "prompt, so this comparison mixes the API with the model")
 
 
 class McqSummary(_Model):
