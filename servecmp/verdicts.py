@@ -21,6 +21,9 @@ metric             field                                                        
 ``kl``             ``option_kl.mean_ci`` (mean option KL, nats)                           bootstrap
 ``topk_kl``        ``topk_kl.kl_hat.mean_ci``; missing when ``topk_kl`` is None            bootstrap
                    (the endpoints returned no top-k logprobs)
+``topk_kl_tight``  ``topk_kl.tight.kl_bc.mean_ci`` (the tight estimate); missing without  bootstrap
+                   top-k or in a version-2 summary
+``kl_cb``, ``js``  ``option_kl_cb.mean_ci``, ``option_js.mean_ci``; missing in version 2  bootstrap
 ``delta_acc``      ``accuracy.diff`` (candidate − baseline, items resampled in pairs)      bootstrap
 ``flips_excess``,  not in the summary: the noise-floor code passes them in ``extra``;      as given
 ``kl_excess``      missing (UNAVAILABLE) otherwise
@@ -161,6 +164,19 @@ def mcq_estimates(summary: McqSummary, *, extra: Mapping[str, MetricEstimate] | 
         est["topk_kl"] = _boot(ci.point, ci.low, ci.high, ci.n)
     else:
         missing["topk_kl"] = "the endpoints returned no top-k logprobs"
+    tight = summary.topk_kl.tight if summary.topk_kl is not None else None
+    if tight is not None:
+        ci = tight.kl_bc.mean_ci
+        est["topk_kl_tight"] = _boot(ci.point, ci.low, ci.high, ci.n)
+    else:
+        missing["topk_kl_tight"] = ("the endpoints returned no top-k logprobs" if summary.topk_kl is None
+                                    else "the summary predates the tight estimate (version 2)")
+    for name, dist in (("kl_cb", summary.option_kl_cb), ("js", summary.option_js)):
+        if dist is None:
+            missing[name] = "the summary predates both KL directions (version 2)"
+            continue
+        ci = dist.mean_ci
+        est[name] = _boot(ci.point, ci.low, ci.high, ci.n)
     est.update(extra or {})
     return est, missing
 

@@ -60,7 +60,7 @@ def mtbench(mode: str = "both", *, pairwise: PairwiseSummary | None = None, comp
 
 def test_mcq_estimates_come_from_the_summary_fields(mcq: McqSummary) -> None:
     est, missing = mcq_estimates(mcq)
-    assert set(est) == {"flips", "c2w", "changes", "kl", "delta_acc"}
+    assert set(est) == {"flips", "c2w", "changes", "kl", "kl_cb", "js", "delta_acc"}
     fl = mcq.flips
     assert (fl.n, fl.flips, fl.correct_to_wrong) == (4, 1, 1)  # item 4 stays wrong; item 1 goes right → wrong
     assert est["flips"] == MetricEstimate(point=fl.rate.rate, low=fl.rate.low, high=fl.rate.high, n=4,
@@ -74,8 +74,20 @@ def test_mcq_estimates_come_from_the_summary_fields(mcq: McqSummary) -> None:
     assert est["kl"] == MetricEstimate(point=kl.point, low=kl.low, high=kl.high, n=kl.n, method="bootstrap")
     d = mcq.accuracy.diff
     assert est["delta_acc"] == MetricEstimate(point=d.point, low=d.low, high=d.high, n=4, method="bootstrap")
-    # lm-eval logs carry no top-k logprobs: topk_kl is missing, with the reason the verdict shows.
-    assert mcq.topk_kl is None and missing == {"topk_kl": "the endpoints returned no top-k logprobs"}
+    assert mcq.option_kl_cb is not None and mcq.option_js is not None
+    for name, ci in (("kl_cb", mcq.option_kl_cb.mean_ci), ("js", mcq.option_js.mean_ci)):
+        assert est[name] == MetricEstimate(point=ci.point, low=ci.low, high=ci.high, n=4, method="bootstrap")
+    # lm-eval logs carry no top-k logprobs: both top-k metrics are missing, with the reason the verdict shows.
+    assert mcq.topk_kl is None and missing == {"topk_kl": "the endpoints returned no top-k logprobs",
+                                               "topk_kl_tight": "the endpoints returned no top-k logprobs"}
+
+
+def test_version_2_summaries_leave_the_new_divergences_unavailable(mcq: McqSummary) -> None:
+    old = mcq.model_copy(update={"option_kl_cb": None, "option_js": None})
+    _, missing = mcq_estimates(old)
+    assert missing["kl_cb"] == missing["js"] == "the summary predates both KL directions (version 2)"
+    v = verdict_for("mcq", old, parse_gates(["js<=0.1", "kl<=10"], "mcq"))
+    assert [g.status for g in v.gates] == ["unavailable", "pass"]
 
 
 def test_extra_estimates_are_added_and_override(mcq: McqSummary) -> None:

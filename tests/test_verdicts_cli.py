@@ -370,3 +370,16 @@ def test_mtbench_terminal_block_and_bad_gate_before_any_request(tmp_path: Path,
         assert res.exit_code == 4, res.output  # pairwise_loss is unavailable in a single-grading run
         assert "gates (95% intervals) — cand-m" in res.stdout
         assert "UNAVAILABLE" in res.stdout and "no pairwise grading in this run" in res.stdout
+
+
+def test_tight_topk_and_both_directions_gate_on_their_stored_intervals(mcq_run: tuple[Path, dict[str, Any]]) -> None:
+    run_dir, s = mcq_run
+    tight = s["topk_kl"]["tight"]["kl_bc"]["mean_ci"]
+    cb, js = s["option_kl_cb"]["mean_ci"], s["option_js"]["mean_ci"]
+    # `<=` exactly at each interval's upper end passes; the estimate and interval are the summary's.
+    res = report(str(run_dir), "--gate", f"topk_kl_tight<={tight['high']!r}", "--gate", f"kl_cb<={cb['high']!r}",
+                 "--gate", f"js<={js['high']!r}", "--json")
+    assert res.exit_code == 0, res.output
+    got = {g["metric"]: (g["estimate"], g["interval"], g["n"], g["status"]) for g in verdict_of(res)["gates"]}
+    assert got == {name: (ci["point"], [ci["low"], ci["high"]], ci["n"], "pass")
+                   for name, ci in (("topk_kl_tight", tight), ("kl_cb", cb), ("js", js))}
