@@ -40,6 +40,8 @@ from servecmp._cli.common import (
 from servecmp.errors import UserError, first_error
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from servecmp.config import Config, ShadowConfig
     from servecmp.shadow.wiring import ShadowEndpoints
 
@@ -128,6 +130,39 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _prepare(config: Path | None, *, exposed: str, mirror_process: bool | None,
+             endpoint_flags: dict[str, Any], settings_flags: dict[str, Any]
+             ) -> tuple[Console, ShadowEndpoints, ShadowConfig]:
+    """What `shadow serve` and `shadow collect` share before their app is built: the stderr console,
+    the endpoints and the settings (servecmp.toml overridden by flags), a warning when listening
+    beyond loopback (`exposed` says what that exposes), and logging to stderr."""
+    import logging
+    import sys
+
+    from rich.console import Console
+
+    from servecmp.config import load_config
+
+    err_console = Console(stderr=True)
+    file_cfg = load_config(config)
+    endpoints = _endpoints(file_cfg, **endpoint_flags)
+    cfg = _shadow_settings(file_cfg, mirror_process=mirror_process, **settings_flags)
+    if not _is_loopback(cfg.host):
+        err_console.print(f"[yellow]{exposed.format(host=cfg.host)}[/]")
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return err_console, endpoints, cfg
+
+
+def _run_server(app: Any, cfg: ShadowConfig, *, access_log: bool) -> None:
+    import uvicorn
+
+    # proxy_headers off: neither app reads the client's address, so X-Forwarded-For parsing would be
+    # CPU spent on every request for nothing.
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=access_log,
+                server_header=False, date_header=False, proxy_headers=False)
+
+
 @shadow_app.command("serve")
 def serve(
     baseline: BaselineOrPrimary = None,
@@ -160,33 +195,20 @@ def serve(
     scoring), as is --baseline-model; the candidate and secondary get their own keys and models.
     Prometheus metrics (servecmp_shadow_*) are at GET /metrics on the same port.
     """
-    import logging
-    import sys
-
-    import uvicorn
-    from rich.console import Console
-
-    from servecmp.config import load_config
     from servecmp.shadow.proxy import build_app, build_proxy
     from servecmp.shadow.store import redact_target
 
-    err_console = Console(stderr=True)
-    file_cfg = load_config(config)
-    endpoints = _endpoints(
-        file_cfg, baseline=baseline, candidate=candidate, secondary=secondary, baseline_model=baseline_model,
-        candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
-        candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env,
+    err_console, endpoints, cfg = _prepare(
+        config, exposed="shadow: listening on {host}, not a loopback address: every client that can reach it "
+                        "uses the primary through this proxy",
+        mirror_process=False if in_process else None, endpoint_flags=dict(
+            baseline=baseline, candidate=candidate, secondary=secondary, baseline_model=baseline_model,
+            candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
+            candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env),
+        settings_flags=dict(host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only,
+                            max_db_mb=max_db_mb, queue_size=queue_size, mirror_concurrency=mirror_concurrency,
+                            teacher_forced=teacher_forced, top_k=top_k),
     )
-    cfg = _shadow_settings(
-        file_cfg, host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only, max_db_mb=max_db_mb,
-        queue_size=queue_size, mirror_concurrency=mirror_concurrency, teacher_forced=teacher_forced, top_k=top_k,
-        mirror_process=False if in_process else None,
-    )
-    if not _is_loopback(cfg.host):
-        err_console.print(f"[yellow]shadow: listening on {cfg.host}, not a loopback address: every client "
-                          "that can reach it uses the primary through this proxy[/]")
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     proxy = build_proxy(cfg, endpoints)
     floor = f", secondary {endpoints.secondary.base_url}" if endpoints.secondary else ""
     err_console.print(
@@ -196,10 +218,7 @@ def serve(
         f"{proxy.run_id}",
         highlight=False, markup=False,
     )
-    # proxy_headers off: the proxy never reads the client's address, so X-Forwarded-For parsing
-    # would be CPU spent on every request for nothing.
-    uvicorn.run(build_app(proxy), host=cfg.host, port=cfg.port, log_level="warning", access_log=access_log,
-                server_header=False, date_header=False, proxy_headers=False)
+    _run_server(build_app(proxy), cfg, access_log=access_log)
 
 
 @shadow_app.command("collect")
@@ -236,33 +255,20 @@ def collect(
     secondary) too, and the measures are recorded as the proxy records them. No client waits on
     this process; it is not in the request path. Prometheus metrics are at GET /metrics.
     """
-    import logging
-    import sys
-
-    import uvicorn
-    from rich.console import Console
-
-    from servecmp.config import load_config
     from servecmp.shadow.collect import build_collect_app, build_receiver
     from servecmp.shadow.store import redact_target
 
-    err_console = Console(stderr=True)
-    file_cfg = load_config(config)
-    endpoints = _endpoints(
-        file_cfg, baseline=baseline, candidate=candidate, secondary=secondary, baseline_model=baseline_model,
-        candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
-        candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env,
+    err_console, endpoints, cfg = _prepare(
+        config, exposed="shadow collect: listening on {host}, not a loopback address: whoever can reach it can "
+                        "make servecmp send requests to the baseline and the candidate",
+        mirror_process=False if in_process else None, endpoint_flags=dict(
+            baseline=baseline, candidate=candidate, secondary=secondary, baseline_model=baseline_model,
+            candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
+            candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env),
+        settings_flags=dict(host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only,
+                            max_db_mb=max_db_mb, queue_size=queue_size, mirror_concurrency=mirror_concurrency,
+                            teacher_forced=teacher_forced, top_k=top_k),
     )
-    cfg = _shadow_settings(
-        file_cfg, host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only, max_db_mb=max_db_mb,
-        queue_size=queue_size, mirror_concurrency=mirror_concurrency, teacher_forced=teacher_forced, top_k=top_k,
-        mirror_process=False if in_process else None,
-    )
-    if not _is_loopback(cfg.host):
-        err_console.print(f"[yellow]shadow collect: listening on {cfg.host}, not a loopback address: whoever can "
-                          "reach it can make servecmp send requests to the baseline and the candidate[/]")
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     receiver = build_receiver(cfg, endpoints, max_in_flight=max_in_flight)
     floor = f", secondary {endpoints.secondary.base_url}" if endpoints.secondary else ""
     err_console.print(
@@ -272,8 +278,7 @@ def collect(
         + (" (hashes only)" if cfg.hash_only else "") + f"; metrics at /metrics; run {receiver.run_id}",
         highlight=False, markup=False,
     )
-    uvicorn.run(build_collect_app(receiver), host=cfg.host, port=cfg.port, log_level="warning",
-                access_log=access_log, server_header=False, date_header=False)
+    _run_server(build_collect_app(receiver), cfg, access_log=access_log)
 
 
 @shadow_app.command("report")
