@@ -120,11 +120,11 @@ url = "{dead_url()}"
 def test_serve_takes_its_endpoints_from_the_config_file_and_flags(
     tmp_path: Path, stubs: Stubs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import uvicorn
+    import servecmp.shadow.proxy
 
     p, _, c, _ = stubs
     served: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append((app, kw)))
+    monkeypatch.setattr(servecmp.shadow.proxy, "run_proxy", lambda proxy, **kw: served.append((proxy, kw)))
     monkeypatch.setenv("SHADOW_TEST_CAND_KEY", "sk-cand-from-config")
     toml = write_toml(tmp_path / "servecmp.toml", f"""
 [baseline]
@@ -142,8 +142,7 @@ port = 8765
         db = tmp_path / f"serve{len(served)}.db"
         res = invoke("shadow", "serve", "-c", str(toml), "--in-process", "--db", str(db), *extra)
         assert res.exit_code == 0, res.output
-        app, kw = served[-1]
-        proxy = app.state.shadow
+        proxy, kw = served[-1]
         targets = proxy.mirror.parts.targets
         try:
             assert kw["port"] == 8765

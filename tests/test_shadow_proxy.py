@@ -1,12 +1,13 @@
 """The shadow proxy against local stub servers with fault injection.
 
 Every test runs real HTTP on 127.0.0.1: a stub primary, a stub candidate (faults switched per test),
-and the proxy on uvicorn in a thread. Ordering is checked with events (the candidate held by a gate),
-never with wall-clock thresholds.
+and the proxy (its own asyncio server, as `servecmp shadow serve` runs it) in a thread. Ordering is
+checked with events (the candidate held by a gate), never with wall-clock thresholds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -23,7 +24,7 @@ import openai
 import pytest
 
 from servecmp.config import ShadowConfig
-from servecmp.shadow.proxy import build_app, build_proxy
+from servecmp.shadow.proxy import ProxyServer, build_proxy
 from servecmp.shadow.wiring import ShadowEndpoints
 from tests.stub_shadow import ServerThread, StubControl, answer_tokens, build_stub_app, free_port, render_chat
 
@@ -72,13 +73,50 @@ def _reset_primary(primary: tuple[ServerThread, StubControl]) -> None:
     ctl.paths.clear()
 
 
+class ProxyThread:
+    """`ProxyServer` on its own event loop in a thread, bound to 127.0.0.1 on a free port."""
+
+    def __init__(self, proxy: Any) -> None:
+        self.server = ProxyServer(proxy)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self.thread.start()
+        if not self._started.wait(30) or self._error is not None:
+            raise RuntimeError(f"proxy thread failed to start: {self._error!r}")
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            await self.server.start(sock=self.sock)
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            raise
+        self._started.set()
+        await self._stop.wait()
+        await self.server.stop(5.0)
+
+    def stop(self) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(30)
+        self.sock.close()
+
+
 class Proxy:
     """A proxy on a thread; `stop()` drains the mirror and closes the database."""
 
     def __init__(self, cfg: ShadowConfig, endpoints: ShadowEndpoints, rng: random.Random | None = None) -> None:
         self.cfg = cfg
         self.proxy = build_proxy(cfg, endpoints, rng=rng)
-        self.server = ServerThread(build_app(self.proxy)).start()
+        self.server = ProxyThread(self.proxy)
         self.url = self.server.url
         self._stopped = False
 

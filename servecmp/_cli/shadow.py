@@ -195,7 +195,7 @@ def serve(
     scoring), as is --baseline-model; the candidate and secondary get their own keys and models.
     Prometheus metrics (servecmp_shadow_*) are at GET /metrics on the same port.
     """
-    from servecmp.shadow.proxy import build_app, build_proxy
+    from servecmp.shadow.proxy import build_proxy, run_proxy
     from servecmp.shadow.store import redact_target
 
     err_console, endpoints, cfg = _prepare(
@@ -218,7 +218,7 @@ def serve(
         f"{proxy.run_id}",
         highlight=False, markup=False,
     )
-    _run_server(build_app(proxy), cfg, access_log=access_log)
+    run_proxy(proxy, host=cfg.host, port=cfg.port, access_log=access_log)
 
 
 @shadow_app.command("collect")
@@ -334,7 +334,9 @@ def _db_name(db: str) -> str:
 
 @shadow_app.command("replay")
 def replay_cmd(
-    file: Annotated[Path, typer.Argument(help="OpenAI request JSONL, or a shadow database recorded with text.")],
+    file: Annotated[str, typer.Argument(
+        metavar="INPUT", help="OpenAI request JSONL, or a shadow database recorded with text: an SQLite file or a "
+                              "postgresql:// URL.")],
     baseline: BaselineOrPrimary = None,
     candidate: Candidate = None,
     secondary: Secondary = None,
