@@ -256,16 +256,19 @@ def test_bad_and_unreachable_urls_are_one_line_without_the_password(
     }
     for url, start in cases.items():
         for args in (["shadow", "serve", "--baseline", p.url, "--candidate", c.url, "--db", url, "--in-process"],
-                     ["shadow", "report", url]):
+                     ["shadow", "report", url],
+                     # As replay's input (requests recorded in PostgreSQL): tests/test_shadow_replay_pg.py.
+                     ["shadow", "replay", url, "--baseline", p.url, "--candidate", c.url, "--db", os.devnull]):
             proc = _cli(*args)
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
             assert proc.returncode == 2, proc.stderr
             assert len(lines) == 1 and lines[0].startswith(start), (args, proc.stderr)
             assert PASSWORD not in proc.stderr + proc.stdout
-    # A reachable database without servecmp's tables is not a shadow database.
-    res = CliRunner().invoke(build_app(), ["shadow", "report", pg_url])
-    assert isinstance(res.exception, UserError)
-    assert str(res.exception) == f"{pg_url} is not a servecmp shadow database (no pairs table)"
+    # A reachable database without servecmp's tables is not a shadow database, to read or to replay.
+    for args in (["shadow", "report", pg_url], ["shadow", "replay", pg_url, "--baseline", p.url, "--candidate", c.url]):
+        res = CliRunner().invoke(build_app(), args)
+        assert isinstance(res.exception, UserError)
+        assert str(res.exception) == f"{pg_url} is not a servecmp shadow database (no pairs table)"
 
 
 def test_sqlite_and_postgres_share_one_schema(tmp_path: Path, pg_url: str) -> None:

@@ -40,6 +40,8 @@ SCHEMA = render_schema(TYPES)
 SCHEMA_LOCK = 0x5E2F_C0DE
 _INSERT = f"INSERT INTO pairs ({', '.join(PAIR_COLUMNS)}) VALUES ({', '.join('%s' for _ in PAIR_COLUMNS)})"
 _UPDATE_COUNTER = "UPDATE counters SET value = %s WHERE run_id = %s AND name = %s"
+#: `StoreConn.load_requests`: the candidate's row is the one every compared request has.
+_REQUESTS = "SELECT endpoint, request_json FROM pairs WHERE target = 'candidate' ORDER BY ts, id"
 _SIZE = ("SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
          "WHERE c.relname IN ('pairs', 'runs', 'counters', 'meta') AND c.relkind = 'r' "
          "AND c.relnamespace = to_regnamespace(current_schema())")
@@ -164,6 +166,12 @@ class PgConn(StoreConn):
         except self._pg.Error as exc:
             raise UserError(f"{self.label}: cannot read the shadow database ({scrub(exc, self.url)})") from None
         return rows, counters, runs
+
+    def load_requests(self) -> list[tuple[str, str | None]]:
+        try:
+            return [(r[0], r[1]) for r in self._conn.execute(_REQUESTS)]
+        except self._pg.Error as exc:
+            raise UserError(f"{self.label}: cannot read the shadow database ({scrub(exc, self.url)})") from None
 
     def close(self) -> None:
         with contextlib.suppress(self._pg.Error):  # already gone: nothing left to release

@@ -3,7 +3,8 @@ the secondary) at a chosen rate, and record the same measures as the live proxy.
 
 Input: OpenAI request JSONL, one request body per line (the endpoint is /v1/chat/completions when
 the body has ``messages``, else /v1/completions), or ``{"url": "/v1/chat/completions", "body": {...}}``
-per line; or a shadow database recorded without ``--hash-only`` (its request bodies are replayed).
+per line; or a shadow database recorded without ``--hash-only``, an SQLite file or a ``postgresql://``
+URL (its request bodies are replayed, read through the store layer as `shadow report` reads it).
 Requests start on a fixed schedule (``send_rps``, the CLI's ``--send-rps``: the rate requests are sent
 at, not a per-endpoint cap like ``--rps`` elsewhere), at most ``max_in_flight`` at a time; the
 sampling rate does not apply (every request is compared). With a baseline model name
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,7 +25,7 @@ from servecmp.config import ShadowConfig
 from servecmp.errors import UserError
 from servecmp.shadow.mirror import MirrorJob
 from servecmp.shadow.payloads import PATH_KINDS
-from servecmp.shadow.store import Counters
+from servecmp.shadow.store import Counters, is_postgres, open_store
 from servecmp.shadow.upstream import UPSTREAM_ERRORS, Upstream
 from servecmp.shadow.wiring import ComparisonParts, ShadowEndpoints, build_comparison, start_run
 from servecmp.shadow.workers import compare_and_store
@@ -66,17 +66,17 @@ def parse_request_line(line: str, where: str) -> ReplayRequest:
     return ReplayRequest(_path_of(url, obj, where), json.dumps(obj).encode())
 
 
-def _from_db(path: Path, limit: int | None) -> list[ReplayRequest]:
+def _from_store(target: str | Path, limit: int | None) -> list[ReplayRequest]:
+    """The requests a shadow database holds. Both backends go through `StoreConn.load_requests`, so
+    an SQLite file and a PostgreSQL database replay by the same rules: rows with text only, in the
+    order they were recorded, and a hash-only database is one error rather than an empty replay."""
+    conn = open_store(target, readonly=True)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        rows = conn.execute(
-            "SELECT endpoint, request_json FROM pairs WHERE target = 'candidate' ORDER BY ts, id"
-        ).fetchall()
+        rows = conn.load_requests()
+    finally:
         conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise UserError(f"{path}: not a shadow database ({exc})") from exc
-    if rows and all(r[1] is None for r in rows):
-        raise UserError(f"{path} was recorded with --hash-only: it holds no requests to replay")
+    if rows and all(body is None for _, body in rows):
+        raise UserError(f"{conn.label} was recorded with --hash-only: it holds no requests to replay")
     out = [
         ReplayRequest("/v1/chat/completions" if kind == "chat" else "/v1/completions", body.encode())
         for kind, body in rows
@@ -85,13 +85,17 @@ def _from_db(path: Path, limit: int | None) -> list[ReplayRequest]:
     return out[:limit] if limit is not None else out
 
 
-def load_requests(path: Path, limit: int | None = None) -> list[ReplayRequest]:
-    """The requests of a JSONL file or a shadow database, at most ``limit``."""
+def load_requests(source: str | Path, limit: int | None = None) -> list[ReplayRequest]:
+    """The requests of a JSONL file or a shadow database (an SQLite file or a ``postgresql://``
+    URL), at most ``limit``."""
+    if isinstance(source, str) and is_postgres(source):
+        return _from_store(source, limit)
+    path = Path(source)
     if not path.is_file():
         raise UserError(f"replay file {path} not found")
     with path.open("rb") as fh:
         if fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
-            return _from_db(path, limit)
+            return _from_store(path, limit)
     out: list[ReplayRequest] = []
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):

@@ -328,4 +328,11 @@ class StoreConn(ABC):
         """(pair rows, counters summed over runs, runs) for the report."""
 
     @abstractmethod
+    def load_requests(self) -> list[tuple[str, str | None]]:
+        """(endpoint, request_json) of every recorded request, oldest first (``ts``, then ``id``):
+        what `shadow replay` sends again. One row per request, its candidate pair (the secondary's
+        pair repeats the same request); request_json is null in rows recorded with ``--hash-only``,
+        left for the caller to tell a hash-only database from one with text."""
+
+    @abstractmethod
     def close(self) -> None: ...

@@ -27,6 +27,8 @@ TYPES = {"text": "TEXT", "int": "INTEGER", "real": "REAL", "blob": "BLOB", "id":
 SCHEMA = ";\n".join(render_schema(TYPES)) + ";"
 _INSERT = f"INSERT INTO pairs ({', '.join(PAIR_COLUMNS)}) VALUES ({', '.join('?' for _ in PAIR_COLUMNS)})"
 _UPDATE_COUNTER = "UPDATE counters SET value = ? WHERE run_id = ? AND name = ?"
+#: `StoreConn.load_requests`: the candidate's row is the one every compared request has.
+_REQUESTS = "SELECT endpoint, request_json FROM pairs WHERE target = 'candidate' ORDER BY ts, id"
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -136,6 +138,12 @@ class SqliteConn(StoreConn):
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: cannot read the shadow database ({exc})") from exc
         return rows, counters, runs
+
+    def load_requests(self) -> list[tuple[str, str | None]]:
+        try:
+            return [(r[0], r[1]) for r in self._conn.execute(_REQUESTS)]
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{self.path}: cannot read the shadow database ({exc})") from exc
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):  # read-only or already closed: nothing to fold back
