@@ -249,7 +249,8 @@ def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: P
         cand = start_stub(cand_port, variant=1, delay_s=args.slow_delay, nice=args.candidate_nice)
     proxy_port = free_port()
     db = workdir / f"shadow-{case}.db"
-    cmd = [PY, "-m", "servecmp", "shadow", "serve", "--baseline", primary_url,
+    prof = [] if args.profile is None else ["-m", "cProfile", "-o", f"{args.profile}.{case}"]
+    cmd = [PY, *prof, "-m", "servecmp", "shadow", "serve", "--baseline", primary_url,
            "--candidate", f"http://127.0.0.1:{cand_port}", "--port", str(proxy_port), "--db", str(db),
            "--no-teacher-forced" if args.no_teacher_forced else "--teacher-forced"]
     if args.in_process:
@@ -257,11 +258,19 @@ def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: P
     if args.sample_rate is not None:
         cmd += ["--sample-rate", str(args.sample_rate)]
     log = (workdir / f"proxy-{case}.log").open("wb")
+    if args.proxy_cpu is not None:
+        cmd = ["taskset", "-c", str(args.proxy_cpu), *cmd]
     proxy = subprocess.Popen(cmd, stderr=log)
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     results = []
     try:
         wait_ready(proxy_url)
+        if args.proxy_cpu is not None:
+            import psutil
+
+            # The mirror process (the proxy's child) goes with everything else, off the proxy's core.
+            for child in psutil.Process(proxy.pid).children(recursive=True):
+                child.cpu_affinity(sorted(os.sched_getaffinity(0)))
         for rps in args.rates:
             with RssSampler(proxy.pid) as rss, CpuMeter(proxy.pid) as cpu:
                 direct, proxied = run_load([primary_url, proxy_url], rps, args.duration, args.stream_share)
@@ -309,12 +318,24 @@ def main() -> None:
     ap.add_argument("--candidate-nice", type=int, default=0,
                     help="Niceness of the candidate stub (it stands for another machine).")
     ap.add_argument("--json", type=Path, help="Also write the figures here.")
+    ap.add_argument("--proxy-cpu", type=int,
+                    help="Pin the proxy process to this CPU and everything else (stubs, load generator, the "
+                         "mirror process) to the others: the proxy's CPU per request without other processes "
+                         "on its core.")
+    ap.add_argument("--profile", type=Path,
+                    help="Run the proxy under cProfile, write PROFILE.<case> and print its top functions "
+                         "(the profiler's own cost inflates the CPU figures: read the shares, not the ms).")
     args = ap.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
     cases = args.cases.split(",")
     if args.duration * len(args.rates) * len(cases) > 3600:
         sys.exit("refusing to run for more than an hour; lower --duration, --rates or --cases")
 
+    if args.proxy_cpu is not None:
+        others = set(os.sched_getaffinity(0)) - {args.proxy_cpu}
+        if not others or args.proxy_cpu not in os.sched_getaffinity(0):
+            sys.exit(f"--proxy-cpu {args.proxy_cpu}: needs that CPU and at least one other")
+        os.sched_setaffinity(0, others)  # inherited by the stubs and the load generator
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp:
         primary_port = free_port()
@@ -332,7 +353,8 @@ def main() -> None:
           f"{args.duration:g} s per rate, "
           f"stream share {args.stream_share:g}, mirror {'in-process' if args.in_process else 'process'}, "
           f"teacher forcing {'off' if args.no_teacher_forced else 'on'}, sample rate "
-          f"{1.0 if args.sample_rate is None else args.sample_rate:g}")
+          f"{1.0 if args.sample_rate is None else args.sample_rate:g}"
+          + ("" if args.proxy_cpu is None else f", proxy pinned to CPU {args.proxy_cpu}, the rest to the others"))
     head = (f"{'case':8} {'rps':>5} {'direct p50':>10} {'proxy p50':>9} {'+p50':>6} {'direct p99':>10} "
             f"{'proxy p99':>9} {'+p99':>7} {'errors':>6} {'RSS warm→end MB':>17} {'MB/min':>7} "
             f"{'CPU ms/req proxy':>16} {'(sys)':>6} {'mirror':>7}")
@@ -363,6 +385,12 @@ def main() -> None:
         print(f"  {r['case']}: {c}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.profile is not None:
+        import pstats
+
+        for case in cases:
+            print(f"\nproxy profile ({case}), top 25 by own time:")
+            pstats.Stats(f"{args.profile}.{case}").sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import ssl
 import time
 import traceback
@@ -80,6 +81,28 @@ def describe_failure(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-4:]))
     return f"{type(exc).__name__} at {where}" if where else type(exc).__name__
+
+
+#: The answer head's fields the proxy acts on (the rest pass as they are); "\n" also finds them in a
+#: head with bare-LF line ends.
+_HEAD_FIELDS = re.compile(
+    rb"\n(content-type|content-encoding|content-length|transfer-encoding|connection|keep-alive|"
+    rb"proxy-[!-9;-~]*|te|trailers?|upgrade)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+#: Hop-by-hop lines of a head, without and with Transfer-Encoding (kept when the body is relayed raw).
+_HOP_LINES = re.compile(rb"\r?\n(?:connection|keep-alive|proxy-[!-9;-~]*|te|trailers?|upgrade)[ \t]*:[^\r\n]*",
+                        re.IGNORECASE)
+_HOP_LINES_TE = re.compile(
+    rb"\r?\n(?:connection|keep-alive|proxy-[!-9;-~]*|te|trailers?|upgrade|transfer-encoding)[ \t]*:[^\r\n]*",
+    re.IGNORECASE)
+
+
+def _head_end(buf: bytes, start: int) -> tuple[int, int]:
+    """Where the head starting at ``start`` ends: (end of its last line, start of the body)."""
+    i = buf.find(b"\r\n\r\n", start)
+    if i >= 0:
+        return i, i + 4
+    i = buf.find(b"\n\n", start)  # bare LF line ends (llhttp accepts them)
+    return (i, i + 2) if i >= 0 else (len(buf), len(buf))
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
@@ -218,9 +241,9 @@ class Forward:
 
     __slots__ = (
         "pool", "client", "request", "loop", "done", "conn", "parser", "capture", "capture_limit",
-        "size", "status", "reason", "headers", "content_type", "content_encoding", "head_done",
+        "size", "status", "head_buf", "interims", "content_type", "content_encoding", "head_done",
         "received_any", "complete", "reuse", "finished", "client_left", "chunked_out", "close_client",
-        "has_length", "chunked_in", "out", "last_read", "timer", "paused", "added_s", "t_end", "interim",
+        "has_length", "chunked_in", "raw", "out", "last_read", "timer", "paused", "added_s", "t_end",
     )
 
     def __init__(self, pool: UpstreamPool, client: ClientConnection, request: Request,
@@ -247,20 +270,23 @@ class Forward:
 
     def _reset(self) -> None:
         self.done: asyncio.Future[str] = self.loop.create_future()
-        self.parser = httptools.HttpResponseParser(self)
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        # The parser holds this object for its callbacks: a reference cycle, cut in `_finish` so
+        # that a finished exchange (and the answer it kept) is freed at once, not by the collector.
+        self.parser: Any = httptools.HttpResponseParser(self)
+        #: The answer's bytes until its head is complete.
+        self.head_buf = b""
+        self.interims = 0
         self.head_done = self.received_any = self.complete = self.reuse = self.finished = False
-        self.chunked_out = self.close_client = self.has_length = self.chunked_in = False
-        self.paused = self.interim = False
+        self.chunked_out = self.close_client = self.has_length = self.chunked_in = self.raw = False
+        self.paused = False
         self.out: list[bytes] = []
 
     def request_bytes(self) -> bytes:
         req, origin = self.request, self.pool.origin
-        parts = [b"%s %s%s HTTP/1.1\r\nHost: %s\r\n" % (req.method, origin.prefix, req.target, origin.host_header)]
+        parts = [req.method, b" ", origin.prefix, req.target, b" HTTP/1.1\r\nHost: ", origin.host_header, b"\r\n"]
         for name, value in req.headers:
             if name.lower() not in REQUEST_DROP:
-                parts.append(b"%s: %s\r\n" % (name, value))
+                parts += (name, b": ", value, b"\r\n")
         if req.body or req.method not in (b"GET", b"HEAD"):
             parts.append(b"Content-Length: %d\r\n" % len(req.body))
         parts.append(b"\r\n")
@@ -307,7 +333,23 @@ class Forward:
     def received(self, data: bytes) -> None:
         self.received_any = True
         self.last_read = self.loop.time()
-        t0 = time.perf_counter() if not self.head_done else 0.0
+        if self.head_done:  # the body: in raw mode the bytes go on as they came, framing and all
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:
+                self.reuse = False
+                self._drop()
+                return
+            if self.raw:
+                if not self.client_left:
+                    self.client.write(data)
+            elif self.out:
+                self._flush()
+            if self.complete:
+                self._finish(COMPLETE)
+            return
+        t0 = time.perf_counter()
+        self.head_buf += data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -318,9 +360,10 @@ class Forward:
             self._flush()
             self._drop()
             return
-        self._flush()
-        if t0:
-            self.added_s += time.perf_counter() - t0
+        if self.head_done:
+            self.head_buf = b""
+            self._flush()
+        self.added_s += time.perf_counter() - t0
         if self.complete:
             self._finish(COMPLETE)
 
@@ -330,54 +373,64 @@ class Forward:
                 self.client.write(b"".join(self.out))
             self.out.clear()
 
-    # httptools callbacks
+    # httptools callbacks (no on_header: the head is read from its bytes, see on_headers_complete)
 
     def on_message_begin(self) -> None:
         if self.complete:  # bytes after the answer's end: this connection is not reused
             self.reuse = False
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200:  # an interim answer (e.g. 100): not passed on, the final one follows
-            self.interim = True
-            self.headers, self.reason = [], b""
+            self.interims += 1
             return
         self.status = status
         self.head_done = True
         self.reuse = self.parser.should_keep_alive()
-        req = self.request
-        lines = [status_line(status, self.reason)]
-        for name, value in self.headers:
+        # The answer's head as the primary wrote it (after any interim ones).
+        buf, start = self.head_buf, 0
+        for _ in range(self.interims):
+            start = _head_end(buf, start)[1]
+        end, body_at = _head_end(buf, start)
+        head = buf[start:end]
+        hop = te = False
+        for name, value in _HEAD_FIELDS.findall(head):
             low = name.lower()
-            if low in HOP_BY_HOP:
-                if low == b"transfer-encoding":
-                    self.chunked_in = True
-                continue
-            if low == b"content-length":
-                self.has_length = True
-            elif low == b"content-type":
-                self.content_type = value
+            if low == b"content-type":
+                self.content_type = value.strip()
             elif low == b"content-encoding":
-                self.content_encoding = value
-            lines.append(b"%s: %s\r\n" % (name, value))
-        bodyless = req.method == b"HEAD" or status in (204, 304)
-        if not bodyless and not self.has_length:
-            if req.http11:
-                self.chunked_out = True
-                lines.append(b"transfer-encoding: chunked\r\n")
+                self.content_encoding = value.strip()
+            elif low == b"content-length":
+                self.has_length = True
+            elif low == b"transfer-encoding":
+                te = True
+                self.chunked_in = value.strip().lower().endswith(b"chunked")
             else:
-                self.close_client = True  # an HTTP/1.0 client reads to the end of the connection
+                hop = True
+        req = self.request
+        bodyless = req.method == b"HEAD" or status in (204, 304)
+        # Raw: the body's bytes go to the client exactly as they arrive (one write per packet, no
+        # re-framing), when the client can read the primary's framing as it is.
+        self.raw = (not self.interims and body_at - end == 4
+                    and (bodyless or (self.has_length and not te) or (self.chunked_in and req.http11)))
+        if self.raw:
+            if hop:
+                head = _HOP_LINES.sub(b"", head)
+        else:
+            if hop or te:
+                head = _HOP_LINES_TE.sub(b"", head)
+            if not bodyless and not self.has_length:
+                if req.http11:
+                    self.chunked_out = True
+                    head += b"\r\ntransfer-encoding: chunked"
+                else:
+                    self.close_client = True  # an HTTP/1.0 client reads to the end of the connection
         if not req.keep_alive or self.close_client:
             self.close_client = True
-            lines.append(b"connection: close\r\n")
-        lines.append(b"\r\n")
-        self.out.append(b"".join(lines))
+            head += b"\r\nconnection: close"
+        self.out.append(head + b"\r\n\r\n")
+        if self.raw:
+            self.out.append(buf[body_at:])  # this packet's part of the body, as it came
         if req.method == b"HEAD":  # the parser cannot know a HEAD answer has no body
             self.complete, self.reuse = True, False
 
@@ -388,14 +441,15 @@ class Forward:
                 self.capture.clear()  # too large to compare: freed now rather than at the end
             else:
                 self.capture.append(body)
+        if self.raw:
+            return
         if self.chunked_out:
             self.out.append(b"%x\r\n%s\r\n" % (len(body), body))
         else:
             self.out.append(body)
 
     def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
+        if not self.head_done:  # the end of an interim answer
             return
         if self.chunked_out:
             self.out.append(b"0\r\n\r\n")
@@ -459,6 +513,7 @@ class Forward:
         if self.finished:
             return
         self.finished = True
+        self.parser = None
         self.t_end = time.perf_counter()
         if self.timer is not None:
             self.timer.cancel()
@@ -485,7 +540,8 @@ class ClientConnection(asyncio.Protocol):
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        # A reference cycle with the parser (its callbacks are this object): cut at connection_lost.
+        self.parser: Any = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
@@ -519,6 +575,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
+        self.parser = None
         self.server.connections.discard(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
