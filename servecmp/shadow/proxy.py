@@ -24,7 +24,7 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from servecmp.config import ShadowConfig
 from servecmp.errors import UserError
@@ -62,6 +62,15 @@ SSE_DONE = b"data: [DONE]"
 
 #: How long a stopping proxy lets requests in progress finish (a second Ctrl-C cuts them at once).
 SHUTDOWN_GRACE_S = 30.0
+
+
+class _Proxied(Forward):
+    """A `Forward` with what the proxy needs when it ends."""
+
+    __slots__ = ("kind", "t_entry", "ts")
+    kind: EndpointKind | None
+    t_entry: float
+    ts: float
 
 
 def _sse_done(chunks: list[bytes]) -> bool:
@@ -119,7 +128,7 @@ class ShadowProxy:
                                      read_timeout_s=self.primary.timeout_s)
         return self.pool
 
-    async def handle(self, conn: ClientConnection, req: Request) -> None:
+    def handle(self, conn: ClientConnection, req: Request) -> None:
         """One request: proxied routes go to the primary; /metrics and errors are answered here."""
         t_entry = time.perf_counter()
         path = req.path
@@ -131,32 +140,40 @@ class ShadowProxy:
             else:
                 conn.respond(404, _error(f"{path} is not proxied by servecmp shadow", "not_found", 404),
                              head=req.method == b"HEAD")
+            conn.done(req)
             return
         if req.method != allowed and not (allowed == b"GET" and req.method == b"HEAD"):
             allow = allowed + (b", HEAD" if allowed == b"GET" else b"")
             conn.respond(405, _error(f"{req.method.decode('latin-1')} is not allowed on {path}", "method_not_allowed",
                                      405), headers=((b"allow", allow),))
+            conn.done(req)
             return
         kind = PATH_KINDS.get(path)
         sampled = kind is not None and self._sampled(kind)
-        ts = time.time()
-        fwd = Forward(self._pool(), conn, req, self.capture_limit if sampled else None)
+        fwd = _Proxied(self._pool(), conn, req, self.capture_limit if sampled else None, self._ended)
+        fwd.kind, fwd.t_entry, fwd.ts = kind, t_entry, time.time()
         conn.current = fwd
-        outcome = await fwd.run(t_entry)
+        fwd.start(t_entry)
+
+    def _ended(self, f: Forward, outcome: str) -> None:
+        """A forwarded request is over (called from the callback that ended it)."""
+        fwd = cast(_Proxied, f)
+        kind, conn = fwd.kind, fwd.client
         if fwd.head_done:
+            # The proxy's own time on the request path: up to the request going out, and the handling
+            # of the packets up to the one that completed the answer's head.
             self.telemetry.observe_latency(fwd.added_s, kind)
+        sampled = fwd.capture is not None
         if outcome == COMPLETE:
             if sampled:
-                assert kind is not None
-                self._after_response(fwd, kind, path, ts, fwd.t_end - t_entry)
+                self._after_response(fwd)
         elif outcome == CLIENT_LEFT:
             if sampled:
-                assert kind is not None and fwd.capture is not None
                 # The openai SDK stops reading at the SSE "data: [DONE]" event and closes the
                 # connection, often before the primary's final empty chunk arrives: the answer is
                 # whole then, so it is compared rather than counted as a client that left.
-                if fwd.head_done and _sse_done(fwd.capture):
-                    self._after_response(fwd, kind, path, ts, fwd.t_end - t_entry)
+                if fwd.head_done and _sse_done(cast(list[bytes], fwd.capture)):
+                    self._after_response(fwd)
                 else:
                     self.counters.inc("client_disconnected", route=kind)
         elif outcome == DROPPED:
@@ -167,25 +184,26 @@ class ShadowProxy:
                 conn.respond(504, _error("primary endpoint timed out", "gateway_timeout", 504))
             else:
                 conn.respond(502, _error("primary endpoint unreachable", "bad_gateway", 502))
+        conn.done(fwd.request)
 
-    def _after_response(self, fwd: Forward, kind: EndpointKind, path: str, ts: float, latency_s: float) -> None:
+    def _after_response(self, fwd: _Proxied) -> None:
         """Runs once the response has been sent: hand the exchange to the mirror, or count why not."""
-        assert fwd.capture is not None and self.mirror is not None
+        assert fwd.capture is not None and fwd.kind is not None and self.mirror is not None
         if fwd.size > self.capture_limit:
-            self.counters.inc("dropped_too_large", route=kind)
+            self.counters.inc("dropped_too_large", route=fwd.kind)
             return
         self.mirror.submit(
             MirrorJob(
                 request_id=self._request_id(),
-                ts=ts,
-                kind=kind,
-                path=path,
+                ts=fwd.ts,
+                kind=fwd.kind,
+                path=fwd.request.path,
                 body=fwd.request.body,
                 primary_status=fwd.status,
                 primary_body=b"".join(fwd.capture),
                 primary_content_type=fwd.content_type.decode("latin-1") if fwd.content_type else None,
                 primary_content_encoding=fwd.content_encoding.decode("latin-1") if fwd.content_encoding else None,
-                primary_latency_s=latency_s,
+                primary_latency_s=fwd.t_end - fwd.t_entry,
             )
         )
 
