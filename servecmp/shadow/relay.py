@@ -226,7 +226,8 @@ class Request:
     method: bytes
     target: bytes  # as the client sent it: path and query, never re-encoded
     path: str
-    headers: list[tuple[bytes, bytes]]
+    #: The client's header lines to forward ("Name: value\r\n" each), hop-by-hop ones left out.
+    forward_headers: bytes
     body: bytes
     http11: bool
     keep_alive: bool
@@ -236,9 +237,10 @@ class Forward:
     """One client request sent to the primary and its answer passed back to the client.
 
     Driven by callbacks: the primary's bytes are parsed and written to the client as they arrive
-    (`received`), and ``on_end`` is told how it ended. The answer's status line and headers go to the client
-    unchanged except hop-by-hop ones; its body is re-framed for the client's connection (chunked if
-    the primary's was chunked or close-delimited and the client speaks HTTP/1.1).
+    (`received`), and ``on_end`` is told how it ended. The answer's status line and headers go to
+    the client unchanged except hop-by-hop ones. Its body goes raw (the bytes as they came, framing
+    included) when the client can read the primary's framing; otherwise (an HTTP/1.0 client and a
+    chunked answer, an answer without a length, bare-LF heads) it is decoded and framed again.
     """
 
     __slots__ = (
@@ -289,10 +291,8 @@ class Forward:
 
     def request_bytes(self) -> bytes:
         req, origin = self.request, self.pool.origin
-        parts = [req.method, b" ", origin.prefix, req.target, b" HTTP/1.1\r\nHost: ", origin.host_header, b"\r\n"]
-        for name, value in req.headers:
-            if name.lower() not in REQUEST_DROP:
-                parts += (name, b": ", value, b"\r\n")
+        parts = [req.method, b" ", origin.prefix, req.target, b" HTTP/1.1\r\nHost: ", origin.host_header, b"\r\n",
+                 req.forward_headers]
         if req.body or req.method not in (b"GET", b"HEAD"):
             parts.append(b"Content-Length: %d\r\n" % len(req.body))
         parts.append(b"\r\n")
@@ -569,7 +569,8 @@ class ClientConnection(asyncio.Protocol):
         # A reference cycle with the parser (its callbacks are this object): cut at connection_lost.
         self.parser: Any = httptools.HttpRequestParser(self)
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[bytes] = []
+        self._expect = False
         self._body: list[bytes] = []
         self._queue: collections.deque[Request] = collections.deque()
         self.busy = False
@@ -619,17 +620,23 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._body = []
+        self._expect = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        # Sorted here, once: what is forwarded is kept as it will be written.
+        low = name.lower()
+        if low in REQUEST_DROP:
+            if low == b"expect" and value.lower() == b"100-continue":
+                self._expect = True
+        else:
+            self._headers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
-        for name, value in self._headers:
-            if name.lower() == b"expect" and value.lower() == b"100-continue" and self.transport is not None:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self._expect and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -643,7 +650,7 @@ class ClientConnection(asyncio.Protocol):
             method=self.parser.get_method(),
             target=target,
             path=path.decode("latin-1"),
-            headers=self._headers,
+            forward_headers=b"".join(self._headers),
             body=b"".join(self._body),
             http11=self.parser.get_http_version() == "1.1",
             keep_alive=self.parser.should_keep_alive(),
