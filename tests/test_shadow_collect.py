@@ -19,12 +19,12 @@ import httpx
 import pytest
 
 from servecmp.config import ShadowConfig
-from servecmp.shadow.collect import build_collect_app, build_receiver
+from servecmp.shadow.collect import build_receiver
 from servecmp.shadow.store import load_all
 from servecmp.shadow.wiring import ShadowEndpoints
 from tests.stub_shadow import ServerThread, StubControl, build_stub_app, free_port
 from tests.test_shadow_metrics import assert_metrics_equal_store, scrape, total
-from tests.test_shadow_proxy import CHAT, COMPLETIONS, chat_body, completion_body, wait_for
+from tests.test_shadow_proxy import CHAT, COMPLETIONS, AppThread, chat_body, completion_body, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ class Collector:
     def __init__(self, cfg: ShadowConfig, endpoints: ShadowEndpoints, **kw: Any) -> None:
         self.cfg = cfg
         self.receiver = build_receiver(cfg, endpoints, **kw)
-        self.server = ServerThread(build_collect_app(self.receiver)).start()
+        self.server = AppThread(self.receiver)
         self.url = self.server.url
 
     def stop(self) -> None:
@@ -121,6 +121,8 @@ def test_collector_bounds_baseline_requests_in_flight(tmp_path: Path, stubs: Stu
         pctl.gate.set()
         assert wait_for(lambda: total(scrape(col.url), "servecmp_shadow_recorded_total") == 2)
         assert httpx.get(col.url + "/v1/models").status_code == 404  # only generation routes are collected
+        wrong = httpx.get(col.url + CHAT)
+        assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")
     finally:
         col.stop()
     _, counters, _ = load_all(col.cfg.db)
@@ -128,20 +130,19 @@ def test_collector_bounds_baseline_requests_in_flight(tmp_path: Path, stubs: Stu
 
 
 def test_collect_command_builds_the_receiver(tmp_path: Path, stubs: Stubs, monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
     from typer.testing import CliRunner
 
+    import servecmp.shadow.relay
     from servecmp._cli.main import build_app
 
     p, _, c, _, _, _ = stubs
     served: list[Any] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append((app, kw)))
+    monkeypatch.setattr(servecmp.shadow.relay, "run_app", lambda app, **kw: served.append((app, kw)))
     res = CliRunner().invoke(build_app(), ["shadow", "collect", "--baseline", p.url, "--candidate", c.url, "--db",
                                            str(tmp_path / "c.db"), "--in-process", "--port", "8777",
                                            "--max-in-flight", "9"])
     assert res.exit_code == 0, res.output
-    ((app, kw),) = served
-    receiver = app.state.shadow
+    ((receiver, kw),) = served
     try:
         assert (kw["port"], kw["host"], receiver.max_in_flight, receiver.primary.url) == (8777, "127.0.0.1", 9, p.url)
         assert f"run {receiver.run_id}" in res.output

@@ -24,7 +24,8 @@ import openai
 import pytest
 
 from servecmp.config import ShadowConfig
-from servecmp.shadow.proxy import ProxyServer, build_proxy
+from servecmp.shadow.proxy import build_proxy
+from servecmp.shadow.relay import AppServer
 from servecmp.shadow.wiring import ShadowEndpoints
 from tests.stub_shadow import ServerThread, StubControl, answer_tokens, build_stub_app, free_port, render_chat
 
@@ -73,11 +74,12 @@ def _reset_primary(primary: tuple[ServerThread, StubControl]) -> None:
     ctl.paths.clear()
 
 
-class ProxyThread:
-    """`ProxyServer` on its own event loop in a thread, bound to 127.0.0.1 on a free port."""
+class AppThread:
+    """An `AppServer` (the proxy, the collector) on its own event loop in a thread, bound to
+    127.0.0.1 on a free port."""
 
-    def __init__(self, proxy: Any) -> None:
-        self.server = ProxyServer(proxy)
+    def __init__(self, app: Any) -> None:
+        self.server = AppServer(app)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -116,7 +118,7 @@ class Proxy:
     def __init__(self, cfg: ShadowConfig, endpoints: ShadowEndpoints, rng: random.Random | None = None) -> None:
         self.cfg = cfg
         self.proxy = build_proxy(cfg, endpoints, rng=rng)
-        self.server = ProxyThread(self.proxy)
+        self.server = AppThread(self.proxy)
         self.url = self.server.url
         self._stopped = False
 

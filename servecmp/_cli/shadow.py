@@ -6,7 +6,7 @@ over the `[baseline]` / `[candidate]` / `[secondary]` sections of servecmp.toml;
 only the proxy's own settings.
 
 Only the standard library, typer and the shared option types are imported at module level, so
-`servecmp --help` stays fast: the config (pydantic), the proxy (uvicorn, aiohttp) and the report
+`servecmp --help` stays fast: the config (pydantic), the proxy (httptools, aiohttp) and the report
 are imported inside the commands.
 """
 
@@ -154,15 +154,6 @@ def _prepare(config: Path | None, *, exposed: str, mirror_process: bool | None,
     return err_console, endpoints, cfg
 
 
-def _run_server(app: Any, cfg: ShadowConfig, *, access_log: bool) -> None:
-    import uvicorn
-
-    # proxy_headers off: neither app reads the client's address, so X-Forwarded-For parsing would be
-    # CPU spent on every request for nothing.
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=access_log,
-                server_header=False, date_header=False, proxy_headers=False)
-
-
 @shadow_app.command("serve")
 def serve(
     baseline: BaselineOrPrimary = None,
@@ -195,7 +186,8 @@ def serve(
     scoring), as is --baseline-model; the candidate and secondary get their own keys and models.
     Prometheus metrics (servecmp_shadow_*) are at GET /metrics on the same port.
     """
-    from servecmp.shadow.proxy import build_proxy, run_proxy
+    from servecmp.shadow.proxy import build_proxy
+    from servecmp.shadow.relay import run_app
     from servecmp.shadow.store import redact_target
 
     err_console, endpoints, cfg = _prepare(
@@ -218,7 +210,7 @@ def serve(
         f"{proxy.run_id}",
         highlight=False, markup=False,
     )
-    run_proxy(proxy, host=cfg.host, port=cfg.port, access_log=access_log)
+    run_app(proxy, host=cfg.host, port=cfg.port, access_log=access_log)
 
 
 @shadow_app.command("collect")
@@ -255,7 +247,8 @@ def collect(
     secondary) too, and the measures are recorded as the proxy records them. No client waits on
     this process; it is not in the request path. Prometheus metrics are at GET /metrics.
     """
-    from servecmp.shadow.collect import build_collect_app, build_receiver
+    from servecmp.shadow.collect import build_receiver
+    from servecmp.shadow.relay import run_app
     from servecmp.shadow.store import redact_target
 
     err_console, endpoints, cfg = _prepare(
@@ -278,7 +271,7 @@ def collect(
         + (" (hashes only)" if cfg.hash_only else "") + f"; metrics at /metrics; run {receiver.run_id}",
         highlight=False, markup=False,
     )
-    _run_server(build_collect_app(receiver), cfg, access_log=access_log)
+    run_app(receiver, host=cfg.host, port=cfg.port, access_log=access_log)
 
 
 @shadow_app.command("report")

@@ -2,11 +2,11 @@
 (``VirtualService`` ``mirror``) sends it a copy of live requests; nobody waits for its answer.
 
 Path of a mirrored request: read the body, answer ``202 Accepted`` at once (the mesh discards the
-answer anyway), then, off the response path, send the request to a baseline replica (the primary
-here: the user's own answer came from another replica, which servecmp never sees) and hand the
-exchange, as a `MirrorJob` with source "mirror", to the same mirror as the proxy's
-(`workers.compare_and_store`: candidate, secondary, measures, database, metrics). So records,
-counters and ``/metrics`` mean exactly what they mean for `shadow serve`.
+answer anyway; the HTTP server is the proxy's, `relay`), then, off the response path, send the
+request to a baseline replica (the primary here: the user's own answer came from another replica,
+which servecmp never sees) and hand the exchange, as a `MirrorJob` with source "mirror", to the
+same mirror as the proxy's (`workers.compare_and_store`: candidate, secondary, measures, database,
+metrics). So records, counters and ``/metrics`` mean exactly what they mean for `shadow serve`.
 
 Bounded: at most ``max_in_flight`` baseline requests at once; more are dropped and counted
 (``dropped_queue_full``), as the proxy drops what its mirror queue cannot take. The mirrored
@@ -17,30 +17,31 @@ the candidate and the secondary get their own keys.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from servecmp.config import ShadowConfig
 from servecmp.shadow.metrics import Telemetry, build_registry, exposition
 from servecmp.shadow.mirror import MirrorJob
 from servecmp.shadow.payloads import PATH_KINDS, EndpointKind
 from servecmp.shadow.proxy import build_mirror
+from servecmp.shadow.relay import ClientConnection, Request
 from servecmp.shadow.store import Counters
-from servecmp.shadow.upstream import REQUEST_DROP, UPSTREAM_ERRORS, Upstream
+from servecmp.shadow.upstream import UPSTREAM_ERRORS, Upstream
 from servecmp.shadow.wiring import ShadowEndpoints, capture_bytes, metrics_collector, primary_upstream, start_run
 from servecmp.shadow.workers import MirrorSink
 
 ACCEPTED = b'{"status":"accepted"}'
+#: The routes a mirror sends (POST) and the collector's own.
+_COLLECTED = {"/v1/chat/completions", "/v1/completions"}
+
+
+def _error(message: str, kind: str, status: int) -> bytes:
+    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
 
 
 @dataclass
@@ -61,10 +62,24 @@ class MirrorReceiver:
     run_id: str = ""
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def receive(self, request: Request) -> Response:
-        path = request.url.path
+    def handle(self, conn: ClientConnection, req: Request) -> None:
+        """Answer at once: 202 for a mirrored request (then fetched and compared off the response
+        path), /metrics, or an error."""
+        path = req.path
+        if path not in _COLLECTED or req.method != b"POST":
+            if path == "/metrics" and req.method in (b"GET", b"HEAD"):
+                data, content_type = exposition(self.registry)
+                conn.respond(200, data, content_type=content_type.encode(), head=req.method == b"HEAD")
+            elif path in _COLLECTED:
+                conn.respond(405, _error(f"{req.method.decode('latin-1')} is not allowed on {path}",
+                                         "method_not_allowed", 405), headers=((b"allow", b"POST"),))
+            else:
+                conn.respond(404, _error(f"{path} is not collected by servecmp shadow", "not_found", 404),
+                             head=req.method == b"HEAD")
+            conn.done(req)
+            return
         kind = PATH_KINDS[path]
-        body = await request.body()
+        body = req.body
         self.counters.inc("requests", route=kind)
         if self.sample_rate < 1.0 and self.rng.random() >= self.sample_rate:
             self.counters.inc("sampled_out", route=kind)
@@ -73,16 +88,14 @@ class MirrorReceiver:
         elif len(self._tasks) >= self.max_in_flight:
             self.counters.inc("dropped_queue_full", route=kind)
         else:
-            headers = [
-                (k.decode("latin-1"), v.decode("latin-1"))
-                for k, v in request.headers.raw
-                if k.decode("latin-1").lower() not in REQUEST_DROP
-            ]
-            url = f"{self.primary.url}{path}" + (f"?{request.url.query}" if request.url.query else "")
-            task = asyncio.create_task(self._fetch(kind, path, url, headers, body))
+            # The client's headers minus hop-by-hop ones, Host and Content-Length (aiohttp sets those).
+            headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in _header_pairs(req.forward_headers)]
+            url = f"{self.primary.url}{req.target.decode('latin-1')}"
+            task = asyncio.get_running_loop().create_task(self._fetch(kind, path, url, headers, body))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return Response(ACCEPTED, status_code=202, media_type="application/json")
+        conn.respond(202, ACCEPTED)
+        conn.done(req)
 
     async def _fetch(self, kind: EndpointKind, path: str, url: str, headers: list[tuple[str, str]],
                      body: bytes) -> None:
@@ -112,14 +125,6 @@ class MirrorReceiver:
             primary_content_encoding=content_encoding, primary_latency_s=time.perf_counter() - t0,
             source="mirror",
         ))
-
-    async def metrics(self, request: Request) -> Response:
-        data, content_type = exposition(self.registry)
-        return Response(data, headers={"Content-Type": content_type})
-
-    async def not_found(self, request: Request) -> Response:
-        return JSONResponse({"error": {"message": f"{request.url.path} is not collected by servecmp shadow",
-                                       "type": "not_found", "param": None, "code": 404}}, 404)
 
     async def startup(self) -> None:
         self.mirror.start()
@@ -159,21 +164,11 @@ def build_receiver(
     )
 
 
-def build_collect_app(receiver: MirrorReceiver) -> Starlette:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await receiver.startup()
-        try:
-            yield
-        finally:
-            await receiver.shutdown()
-
-    routes = [
-        Route("/metrics", receiver.metrics, methods=["GET"]),
-        Route("/v1/chat/completions", receiver.receive, methods=["POST"]),
-        Route("/v1/completions", receiver.receive, methods=["POST"]),
-    ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_route("/{path:path}", receiver.not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    app.state.shadow = receiver
-    return app
+def _header_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
+    """The header lines the relay keeps for forwarding (`Request.forward_headers`), as pairs."""
+    out = []
+    for line in lines.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b": ")
+            out.append((name, value))
+    return out

@@ -13,21 +13,16 @@ time it added (``/metrics``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 import itertools
 import json
-import logging
 import random
-import signal
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from servecmp.config import ShadowConfig
-from servecmp.errors import UserError
 from servecmp.shadow.metrics import Telemetry, build_registry, exposition
 from servecmp.shadow.mirror import MirrorJob
 from servecmp.shadow.payloads import PATH_KINDS, EndpointKind
@@ -38,10 +33,8 @@ from servecmp.shadow.relay import (
     TIMEOUT,
     ClientConnection,
     Forward,
-    HttpServer,
     Request,
     UpstreamPool,
-    access_log,
 )
 from servecmp.shadow.store import Counters, RunInfo
 from servecmp.shadow.upstream import Upstream
@@ -59,10 +52,6 @@ from servecmp.shadow.workers import LocalMirror, MirrorSink, ProcessMirror
 PROXIED = {"/v1/chat/completions": b"POST", "/v1/completions": b"POST", "/v1/models": b"GET"}
 
 SSE_DONE = b"data: [DONE]"
-
-#: How long a stopping proxy lets requests in progress finish (a second Ctrl-C cuts them at once).
-SHUTDOWN_GRACE_S = 30.0
-
 
 class _Proxied(Forward):
     """A `Forward` with what the proxy needs when it ends."""
@@ -222,76 +211,6 @@ class ShadowProxy:
             self.pool.close()
         await self.primary.aclose()
 
-
-class ProxyServer:
-    """A `ShadowProxy` listening: start, stop (requests in progress finish, then the mirror drains)."""
-
-    def __init__(self, proxy: ShadowProxy, *, access_log: bool = False) -> None:
-        self.proxy = proxy
-        self.http = HttpServer(proxy.handle, access_log=access_log)
-
-    async def start(self, *, host: str | None = None, port: int | None = None, sock: Any = None) -> None:
-        await self.proxy.startup()
-        try:
-            await self.http.start(host=host, port=port, sock=sock)
-        except OSError as exc:
-            await self.proxy.shutdown()
-            raise UserError(f"shadow: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
-
-    async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
-        await self.http.shutdown(grace_s)
-        await self.proxy.shutdown()
-
-
-def _loop_factory() -> Any:
-    """uvloop when installed (uvicorn's default too): its transports cost less CPU per request."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-def run_proxy(proxy: ShadowProxy, *, host: str, port: int, access_log: bool = False) -> None:
-    """Serve until SIGINT or SIGTERM: then requests in progress get `SHUTDOWN_GRACE_S` to finish and
-    the mirror drains; a second signal cuts what is left at once."""
-    if access_log:
-        _log_access()
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        server = ProxyServer(proxy, access_log=access_log)
-        stop_task: asyncio.Task[None] | None = None
-
-        def on_signal() -> None:
-            if not stopping.is_set():
-                stopping.set()
-            elif stop_task is not None:
-                stop_task.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        await server.start(host=host, port=port)
-        await stopping.wait()
-        stop_task = asyncio.create_task(server.http.shutdown(SHUTDOWN_GRACE_S))
-        with contextlib.suppress(asyncio.CancelledError):
-            await stop_task
-        for c in list(server.http.connections):
-            c.abort()
-        await proxy.shutdown()
-
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(main())
-
-
-def _log_access() -> None:
-    """--access-log: one line per request (method, path, version; never a body) on stderr."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    access_log.addHandler(handler)
-    access_log.setLevel(logging.INFO)
-    access_log.propagate = False
 
 def build_proxy(
     cfg: ShadowConfig, endpoints: ShadowEndpoints, *, rng: random.Random | None = None

@@ -25,6 +25,7 @@ import collections
 import contextlib
 import logging
 import re
+import signal
 import ssl
 import time
 import traceback
@@ -33,9 +34,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
+
+from servecmp.errors import UserError
 
 log = logging.getLogger("servecmp.shadow")
 access_log = logging.getLogger("servecmp.shadow.access")
@@ -808,3 +811,90 @@ class HttpServer:
             if self._sweeper is not None:
                 self._sweeper.cancel()
         await asyncio.sleep(0)  # let the aborted connections' connection_lost run
+
+
+# ---- running an app ----------------------------------------------------------------------------------
+
+#: How long a stopping server lets requests in progress finish (a second Ctrl-C cuts them at once).
+SHUTDOWN_GRACE_S = 30.0
+
+
+class App(Protocol):
+    """What `AppServer` serves: `shadow serve`'s proxy and `shadow collect`'s receiver."""
+
+    def handle(self, conn: ClientConnection, req: Request) -> None: ...
+
+    async def startup(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+class AppServer:
+    """An `App` listening: start, stop (requests in progress finish, then the app shuts down)."""
+
+    def __init__(self, app: App, *, access_log: bool = False) -> None:
+        self.app = app
+        self.http = HttpServer(app.handle, access_log=access_log)
+
+    async def start(self, *, host: str | None = None, port: int | None = None, sock: Any = None) -> None:
+        await self.app.startup()
+        try:
+            await self.http.start(host=host, port=port, sock=sock)
+        except OSError as exc:
+            await self.app.shutdown()
+            raise UserError(f"shadow: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+
+    async def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        await self.http.shutdown(grace_s)
+        await self.app.shutdown()
+
+
+def _loop_factory() -> Any:
+    """uvloop when installed (uvicorn's default too): its transports cost less CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_app(app: App, *, host: str, port: int, access_log: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM: then requests in progress get `SHUTDOWN_GRACE_S` to finish and
+    the app shuts down (the mirror drains); a second signal cuts the requests at once."""
+    if access_log:
+        _log_access()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        server = AppServer(app, access_log=access_log)
+        stop_task: asyncio.Task[None] | None = None
+
+        def on_signal() -> None:
+            if not stopping.is_set():
+                stopping.set()
+            elif stop_task is not None:
+                stop_task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        await server.start(host=host, port=port)
+        await stopping.wait()
+        stop_task = asyncio.create_task(server.http.shutdown(SHUTDOWN_GRACE_S))
+        with contextlib.suppress(asyncio.CancelledError):
+            await stop_task
+        for c in list(server.http.connections):
+            c.abort()
+        await app.shutdown()
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+
+
+def _log_access() -> None:
+    """--access-log: one line per request (method, path, version; never a body) on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
