@@ -78,8 +78,8 @@ class AppThread:
     """An `AppServer` (the proxy, the collector) on its own event loop in a thread, bound to
     127.0.0.1 on a free port."""
 
-    def __init__(self, app: Any) -> None:
-        self.server = AppServer(app)
+    def __init__(self, app: Any, **server: Any) -> None:
+        self.server = AppServer(app, **server)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"

@@ -21,11 +21,13 @@ import httpx
 import pytest
 
 from servecmp.config import ShadowConfig
+from servecmp.shadow.proxy import build_proxy
 from servecmp.shadow.relay import Forward
 from servecmp.shadow.wiring import ShadowEndpoints
 from tests.stub_shadow import ServerThread, StubControl
 from tests.test_shadow_proxy import (
     CHAT,
+    AppThread,
     Proxy,
     _reset_primary,
     candidate,
@@ -371,3 +373,28 @@ def test_a_large_answer_reaches_a_slow_reader_byte_exact(
     assert status == b"HTTP/1.1 200 OK" and got == payload
     assert pauses  # the client's full buffer paused the primary's connection
     assert proxy.counters()["dropped_too_large"] == 1  # over --max-capture-mb: not compared
+
+
+def test_idle_connections_close_after_the_keepalive_but_a_slow_upload_does_not(
+    primary: tuple[ServerThread, StubControl], candidate: tuple[str, StubControl], tmp_path: Path
+) -> None:
+    cfg = ShadowConfig(db=str(tmp_path / "s.db"), mirror_process=False, teacher_forced=False)
+    proxy = build_proxy(cfg, ShadowEndpoints.of(primary[0].url, candidate[0]))
+    server = AppThread(proxy, keepalive_s=1.0)
+    body = json.dumps(chat_body("slowly")).encode()
+    try:
+        with raw_request(port_of(server.url), b"") as sock:
+            # The request arrives a byte every 0.1 s for 2 s: never 1 s without a byte.
+            data = post_bytes(CHAT, body)
+            step = len(data) // 20 + 1
+            for i in range(0, len(data), step):
+                sock.sendall(data[i:i + step])
+                time.sleep(0.1)
+            f = sock.makefile("rb")
+            status, _, got = read_response(f)
+            assert (status, got) == (b"HTTP/1.1 200 OK", post(primary[0].url, CHAT, chat_body("slowly")).content)
+            # Then nothing: the proxy closes the idle connection (a bound for a hung test, not a timing check).
+            sock.settimeout(10)
+            assert f.read() == b""
+    finally:
+        server.stop()

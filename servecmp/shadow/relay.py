@@ -583,7 +583,8 @@ class ClientConnection(asyncio.Protocol):
         self.current: Forward | None = None
         #: Whether the current request's answer has started (then an error can only cut the connection).
         self.started = False
-        #: When the connection last finished an answer (or opened): idle ones are closed by the sweep.
+        #: When the connection last received bytes or finished an answer: the sweep closes it after
+        #: `HttpServer.keepalive_s` of neither (between requests, or a request that stopped arriving).
         self.idle_since = 0.0
 
     # asyncio.Protocol
@@ -594,6 +595,8 @@ class ClientConnection(asyncio.Protocol):
         self.idle_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
+        # A request still arriving is not idle (a slow upload is not cut at the keep-alive timeout).
+        self.idle_since = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -832,9 +835,9 @@ class App(Protocol):
 class AppServer:
     """An `App` listening: start, stop (requests in progress finish, then the app shuts down)."""
 
-    def __init__(self, app: App, *, access_log: bool = False) -> None:
+    def __init__(self, app: App, *, access_log: bool = False, keepalive_s: float = CLIENT_KEEPALIVE_S) -> None:
         self.app = app
-        self.http = HttpServer(app.handle, access_log=access_log)
+        self.http = HttpServer(app.handle, access_log=access_log, keepalive_s=keepalive_s)
 
     async def start(self, *, host: str | None = None, port: int | None = None, sock: Any = None) -> None:
         await self.app.startup()
