@@ -398,3 +398,20 @@ def test_idle_connections_close_after_the_keepalive_but_a_slow_upload_does_not(
             assert f.read() == b""
     finally:
         server.stop()
+
+
+def test_a_request_body_over_the_limit_is_413_and_never_forwarded(
+    primary: tuple[ServerThread, StubControl], candidate: tuple[str, StubControl], tmp_path: Path
+) -> None:
+    cfg = ShadowConfig(db=str(tmp_path / "s.db"), mirror_process=False, teacher_forced=False)
+    proxy = build_proxy(cfg, ShadowEndpoints.of(primary[0].url, candidate[0]))
+    server = AppThread(proxy, max_body=1000)
+    primary[1].paths.clear()
+    try:
+        small = httpx.post(server.url + CHAT, json=chat_body("x" * 800))
+        big = httpx.post(server.url + CHAT, json=chat_body("x" * 1000))
+    finally:
+        server.stop()
+    assert small.status_code == 200
+    assert (big.status_code, big.json()["error"]["type"]) == (413, "request_too_large")
+    assert list(primary[1].paths) == [CHAT]  # only the small one reached the primary

@@ -67,6 +67,9 @@ REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 UPSTREAM_KEEPALIVE_S = 4.0
 #: An idle client connection is closed after this long (uvicorn's default).
 CLIENT_KEEPALIVE_S = 5.0
+#: A client's request body larger than this is refused (413) instead of held in memory: far above
+#: any OpenAI request a model can take (vLLM's own limit is its context length).
+MAX_REQUEST_BODY = 64 * 1024 * 1024
 
 _PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -573,6 +576,7 @@ class ClientConnection(asyncio.Protocol):
         self.parser: Any = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[bytes] = []
+        self._size = 0
         self._expect = False
         self._body: list[bytes] = []
         self._queue: collections.deque[Request] = collections.deque()
@@ -602,7 +606,10 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(400, b"upgrades are not supported by the shadow proxy")
         except httptools.HttpParserError:
-            self._refuse(400, b"invalid HTTP request")
+            if self._size > self.server.max_body:
+                self._refuse(413, b"request body over the shadow proxy's limit")
+            else:
+                self._refuse(400, b"invalid HTTP request")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
@@ -626,6 +633,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._body = []
+        self._size = 0
         self._expect = False
 
     def on_url(self, url: bytes) -> None:
@@ -645,6 +653,10 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > self.server.max_body:
+            # Stops the parser: a body this large is refused (413) rather than held in memory.
+            raise ValueError("request body too large")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -709,8 +721,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _refuse(self, status: int, message: bytes) -> None:
         if not self.busy:
-            self.respond(status, b'{"error":{"message":"%s","type":"bad_request","param":null,"code":%d}}'
-                         % (message, status), close=True)
+            self.respond(status, b'{"error":{"message":"%s","type":"%s","param":null,"code":%d}}'
+                         % (message, b"request_too_large" if status == 413 else b"bad_request", status), close=True)
         elif self.transport is not None:
             self.closing = True  # garbage after a request in progress: answer it, then close
 
@@ -760,8 +772,9 @@ class HttpServer:
     SWEEP_S = 0.25
 
     def __init__(self, handler: Handler, *, keepalive_s: float = CLIENT_KEEPALIVE_S,
-                 access_log: bool = False) -> None:
+                 access_log: bool = False, max_body: int = MAX_REQUEST_BODY) -> None:
         self.handler = handler
+        self.max_body = max_body
         self.keepalive_s = keepalive_s
         self.access_log = access_log
         self.connections: set[ClientConnection] = set()
@@ -835,9 +848,10 @@ class App(Protocol):
 class AppServer:
     """An `App` listening: start, stop (requests in progress finish, then the app shuts down)."""
 
-    def __init__(self, app: App, *, access_log: bool = False, keepalive_s: float = CLIENT_KEEPALIVE_S) -> None:
+    def __init__(self, app: App, *, access_log: bool = False, keepalive_s: float = CLIENT_KEEPALIVE_S,
+                 max_body: int = MAX_REQUEST_BODY) -> None:
         self.app = app
-        self.http = HttpServer(app.handle, access_log=access_log, keepalive_s=keepalive_s)
+        self.http = HttpServer(app.handle, access_log=access_log, keepalive_s=keepalive_s, max_body=max_body)
 
     async def start(self, *, host: str | None = None, port: int | None = None, sock: Any = None) -> None:
         await self.app.startup()
