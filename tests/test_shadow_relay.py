@@ -8,6 +8,7 @@ speak HTTP/1.0. What the client gets is checked byte for byte against what the p
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import socketserver
 import threading
@@ -415,3 +416,21 @@ def test_a_request_body_over_the_limit_is_413_and_never_forwarded(
     assert small.status_code == 200
     assert (big.status_code, big.json()["error"]["type"]) == (413, "request_too_large")
     assert list(primary[1].paths) == [CHAT]  # only the small one reached the primary
+
+
+def test_the_access_log_names_method_path_and_status_never_the_body(
+    primary: tuple[ServerThread, StubControl], candidate: tuple[str, StubControl], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="servecmp.shadow.access")
+    cfg = ShadowConfig(db=str(tmp_path / "s.db"), mirror_process=False, teacher_forced=False)
+    server = AppThread(build_proxy(cfg, ShadowEndpoints.of(primary[0].url, candidate[0])), access_log=True)
+    try:
+        assert post(server.url, CHAT, chat_body("secret prompt 42")).status_code == 200
+        assert httpx.get(server.url + "/nope").status_code == 404
+    finally:
+        server.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "servecmp.shadow.access"]
+    assert [line.split(" ", 1)[1] for line in lines] == ['"POST /v1/chat/completions HTTP/1.1" 200',
+                                                         '"GET /nope HTTP/1.1" 404']
+    assert not any("secret" in line for line in caplog.text.splitlines())

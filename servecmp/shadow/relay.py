@@ -406,7 +406,7 @@ class Forward:
         if status < 200:  # an interim answer (e.g. 100): not passed on, the final one follows
             self.interims += 1
             return
-        self.status = status
+        self.status = self.client.status = status
         self.head_done = True
         self.reuse = self.parser.should_keep_alive()
         # The answer's head as the primary wrote it (after any interim ones).
@@ -587,6 +587,8 @@ class ClientConnection(asyncio.Protocol):
         self.current: Forward | None = None
         #: Whether the current request's answer has started (then an error can only cut the connection).
         self.started = False
+        #: The current answer's status (for the access log).
+        self.status = 0
         #: When the connection last received bytes or finished an answer: the sweep closes it after
         #: `HttpServer.keepalive_s` of neither (between requests, or a request that stopped arriving).
         self.idle_since = 0.0
@@ -685,6 +687,7 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, request: Request) -> None:
         self.busy = True
         self.started = False
+        self.status = 0
         try:
             self.server.handler(self, request)
         except Exception as exc:
@@ -703,8 +706,8 @@ class ClientConnection(asyncio.Protocol):
         self.busy = False
         self.current = None
         if self.server.access_log:
-            access_log.info('%s "%s %s HTTP/%s"', self._peer(), request.method.decode("latin-1"),
-                            request.path, "1.1" if request.http11 else "1.0")
+            access_log.info('%s "%s %s HTTP/%s" %s', self._peer(), request.method.decode("latin-1"),
+                            request.path, "1.1" if request.http11 else "1.0", self.status or "-")
         if self.gone or self.transport is None:
             return
         if not request.keep_alive or self.closing:
@@ -738,6 +741,7 @@ class ClientConnection(asyncio.Protocol):
         """A whole answer made by the proxy itself (errors, /metrics)."""
         if close:
             self.closing = True
+        self.status = status
         lines = [status_line(status), b"content-type: %s\r\ncontent-length: %d\r\n" % (content_type, len(body))]
         lines += [b"%s: %s\r\n" % h for h in headers]
         if close:
