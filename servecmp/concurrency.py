@@ -436,13 +436,25 @@ class RunWatch:
     after (the prefix-cache hit rate over the run; ``max_num_seqs`` as a cap on "auto" when a server
     advertises it) and each client's concurrency path. Clients are `EndpointClient`s by name."""
 
-    def __init__(self, clients: dict[str, Any], before: dict[str, dict[str, float] | None]) -> None:
+    #: Decisions so far are appended to the run's log this often, so a run killed outright (kill -9)
+    #: keeps its concurrency path up to then; the summary lines come at the end.
+    FLUSH_S = 2.0
+
+    def __init__(self, clients: dict[str, Any], before: dict[str, dict[str, float] | None],
+                 run_dir: Any = None) -> None:
         self.clients = clients
         self.before = before
         self.segment = _utcnow()
+        self.run_dir = run_dir
+        #: Per client, how many of its controller's steps are in the log already.
+        self._written = dict.fromkeys(clients, 0)
+        self._flusher: Any = None
 
     @classmethod
-    async def start(cls, clients: dict[str, Any]) -> RunWatch:
+    async def start(cls, clients: dict[str, Any], run_dir: Any = None) -> RunWatch:
+        """Before the scoring; with ``run_dir``, the log is kept up to date while the run goes on."""
+        import asyncio
+
         before = await _metrics_of(clients)
         for name, client in clients.items():
             if client.controller is not None:
@@ -450,17 +462,49 @@ class RunWatch:
             seqs = (before.get(name) or {}).get("max_num_seqs")
             if seqs:  # never ask for more in flight than the server runs at once
                 client.cap_concurrency(int(seqs))
-        return cls(clients, before)
+        watch = cls(clients, before, run_dir)
+        if run_dir is not None:
+            watch._flusher = asyncio.get_running_loop().create_task(watch._flush_every())
+        return watch
 
-    async def finish(self, run_dir: Any) -> list[str]:
-        """Append the concurrency log to `run_dir` and return the lines to print."""
+    def _append_steps(self, log: Any) -> None:
+        for name, client in self.clients.items():
+            c: VegasController | None = client.controller
+            if c is not None:
+                for step in c.history[self._written[name]:]:
+                    log.append({"endpoint": name, "segment": self.segment, **step.as_dict()})
+                self._written[name] = len(c.history)
+
+    def _log(self, run_dir: Any) -> Any:
         from pathlib import Path
 
         from servecmp.runstore import JsonlAppender
 
+        return JsonlAppender(Path(run_dir) / CONCURRENCY_LOG)
+
+    async def _flush_every(self) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.FLUSH_S)
+            if any(c.controller is not None and len(c.controller.history) > self._written[n]
+                   for n, c in self.clients.items()):
+                with self._log(self.run_dir) as log:
+                    self._append_steps(log)
+
+    def stop(self) -> None:
+        """Stop the periodic appends (an interrupted run: what was appended stays)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+
+    async def finish(self, run_dir: Any) -> list[str]:
+        """Append the rest of the concurrency log to `run_dir` and return the lines to print."""
+        self.stop()
         after = await _metrics_of(self.clients)
         lines: list[str] = []
-        with JsonlAppender(Path(run_dir) / CONCURRENCY_LOG) as log:
+        with self._log(run_dir) as log:
+            self._append_steps(log)
             for name, client in self.clients.items():
                 c: VegasController | None = client.controller
                 cache = prefix_hit_rate(self.before.get(name), after.get(name))
@@ -468,8 +512,6 @@ class RunWatch:
                                            "setting": client.spec.max_concurrency,
                                            "final": client.in_flight_limit}
                 if c is not None:
-                    for step in c.history:
-                        log.append({"endpoint": name, "segment": self.segment, **step.as_dict()})
                     summary.update(mostly_at=held_level(c), mean_throughput=round(mean_throughput(c) or 0.0, 3),
                                    floor=round(c.floor, 6) if math.isfinite(c.floor) else None, cap=c.max_limit)
                     lines.append(f"concurrency {name}: auto {describe_path(c)}")

@@ -193,3 +193,35 @@ def test_default_auto_run_killed_and_resumed_neither_loses_nor_repeats(tmp_path:
     assert {r["endpoint"] for r in summaries} == {"baseline", "candidate"}
     assert all(r["setting"] == "auto" and r["final"] >= 1 for r in summaries)
     assert "concurrency baseline: auto ended at" in done.stderr
+
+
+def test_a_run_killed_outright_keeps_its_concurrency_path_so_far(tmp_path: Path) -> None:
+    # Slow seats (2 at 0.2 s): the run lasts ~25 s, so it is killed well before its end, after the
+    # log's first periodic append (RunWatch.FLUSH_S).
+    procs = [_seats_process("base-m", 2, 0.2), _seats_process("cand-m", 2, 0.2)]
+    runs = tmp_path / "runs"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "servecmp", "mcq", "--baseline", procs[0][1], "--candidate",
+                                 procs[1][1], "--task", "mmlu-sample", "--runs-dir", str(runs)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 90
+            while time.time() < deadline:
+                if runs.exists() and any(runs.iterdir()) and (only_run_dir(runs) / "concurrency.jsonl").exists():
+                    break
+                time.sleep(0.01)
+            else:
+                raise AssertionError("no concurrency log in time")
+            assert proc.poll() is None, "the run ended before it could be killed"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    finally:
+        for p, _ in procs:
+            p.kill()
+            p.wait()
+    log = [json.loads(x) for x in (only_run_dir(runs) / "concurrency.jsonl").read_text().splitlines()]
+    assert log and not any(r.get("summary") for r in log)  # the summary comes at the end only
+    assert {r["endpoint"] for r in log} == {"baseline", "candidate"}
+    assert {r["reason"] for r in log if r.get("limit") is not None} >= {"start"}
+    assert len({r["segment"] for r in log}) == 1

@@ -155,7 +155,7 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
                 console.print(describe_endpoint(name, spec), highlight=False)
             for line in capability_lines(clients):
                 console.print(escape(line), highlight=False)
-            watch = await RunWatch.start(clients)
+            watch = await RunWatch.start(clients, run_dir)
             with make_progress(console) as progress:
                 try:
                     outcome = await run_items(data.items, clients, run_dir, top_k=settings.top_k,
@@ -172,6 +172,7 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
                         for k, v in floor.item_errors.items():
                             outcome.item_errors[k] = outcome.item_errors.get(k, 0) + v
                 except asyncio.CancelledError:
+                    watch.stop()
                     raise KeyboardInterrupt from None
             # Where "auto" found each server's ceiling, and the prefix cache's hit rate over the run.
             for line in await watch.finish(run_dir):
