@@ -150,11 +150,17 @@ class MetricInfo(BaseModel):
     kind: Kind
     unit: Unit
     description: str
+    #: Other run kinds that measure the same concept under the same name (one flag, one concept).
+    also: tuple[Kind, ...] = ()
     #: The range a threshold must lie in (inclusive); None for unbounded.
     min_value: float | None = None
     max_value: float | None = None
     #: Why a run may lack it; shown when a gate names it and the run did not measure it.
     missing: str = "not measured in this run"
+
+    @property
+    def kinds(self) -> tuple[Kind, ...]:
+        return (self.kind, *self.also)
 
     @property
     def rate(self) -> bool:
@@ -211,9 +217,11 @@ METRICS: dict[str, MetricInfo] = {
     "tf_kl": MetricInfo(kind="shadow", unit="nats", min_value=0,
                         description="teacher-forced KL per token (top-k bound)",
                         missing="no teacher-forced scoring in this run"),
-    "top1_disagree": MetricInfo(kind="shadow", unit="fraction", min_value=0, max_value=1,
-                                description="share of positions where the top-1 tokens differ (teacher-forced)",
-                                missing="no teacher-forced scoring in this run"),
+    "top1_disagree": MetricInfo(kind="shadow", also=("mcq",), unit="fraction", min_value=0, max_value=1,
+                                description="share of positions where the two most likely tokens differ (shadow: "
+                                            "teacher-forced tokens; mcq: the answer position, 1 − llama.cpp's "
+                                            "Same top p)",
+                                missing="no teacher-forced scoring (shadow) or no top-k logprobs (mcq) in this run"),
 }
 
 
@@ -221,7 +229,7 @@ def metric_names(kind: str) -> list[str]:
     """The metric names a run of ``kind`` can gate on, in registry order. ValueError on a bad kind."""
     if kind not in KINDS:
         raise ValueError(f"unknown run kind {kind!r}; expected one of {', '.join(KINDS)}")
-    return [name for name, info in METRICS.items() if info.kind == kind]
+    return [name for name, info in METRICS.items() if kind in info.kinds]
 
 
 # ---- expressions -------------------------------------------------------------------------------
@@ -288,8 +296,8 @@ def parse_gate(expr: str, kind: str) -> Gate:
     if metric not in METRICS:
         raise bad(f"unknown metric {metric!r}")
     info = METRICS[metric]
-    if info.kind != kind:
-        raise bad(f"{metric} is a metric of {info.kind} runs, not of {kind} runs")
+    if kind not in info.kinds:
+        raise bad(f"{metric} is a metric of {' and '.join(info.kinds)} runs, not of {kind} runs")
     if not value:
         raise bad(f"no value after {op}")
     percent = value.endswith("%")

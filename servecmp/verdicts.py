@@ -24,6 +24,9 @@ metric             field                                                        
 ``topk_kl_tight``  ``topk_kl.tight.kl_bc.mean_ci`` (the tight estimate); missing without  bootstrap
                    top-k or in a version-2 summary
 ``kl_cb``, ``js``  ``option_kl_cb.mean_ci``, ``option_js.mean_ci``; missing in version 2  bootstrap
+``top1_disagree``  ``next_token_report``: (n − same_top_count) / n, the items whose next    Wilson
+                   tokens' argmax differs (1 − llama.cpp's "Same top p"); missing without
+                   top-k
 ``delta_acc``      ``accuracy.diff`` (candidate − baseline, items resampled in pairs)      bootstrap
 ``flips_excess``,  not in the summary: the noise-floor code passes them in ``extra``;      as given
 ``kl_excess``      missing (UNAVAILABLE) otherwise
@@ -177,6 +180,13 @@ def mcq_estimates(summary: McqSummary, *, extra: Mapping[str, MetricEstimate] | 
             continue
         ci = dist.mean_ci
         est[name] = _boot(ci.point, ci.low, ci.high, ci.n)
+    report = summary.next_token_report
+    if report is not None and report.n > 0:
+        # One answer position per item: items are independent, so a Wilson interval over them.
+        est["top1_disagree"] = _wilson(report.n - report.same_top_count, report.n)
+    else:
+        missing["top1_disagree"] = ("the endpoints returned no top-k logprobs" if summary.topk_kl is None
+                                    else "the summary predates llama.cpp's block (version 2)")
     est.update(extra or {})
     return est, missing
 

@@ -34,7 +34,8 @@ from servecmp.gates import (
 from servecmp.metrics.stats import Estimate, wilson_ci
 
 Z = float(stats.norm.ppf(0.975))
-MCQ_NAMES = "flips, c2w, changes, kl, topk_kl, topk_kl_tight, kl_cb, js, delta_acc, flips_excess, kl_excess"
+MCQ_NAMES = ("flips, c2w, changes, kl, topk_kl, topk_kl_tight, kl_cb, js, delta_acc, flips_excess, kl_excess, "
+             "top1_disagree")
 
 
 def est(point: float | None, low: float | None, high: float | None, n: int = 100,

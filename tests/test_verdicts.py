@@ -13,7 +13,7 @@ from scipy import stats
 from servecmp.config import Config, parse_config
 from servecmp.errors import UserError
 from servecmp.gates import MetricEstimate, parse_gate, parse_gates
-from servecmp.mcq.summary import McqSummary, summarize_lmeval
+from servecmp.mcq.summary import McqSummary, MeanError, NextTokenReport, summarize_lmeval
 from servecmp.mtbench.report import Delta, JudgmentCounts, MtBenchSummary, PairwiseSummary, Wilcoxon
 from servecmp.shadow.report import MeanMeasure, summarise
 from servecmp.verdicts import (
@@ -79,7 +79,25 @@ def test_mcq_estimates_come_from_the_summary_fields(mcq: McqSummary) -> None:
         assert est[name] == MetricEstimate(point=ci.point, low=ci.low, high=ci.high, n=4, method="bootstrap")
     # lm-eval logs carry no top-k logprobs: both top-k metrics are missing, with the reason the verdict shows.
     assert mcq.topk_kl is None and missing == {"topk_kl": "the endpoints returned no top-k logprobs",
-                                               "topk_kl_tight": "the endpoints returned no top-k logprobs"}
+                                               "topk_kl_tight": "the endpoints returned no top-k logprobs",
+                                               "top1_disagree": "the endpoints returned no top-k logprobs"}
+
+
+def test_mcq_top1_disagreement_is_one_minus_same_top_p_over_items(mcq: McqSummary) -> None:
+    # llama.cpp's block over 10 answer positions, 7 with the same most likely token.
+    me = MeanError(value=None, error=None)
+    report = NextTokenReport(n=10, kld_mean=me, kld_percentiles={}, dp_mean=me, dp_percentiles={}, dp_rms=me,
+                             same_top_count=7, same_top=MeanError(value=0.7, error=None), kld_source="tight",
+                             dp_token="baseline top", n_dp_imputed=0)
+    est, missing = mcq_estimates(mcq.model_copy(update={"next_token_report": report}))
+    ci = stats.binomtest(3, 10).proportion_ci(method="wilson")
+    assert "top1_disagree" not in missing
+    assert (est["top1_disagree"].point, est["top1_disagree"].n, est["top1_disagree"].method) == (0.3, 10, "wilson")
+    assert (est["top1_disagree"].low, est["top1_disagree"].high) == pytest.approx((ci.low, ci.high))
+    # The same gate name as shadow's, decided on that interval: 30% [10.8%, 60.3%].
+    v = verdict_for("mcq", mcq.model_copy(update={"next_token_report": report}),
+                    parse_gates(["top1_disagree<=65%", "top1_disagree<=5%", "top1_disagree<=40%"], "mcq"))
+    assert [g.status for g in v.gates] == ["pass", "fail", "inconclusive"]
 
 
 def test_version_2_summaries_leave_the_new_divergences_unavailable(mcq: McqSummary) -> None:
