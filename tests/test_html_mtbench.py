@@ -8,6 +8,7 @@ stem), and q4 (writing, NO-RATING) has no score: four unparseable single judgmen
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,17 @@ def test_mtbench_page_shows_the_summary(stubs: Stubs, tmp_path: Path) -> None:
     assert int(m["single.unparseable"][0]) == s["single_judgments"]["unparseable"] == 4
     assert "Unreadable single judgments (4)" in doc.text and "I cannot decide." in doc.text
     assert "<i>poem</i>" not in html
+    # Every pairwise game the candidate lost, with the judge's explanation of both orders.
+    lost = html.count('data-kind="lost-game"')
+    assert lost == s["pairwise"]["losses"] > 0
+    pair_file = next((run / "model_judgment").glob("*_pair.jsonl"))
+    games = [json.loads(line) for line in pair_file.read_text().splitlines()]
+    expected = {(g["question_id"], g["turn"]) for g in games if g["g1_winner"] == g["g2_winner"] == "model_1"}
+    shown = {(int(q), int(t)) for q, t in re.findall(
+        r'data-kind="lost-game"><summary>question (\d+) \([^)]*\), turn (\d+)', html)}
+    assert shown == expected
+    assert f"{lost} of {s['pairwise']['n']} games lost" in doc.text
+    assert "game 1: baseline shown first" in html and "game 2: candidate shown first" in html
     assert "judge-m at" in doc.text and "No gates given" in doc.text
     assert html.count("<svg") >= 3  # radar, per-category Δ, per-question Δ
 

@@ -3,8 +3,9 @@
 Scores, Δ, the Wilcoxon test, pairwise counts and judge counts are the summary's. With the run
 directory the page adds what the summary does not hold: per-question and per-category Δ (the
 summary's own per-question scores, `servecmp.mtbench.report.per_question_scores`, with the same
-paired bootstrap), the judge's explanations beside each of the largest drops, and every judgment
-that could not be parsed.
+paired bootstrap), the judge's explanations beside each of the largest drops, every pairwise game
+the candidate lost with the judge's explanations of both orders, and every judgment that could not
+be parsed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from servecmp.gates import Verdict
     from servecmp.mtbench.manifest import MtBenchManifest
     from servecmp.mtbench.questions import MtQuestion, QuestionId
-    from servecmp.mtbench.records import SingleJudgment
+    from servecmp.mtbench.records import PairJudgment, SingleJudgment
     from servecmp.mtbench.report import Delta, MtBenchComparison, MtBenchSummary
 
 
@@ -34,6 +35,8 @@ class RunFiles:
     manifest: MtBenchManifest | None
     questions: list[MtQuestion]
     single: Mapping[tuple[QuestionId, str, int], SingleJudgment]
+    #: Pairwise judgments, every candidate's (model_2 tells whose).
+    pairs: Sequence[PairJudgment] = ()
 
 
 def read_run(run_dir: Path | None) -> RunFiles:
@@ -42,16 +45,20 @@ def read_run(run_dir: Path | None) -> RunFiles:
     from servecmp.errors import ServecmpError
     from servecmp.mtbench import questions as qmod
     from servecmp.mtbench.manifest import read_manifest
+    from servecmp.mtbench.records import PairJudgment
     from servecmp.mtbench.rundir import MtRunPaths, load_single
+    from servecmp.runstore import load_records
 
     paths = MtRunPaths(run_dir)
     try:
         manifest = read_manifest(run_dir)
         questions = qmod.load_questions(paths.questions)
         single = load_single(paths.single(manifest.judge.model))
+        pair_path = paths.pair(manifest.judge.model)
+        pairs = list(load_records(pair_path, PairJudgment)) if pair_path.exists() else []
     except (ServecmpError, OSError):
         return RunFiles(None, [], {})
-    return RunFiles(manifest, list(questions), single)
+    return RunFiles(manifest, list(questions), single, pairs)
 
 
 def _delta_text(d: Delta) -> str:
@@ -237,6 +244,32 @@ def _drops(s: MtBenchSummary, run: RunFiles, base_stem: str, cand_stem: str) -> 
     return "".join(out)
 
 
+def _lost_games(s: MtBenchSummary, run: RunFiles, cand_stem: str) -> str:
+    """Every pairwise game the candidate lost (the summary's `pairwise.losses`), with both orders'
+    explanations: the judge saw the baseline first in game 1 and the candidate first in game 2."""
+    from servecmp.mtbench.report import pair_outcome
+
+    if s.pairwise is None or not run.pairs:
+        return ""
+    lost = [p for p in run.pairs if p.model_2 == cand_stem and (o := pair_outcome(p)) is not None
+            and o.winner == "model_1"]
+    if not lost:
+        return "<p class=\"muted\">The candidate lost no pairwise game.</p>"
+    texts = {q.question_id: q.turns for q in run.questions}
+    out = [f"<p>{len(lost)} of {s.pairwise.n} games lost (a loss: both orders preferred the baseline).</p>"]
+    for p in sorted(lost, key=lambda p: (str(p.question_id), p.turn)):
+        turns = texts.get(p.question_id, [])
+        question = turns[p.turn - 1] if 0 < p.turn <= len(turns) else ""
+        games = "".join(
+            f"<div><h4>{esc(title)}</h4>{fold(judgment, label='judge explanation')}</div>"
+            for title, judgment in (("game 1: baseline shown first", p.g1_judgment),
+                                    ("game 2: candidate shown first", p.g2_judgment)))
+        out.append(f"<details class=\"item\" data-kind=\"lost-game\"><summary>question {esc(p.question_id)} "
+                   f"({esc(p.category)}), turn {p.turn}</summary>{fold(question, label='question')}"
+                   f"<div class=\"side\">{games}</div></details>")
+    return "".join(out)
+
+
 def _stems(run: RunFiles, cand_model: str) -> tuple[str, str]:
     """Answer-file stems of the baseline and of the candidate serving ``cand_model``."""
     m = run.manifest
@@ -284,6 +317,9 @@ def candidate_sections(page: Page, s: MtBenchSummary, run: RunFiles, *, name: st
     if per_q:
         page.add(f"{slug}-delta", f"Per-question and per-category Δ{label}", per_q)
     page.add(f"{slug}-drops", f"Largest drops{label}", _drops(s, run, base_stem, cand_stem))
+    lost = _lost_games(s, run, cand_stem) if cand_stem else ""
+    if lost:
+        page.add(f"{slug}-lost", f"Pairwise games lost{label}", lost)
     page.add(f"{slug}-judge", f"Judge{label}", _judge_counts(s, p, run))
 
 
