@@ -256,3 +256,30 @@ def test_size_per_listed_item_stays_small(tmp_path: Path) -> None:
     size = len(html.encode())
     assert size < 150_000 + 2_500 * len(items), size
     assert_self_contained(html)
+
+
+def test_lm_eval_logs_get_their_item_list_too(tmp_path: Path) -> None:
+    from tests.test_lmeval_import import FIXTURES, MMLU_NAME
+
+    base, cand = FIXTURES / "baseline" / MMLU_NAME, FIXTURES / "candidate" / MMLU_NAME
+    out = tmp_path / "lmeval.html"
+    proc = servecmp("mcq", "--from-lm-eval", str(base), str(cand), "--html", str(out))
+    assert proc.returncode == 0, proc.stderr
+    # Expected from the raw logs: argmax of each doc's logged loglikelihoods against the gold index.
+    docs = {}
+    for side, path in (("b", base), ("c", cand)):
+        for line in path.read_text().splitlines():
+            d = json.loads(line)
+            lls = [float(r[0]) for r in d["filtered_resps"]]
+            docs.setdefault(str(d["doc_id"]), {})[side] = (int(np.argmax(lls)), int(d["target"]),
+                                                         d["arguments"]["gen_args_0"]["arg_0"])
+    want = {}
+    for doc_id, s in docs.items():
+        (bc, gold, _), (cc, _, _) = s["b"], s["c"]
+        if bc != cc:
+            want[doc_id] = "c2w" if bc == gold else "w2c" if cc == gold else "chg"
+    html = out.read_text(encoding="utf-8")
+    got = listed(html)
+    assert {k: v["data-kind"].split()[0] for k, v in got.items()} == want == {"0": "c2w"}
+    section = html.split('data-item="0"', 1)[1].split("</details>", 1)[0]
+    assert "What is 2 + 3?" in parse(section).text  # the logged prompt, as lm-eval sent it

@@ -245,7 +245,16 @@ def register(app: typer.Typer) -> None:
         if html is not None:
             from servecmp.html import mcq_html
 
-            mcq_html(html, comparison, gates, verdicts=verdicts)
+            if from_lm_eval is not None:
+                # No run directory: the item list comes from the logs themselves (read again; only
+                # with --html).
+                from servecmp.tasks.lmeval_import import item_texts, load_lmeval_pair
+
+                base, cand, _ = load_lmeval_pair(from_lm_eval[0], from_lm_eval[1])
+                mcq_html(html, comparison, gates, verdicts=verdicts, records=[*base, *cand],
+                         texts=item_texts(from_lm_eval[0]))
+            else:
+                mcq_html(html, comparison, gates, verdicts=verdicts)
         if verdicts is not None:
             from servecmp.verdicts import emit_verdict
 

@@ -30,7 +30,7 @@ long run. Every text from a run is escaped.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,13 +120,15 @@ def mtbench_verdicts(result: Any, gates: Sequence[Gate]) -> list[Verdict]:
 
 
 def mcq_html(file: Path, comparison: Any, gates: Sequence[Gate], *, verdicts: Sequence[Verdict] | None = None,
-             run_dir: Path | None = None) -> None:
-    """Write an MCQ run's page (``run_dir``: the comparison's own when not given). ``verdicts``: the
-    command's, when it decided any; otherwise decided here (no gates: the notes only)."""
+             run_dir: Path | None = None, records: Sequence[Any] | None = None,
+             texts: Mapping[str, tuple[str, list[str]]] | None = None) -> None:
+    """Write an MCQ run's page (``run_dir``: the comparison's own when not given; ``records`` and
+    ``texts`` for a comparison without one, e.g. of lm-eval logs). ``verdicts``: the command's, when
+    it decided any; otherwise decided here (no gates: the notes only)."""
     if run_dir is None and comparison.run_dir:
         run_dir = Path(comparison.run_dir)
     v = list(verdicts) if verdicts is not None else mcq_verdicts(comparison, gates)
-    write_html(file, render_mcq(comparison, run_dir=run_dir, verdicts=v))
+    write_html(file, render_mcq(comparison, run_dir=run_dir, verdicts=v, records=records, texts=texts))
 
 
 def mtbench_html(file: Path, result: Any, gates: Sequence[Gate], *, run_dir: Path | None) -> None:

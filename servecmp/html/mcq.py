@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -700,9 +700,12 @@ def _floor(cmp: McqComparison) -> str:
 
 
 def render_mcq(comparison: McqComparison, *, run_dir: Path | None = None,
-               verdicts: Sequence[Verdict] = (), records: Sequence[McqRecord] | None = None) -> str:
+               verdicts: Sequence[Verdict] = (), records: Sequence[McqRecord] | None = None,
+               texts: Mapping[str, tuple[str, list[str]]] | None = None) -> str:
     """The page of an MCQ run (one or several candidates). ``run_dir`` gives the records, settings
-    and question texts; without it the page holds the summary's tables and the margin plot only."""
+    and question texts; without it the page holds the summary's tables and the margin plot only,
+    unless ``records`` (and ``texts``: item id → (question, options), e.g. from lm-eval sample
+    logs) are given."""
     from servecmp.mcq.records import RECORDS, McqRecord
     from servecmp.runstore import load_records
 
@@ -714,7 +717,10 @@ def render_mcq(comparison: McqComparison, *, run_dir: Path | None = None,
     for r in records or ():
         if not r.repeat:
             main.setdefault(r.endpoint, []).append(r)
-    texts, why_not = load_texts(run_dir) if run_dir is not None and records else ({}, None)
+    if texts is not None:
+        item_texts, why_not = {k: ItemText(q, list(o)) for k, (q, o) in texts.items()}, None
+    else:
+        item_texts, why_not = load_texts(run_dir) if run_dir is not None and records else ({}, None)
 
     run_name = Path(cmp.run_dir).name if cmp.run_dir else "run"
     cands = ", ".join(c.endpoint.model or c.name for c in cmp.candidates)
@@ -746,5 +752,5 @@ def render_mcq(comparison: McqComparison, *, run_dir: Path | None = None,
         per = None
         if main.get("baseline") and main.get(c.name):
             per = per_item(main["baseline"], main[c.name])
-        candidate_sections(page, c, per, texts, why_not, several=several)
+        candidate_sections(page, c, per, item_texts, why_not, several=several)
     return page.render()

@@ -228,6 +228,20 @@ def _check_same_docs(
             )
 
 
+def item_texts(path: str | Path) -> dict[str, tuple[str, list[str]]]:
+    """Per item id (the doc_id, as the records key it): the prompt and the option texts the log
+    shows, for the report's item list. A partial-evaluation doc (Winogrande) has one context per
+    option: its options are context + the shared continuation."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for doc_id, (entry, _) in read_samples(Path(path)).items():
+        if entry.partial:
+            out[str(doc_id)] = ("(the options complete different contexts)",
+                                [c + t for c, t in zip(entry.contexts, entry.continuations, strict=True)])
+        else:
+            out[str(doc_id)] = (entry.contexts[0], list(entry.continuations))
+    return out
+
+
 def load_lmeval_pair(
     base_path: str | Path, cand_path: str | Path
 ) -> tuple[list[McqRecord], list[McqRecord], str]:
