@@ -17,6 +17,11 @@ Everything binds to 127.0.0.1. Each piece is its own process: primary stub, cand
     .venv/bin/python scripts/bench_shadow.py                      # 50 and 200 rps, 3 cases, 20 s each
     .venv/bin/python scripts/bench_shadow.py --cases slow --rates 200 --duration 300   # the RSS run
     .venv/bin/python scripts/bench_shadow.py --cases healthy,down --rates 50,200 --duration 30  # CPU figures
+    .venv/bin/python scripts/bench_shadow.py --mode collect --cases healthy --rates 50,200   # the collector
+
+With ``--mode collect`` the second target is ``servecmp shadow collect`` instead: it gets the copy of
+each direct request, as a mesh mirror would send it, and answers 202; its CPU per mirrored request
+(fetching the baseline replica's answer included) is the "proxy" column.
 """
 
 from __future__ import annotations
@@ -52,13 +57,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, timeout: float = 60.0) -> None:
+def wait_ready(url: str, timeout: float = 60.0, path: str = "/v1/models") -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url + "/v1/models", timeout=2) as r:
+            with urllib.request.urlopen(url + path, timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -113,7 +118,7 @@ async def _load(urls: list[str], rps: float, duration: float, stream_share: floa
             try:
                 async with session.post(urls[k] + "/v1/chat/completions", json=body) as resp:
                     await resp.read()
-                    if resp.status != 200:
+                    if not 200 <= resp.status < 300:  # shadow collect answers 202
                         errors[k][f"HTTP {resp.status}"] = errors[k].get(f"HTTP {resp.status}", 0) + 1
                         return
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -250,7 +255,7 @@ def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: P
     proxy_port = free_port()
     db = workdir / f"shadow-{case}.db"
     prof = [] if args.profile is None else ["-m", "cProfile", "-o", f"{args.profile}.{case}"]
-    cmd = [PY, *prof, "-m", "servecmp", "shadow", "serve", "--baseline", primary_url,
+    cmd = [PY, *prof, "-m", "servecmp", "shadow", args.mode, "--baseline", primary_url,
            "--candidate", f"http://127.0.0.1:{cand_port}", "--port", str(proxy_port), "--db", str(db),
            "--no-teacher-forced" if args.no_teacher_forced else "--teacher-forced"]
     if args.in_process:
@@ -264,7 +269,7 @@ def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: P
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     results = []
     try:
-        wait_ready(proxy_url)
+        wait_ready(proxy_url, path="/metrics")  # served by both modes (collect has no /v1/models)
         if args.proxy_cpu is not None:
             import psutil
 
@@ -309,6 +314,10 @@ def main() -> None:
     ap.add_argument("--rates", default="50,200", help="Requests per second, comma-separated.")
     ap.add_argument("--duration", type=float, default=20.0, help="Seconds per load phase (direct, proxied).")
     ap.add_argument("--cases", default="healthy,down,slow")
+    ap.add_argument("--mode", choices=["serve", "collect"], default="serve",
+                    help="collect: `servecmp shadow collect` gets the mirrored copy of each direct request "
+                         "(as from a mesh) and its CPU per mirrored request is measured; its 'proxy' latency "
+                         "columns are then the 202's.")
     ap.add_argument("--slow-delay", type=float, default=2.0, help="Seconds the slow candidate adds.")
     ap.add_argument("--stream-share", type=float, default=0.5, help="Share of streamed requests.")
     ap.add_argument("--in-process", action="store_true", help="Compare in the proxy process.")
@@ -348,7 +357,7 @@ def main() -> None:
             stop(primary)
 
     load = os.getloadavg()
-    print(f"\nshadow proxy benchmark: {len(os.sched_getaffinity(0))} cores, load average "
+    print(f"\nshadow {args.mode} benchmark: {len(os.sched_getaffinity(0))} cores, load average "
           f"{load_start[0]:.2f} at the start, {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} at the end (1/5/15 min), "
           f"{args.duration:g} s per rate, "
           f"stream share {args.stream_share:g}, mirror {'in-process' if args.in_process else 'process'}, "
