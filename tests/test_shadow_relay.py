@@ -434,3 +434,23 @@ def test_the_access_log_names_method_path_and_status_never_the_body(
     assert [line.split(" ", 1)[1] for line in lines] == ['"POST /v1/chat/completions HTTP/1.1" 200',
                                                          '"GET /nope HTTP/1.1" 404']
     assert not any("secret" in line for line in caplog.text.splitlines())
+
+
+def test_a_request_head_over_the_limit_is_431_and_never_forwarded(
+    primary: tuple[ServerThread, StubControl], candidate: tuple[str, StubControl], make_proxy: Any
+) -> None:
+    proxy = make_proxy(candidate[0], teacher_forced=False)
+    primary[1].paths.clear()
+    ok = post(proxy.url, CHAT, chat_body(), headers={"X-Big": "a" * 30_000})
+    # A head that never ends (one header value arriving in pieces): refused once it passes 64 KiB.
+    with raw_request(port_of(proxy.url), b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Big: ") as sock:
+        for _ in range(20):
+            try:
+                sock.sendall(b"a" * 8192)
+            except OSError:  # the proxy answered and closed while this was still sending
+                break
+        status, headers, body = read_response(sock.makefile("rb"))
+    assert ok.status_code == 200
+    assert (status, json.loads(body)["error"]["type"], headers[b"connection"]) == (
+        b"HTTP/1.1 431 Request Header Fields Too Large", "request_too_large", b"close")
+    assert list(primary[1].paths) == [CHAT]  # only the first request reached the primary

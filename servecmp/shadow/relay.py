@@ -70,6 +70,12 @@ CLIENT_KEEPALIVE_S = 5.0
 #: A client's request body larger than this is refused (413) instead of held in memory: far above
 #: any OpenAI request a model can take (vLLM's own limit is its context length).
 MAX_REQUEST_BODY = 64 * 1024 * 1024
+#: A request line plus headers larger than this is refused (431): llhttp sets no limit of its own.
+MAX_REQUEST_HEAD = 64 * 1024
+#: After refusing a request it has not read whole, the proxy reads (and drops) what the client still
+#: sends for this long before closing: closing on unread data would reset the connection, and the
+#: reset can destroy the refusal before the client reads it (a "lingering close", as nginx does).
+LINGER_S = 2.0
 
 _PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -576,8 +582,11 @@ class ClientConnection(asyncio.Protocol):
         self.parser: Any = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[bytes] = []
-        self._size = 0
+        self._size = self._head_size = 0
+        self._in_head = False
         self._expect = False
+        #: Refused and lingering: what still arrives is dropped.
+        self._discard = False
         self._body: list[bytes] = []
         self._queue: collections.deque[Request] = collections.deque()
         self.busy = False
@@ -601,6 +610,8 @@ class ClientConnection(asyncio.Protocol):
         self.idle_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
+        if self._discard:
+            return
         # A request still arriving is not idle (a slow upload is not cut at the keep-alive timeout).
         self.idle_since = self.loop.time()
         try:
@@ -612,6 +623,17 @@ class ClientConnection(asyncio.Protocol):
                 self._refuse(413, b"request body over the shadow proxy's limit")
             else:
                 self._refuse(400, b"invalid HTTP request")
+            return
+        if self._in_head:
+            # A head still arriving (llhttp buffers it without a limit of its own): counted by the
+            # packets that carried it, so one check per packet, none per header.
+            self._head_size += len(data)
+            if self._head_size > MAX_REQUEST_HEAD:
+                self._in_head = False
+                if self.busy:
+                    self.abort()  # a pipelined request behind one in progress: nothing to answer it on
+                else:
+                    self._refuse(431, b"request headers over the shadow proxy's limit")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
@@ -635,7 +657,8 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._body = []
-        self._size = 0
+        self._size = self._head_size = 0
+        self._in_head = True
         self._expect = False
 
     def on_url(self, url: bytes) -> None:
@@ -651,6 +674,7 @@ class ClientConnection(asyncio.Protocol):
             self._headers += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self._expect and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -725,7 +749,8 @@ class ClientConnection(asyncio.Protocol):
     def _refuse(self, status: int, message: bytes) -> None:
         if not self.busy:
             self.respond(status, b'{"error":{"message":"%s","type":"%s","param":null,"code":%d}}'
-                         % (message, b"request_too_large" if status == 413 else b"bad_request", status), close=True)
+                         % (message, b"request_too_large" if status in (413, 431) else b"bad_request", status),
+                         close=True)
         elif self.transport is not None:
             self.closing = True  # garbage after a request in progress: answer it, then close
 
@@ -751,7 +776,17 @@ class ClientConnection(asyncio.Protocol):
             lines.append(body)
         self.write(b"".join(lines))
         if close and self.transport is not None and not self.busy:
-            self.transport.close()
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close after a refusal: our side at once (the client reads the answer, then the end), the
+        connection after `LINGER_S` of dropping what the client still sends."""
+        self._discard = True
+        if self.transport is None:
+            return
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     def abort(self) -> None:
         """Cut the connection (what a client sees when the primary's answer broke off)."""
