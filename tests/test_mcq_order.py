@@ -155,12 +155,17 @@ def seat_pair() -> object:
         p.wait()
 
 
+def _mcq_process(burl: str, curl: str, runs: Path) -> subprocess.Popen[bytes]:
+    """`servecmp mcq` with the default (auto) concurrency on mmlu-sample, as a process to kill."""
+    return subprocess.Popen([sys.executable, "-m", "servecmp", "mcq", "--baseline", burl, "--candidate", curl,
+                             "--task", "mmlu-sample", "--runs-dir", str(runs)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def test_default_auto_run_killed_and_resumed_neither_loses_nor_repeats(tmp_path: Path, seat_pair: list[str]) -> None:
     burl, curl = seat_pair
     runs = tmp_path / "runs"
-    proc = subprocess.Popen([sys.executable, "-m", "servecmp", "mcq", "--baseline", burl, "--candidate", curl,
-                             "--task", "mmlu-sample", "--runs-dir", str(runs)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _mcq_process(burl, curl, runs)
     try:
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -201,9 +206,7 @@ def test_a_run_killed_outright_keeps_its_concurrency_path_so_far(tmp_path: Path)
     procs = [_seats_process("base-m", 2, 0.2), _seats_process("cand-m", 2, 0.2)]
     runs = tmp_path / "runs"
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "servecmp", "mcq", "--baseline", procs[0][1], "--candidate",
-                                 procs[1][1], "--task", "mmlu-sample", "--runs-dir", str(runs)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = _mcq_process(procs[0][1], procs[1][1], runs)
         try:
             deadline = time.time() + 90
             while time.time() < deadline:

@@ -153,6 +153,18 @@ def test_collect_command_builds_the_receiver(tmp_path: Path, stubs: Stubs, monke
 # ---- end to end: the real vLLM pair ------------------------------------------------------------
 
 
+def interrupt(proc: subprocess.Popen[Any]) -> None:
+    """Ctrl-C for a servecmp process started in its own session; its whole group is killed if it has
+    not stopped after 120 s (a hung test must not leave servers behind)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
 @pytest.mark.vllm
 def test_collect_against_the_real_vllm_pair(vllm_pair: Any, tmp_path: Path) -> None:
     """`servecmp shadow collect` as a process (mirror process, teacher forcing) with the vLLM pair:
@@ -187,12 +199,7 @@ def test_collect_against_the_real_vllm_pair(vllm_pair: Any, tmp_path: Path) -> N
         assert wait_for(lambda: total(scrape(url), "servecmp_shadow_recorded_total") == 2 * n, 600)
         samples = scrape(url)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+        interrupt(proc)
     assert proc.returncode == 0, log.read_text()
     rows, counters, runs = load_all(db)
     assert_metrics_equal_store(samples, rows, counters)

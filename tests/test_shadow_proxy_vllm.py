@@ -9,7 +9,6 @@ client saw.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 
 from servecmp.shadow.store import load_all
 from tests.stub_shadow import free_port
-from tests.test_shadow_collect import ROOT
+from tests.test_shadow_collect import ROOT, interrupt
 from tests.test_shadow_metrics import assert_metrics_equal_store, scrape, total
 from tests.test_shadow_proxy import wait_for
 
@@ -53,13 +52,7 @@ def shadow_serve(args: list[str], log: Path) -> Iterator[tuple[str, subprocess.P
         assert wait_for(answering, 180), log.read_text()
         yield url, proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+        interrupt(proc)
 
 
 def chat_text(client: openai.OpenAI, body: dict[str, Any]) -> str:

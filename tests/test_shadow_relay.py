@@ -376,12 +376,17 @@ def test_a_large_answer_reaches_a_slow_reader_byte_exact(
     assert proxy.counters()["dropped_too_large"] == 1  # over --max-capture-mb: not compared
 
 
+def server_with(tmp_path: Path, primary: tuple[ServerThread, StubControl], candidate: tuple[str, StubControl],
+                **server: Any) -> AppThread:
+    """A proxy in front of the stub primary, on a server with other settings (``AppServer``'s)."""
+    cfg = ShadowConfig(db=str(tmp_path / "s.db"), mirror_process=False, teacher_forced=False)
+    return AppThread(build_proxy(cfg, ShadowEndpoints.of(primary[0].url, candidate[0])), **server)
+
+
 def test_idle_connections_close_after_the_keepalive_but_a_slow_upload_does_not(
     primary: tuple[ServerThread, StubControl], candidate: tuple[str, StubControl], tmp_path: Path
 ) -> None:
-    cfg = ShadowConfig(db=str(tmp_path / "s.db"), mirror_process=False, teacher_forced=False)
-    proxy = build_proxy(cfg, ShadowEndpoints.of(primary[0].url, candidate[0]))
-    server = AppThread(proxy, keepalive_s=1.0)
+    server = server_with(tmp_path, primary, candidate, keepalive_s=1.0)
     body = json.dumps(chat_body("slowly")).encode()
     try:
         with raw_request(port_of(server.url), b"") as sock:
@@ -404,9 +409,7 @@ def test_idle_connections_close_after_the_keepalive_but_a_slow_upload_does_not(
 def test_a_request_body_over_the_limit_is_413_and_never_forwarded(
     primary: tuple[ServerThread, StubControl], candidate: tuple[str, StubControl], tmp_path: Path
 ) -> None:
-    cfg = ShadowConfig(db=str(tmp_path / "s.db"), mirror_process=False, teacher_forced=False)
-    proxy = build_proxy(cfg, ShadowEndpoints.of(primary[0].url, candidate[0]))
-    server = AppThread(proxy, max_body=1000)
+    server = server_with(tmp_path, primary, candidate, max_body=1000)
     primary[1].paths.clear()
     try:
         small = httpx.post(server.url + CHAT, json=chat_body("x" * 800))
@@ -423,8 +426,7 @@ def test_the_access_log_names_method_path_and_status_never_the_body(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="servecmp.shadow.access")
-    cfg = ShadowConfig(db=str(tmp_path / "s.db"), mirror_process=False, teacher_forced=False)
-    server = AppThread(build_proxy(cfg, ShadowEndpoints.of(primary[0].url, candidate[0])), access_log=True)
+    server = server_with(tmp_path, primary, candidate, access_log=True)
     try:
         assert post(server.url, CHAT, chat_body("secret prompt 42")).status_code == 200
         assert httpx.get(server.url + "/nope").status_code == 404

@@ -17,67 +17,38 @@ the candidate and the secondary get their own keys.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from servecmp.config import ShadowConfig
-from servecmp.shadow.metrics import Telemetry, build_registry, exposition
 from servecmp.shadow.mirror import MirrorJob
 from servecmp.shadow.payloads import PATH_KINDS, EndpointKind
-from servecmp.shadow.proxy import build_mirror
-from servecmp.shadow.relay import ClientConnection, Request
-from servecmp.shadow.store import Counters
-from servecmp.shadow.upstream import UPSTREAM_ERRORS, Upstream
-from servecmp.shadow.wiring import ShadowEndpoints, capture_bytes, metrics_collector, primary_upstream, start_run
+from servecmp.shadow.proxy import ShadowApp
+from servecmp.shadow.relay import ClientConnection, Request, answer_locally
+from servecmp.shadow.upstream import UPSTREAM_ERRORS
+from servecmp.shadow.wiring import ShadowEndpoints
 from servecmp.shadow.workers import MirrorSink
 
 ACCEPTED = b'{"status":"accepted"}'
-#: The routes a mirror sends (POST) and the collector's own.
-_COLLECTED = {"/v1/chat/completions", "/v1/completions"}
-
-
-def _error(message: str, kind: str, status: int) -> bytes:
-    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
+#: The routes a mirror sends, and their method.
+COLLECTED = {"/v1/chat/completions": b"POST", "/v1/completions": b"POST"}
 
 
 @dataclass
-class MirrorReceiver:
+class MirrorReceiver(ShadowApp):
     """Shared state of one collector: the baseline replica, the mirror, counters."""
 
-    primary: Upstream
     mirror: MirrorSink
-    counters: Counters
-    sample_rate: float = 1.0
-    capture_limit: int = 8 * 1024 * 1024
     max_in_flight: int = 64
-    drain_timeout_s: float = 10.0
-    rng: random.Random = field(default_factory=random.Random)
-    telemetry: Telemetry = field(default_factory=Telemetry)
-    registry: Any = None
-    #: The run this process records (servecmp_shadow_run_info's run_id).
-    run_id: str = ""
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def handle(self, conn: ClientConnection, req: Request) -> None:
         """Answer at once: 202 for a mirrored request (then fetched and compared off the response
         path), /metrics, or an error."""
-        path = req.path
-        if path not in _COLLECTED or req.method != b"POST":
-            if path == "/metrics" and req.method in (b"GET", b"HEAD"):
-                data, content_type = exposition(self.registry)
-                conn.respond(200, data, content_type=content_type.encode(), head=req.method == b"HEAD")
-            elif path in _COLLECTED:
-                conn.respond(405, _error(f"{req.method.decode('latin-1')} is not allowed on {path}",
-                                         "method_not_allowed", 405), headers=((b"allow", b"POST"),))
-            else:
-                conn.respond(404, _error(f"{path} is not collected by servecmp shadow", "not_found", 404),
-                             head=req.method == b"HEAD")
-            conn.done(req)
+        if answer_locally(conn, req, COLLECTED, what="collected", metrics=self.metrics):
             return
+        path = req.path
         kind = PATH_KINDS[path]
         body = req.body
         self.counters.inc("requests", route=kind)
@@ -120,7 +91,7 @@ class MirrorReceiver:
             self.counters.inc("primary_unreachable", route=kind)
             return
         self.mirror.submit(MirrorJob(
-            request_id=uuid.uuid4().hex, ts=ts, kind=kind, path=path, body=body, primary_status=status,
+            request_id=self._request_id(), ts=ts, kind=kind, path=path, body=body, primary_status=status,
             primary_body=b"".join(chunks), primary_content_type=content_type,
             primary_content_encoding=content_encoding, primary_latency_s=time.perf_counter() - t0,
             source="mirror",
@@ -147,21 +118,7 @@ def build_receiver(
     cfg: ShadowConfig, endpoints: ShadowEndpoints, *, max_in_flight: int = 64, rng: random.Random | None = None
 ) -> MirrorReceiver:
     """A collector wired from the `[shadow]` settings and the endpoints; registers the run."""
-    run = start_run(cfg, endpoints, mode="collect")
-    mirror, counters, telemetry = build_mirror(cfg, endpoints, run)
-    return MirrorReceiver(
-        primary=primary_upstream(cfg, endpoints),
-        mirror=mirror,
-        counters=counters,
-        sample_rate=cfg.sample_rate,
-        capture_limit=capture_bytes(cfg),
-        max_in_flight=max_in_flight,
-        drain_timeout_s=cfg.drain_timeout_s,
-        rng=rng or random.Random(),
-        telemetry=telemetry,
-        registry=build_registry(metrics_collector(endpoints, run, counters, telemetry)),
-        run_id=run.run_id,
-    )
+    return MirrorReceiver.wired(cfg, endpoints, mode="collect", rng=rng, max_in_flight=max_in_flight)
 
 
 def _header_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:

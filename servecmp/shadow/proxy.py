@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import gc
 import itertools
-import json
 import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, cast
+from functools import partial
+from typing import Any, Self, cast
 
 from servecmp.config import ShadowConfig
 from servecmp.shadow.metrics import Telemetry, build_registry, exposition
@@ -35,6 +35,8 @@ from servecmp.shadow.relay import (
     Forward,
     Request,
     UpstreamPool,
+    answer_locally,
+    error_body,
 )
 from servecmp.shadow.store import Counters, RunInfo
 from servecmp.shadow.upstream import Upstream
@@ -53,6 +55,7 @@ PROXIED = {"/v1/chat/completions": b"POST", "/v1/completions": b"POST", "/v1/mod
 
 SSE_DONE = b"data: [DONE]"
 
+
 class _Proxied(Forward):
     """A `Forward` with what the proxy needs when it ends."""
 
@@ -67,13 +70,10 @@ def _sse_done(chunks: list[bytes]) -> bool:
     return b"".join(chunks[-2:]).rstrip().endswith(SSE_DONE)
 
 
-def _error(message: str, kind: str, status: int) -> bytes:
-    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
-
-
 @dataclass
-class ShadowProxy:
-    """Shared state of one proxy: the primary, where comparisons go, counters."""
+class ShadowApp:
+    """What `shadow serve`'s proxy and `shadow collect`'s receiver share: the primary (the
+    baseline), where comparisons go, counters, metrics, the run."""
 
     primary: Upstream
     mirror: MirrorSink | None
@@ -87,8 +87,27 @@ class ShadowProxy:
     registry: Any = None
     #: The run this process records (servecmp_shadow_run_info's run_id).
     run_id: str = ""
-    #: Keep-alive connections to the primary (built from `primary` on first use).
-    pool: UpstreamPool | None = None
+
+    @classmethod
+    def wired(cls, cfg: ShadowConfig, endpoints: ShadowEndpoints, *, mode: str, rng: random.Random | None = None,
+              **extra: Any) -> Self:
+        """Wired from the `[shadow]` settings and the endpoints; registers the run (``mode``) in the
+        database. ``extra``: the subclass's own fields."""
+        run = start_run(cfg, endpoints, mode=mode)
+        mirror, counters, telemetry = build_mirror(cfg, endpoints, run)
+        return cls(
+            primary=primary_upstream(cfg, endpoints),
+            mirror=mirror,
+            counters=counters,
+            sample_rate=cfg.sample_rate,
+            capture_limit=capture_bytes(cfg),
+            drain_timeout_s=cfg.drain_timeout_s,
+            rng=rng or random.Random(),
+            telemetry=telemetry,
+            registry=build_registry(metrics_collector(endpoints, run, counters, telemetry)),
+            run_id=run.run_id,
+            **extra,
+        )
 
     def __post_init__(self) -> None:
         # Request ids: a random 64-bit prefix per process and a counter, 32 hex digits as a uuid4's,
@@ -96,9 +115,19 @@ class ShadowProxy:
         # proxy's CPU per request.
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count()
+        #: GET /metrics (None: the route is not there).
+        self.metrics = None if self.registry is None else partial(exposition, self.registry)
 
     def _request_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):016x}"
+
+
+@dataclass
+class ShadowProxy(ShadowApp):
+    """Shared state of one proxy: the primary, where comparisons go, counters."""
+
+    #: Keep-alive connections to the primary (built from `primary` on first use).
+    pool: UpstreamPool | None = None
 
     def _sampled(self, kind: EndpointKind) -> bool:
         self.counters.inc("requests", route=kind)
@@ -120,24 +149,9 @@ class ShadowProxy:
     def handle(self, conn: ClientConnection, req: Request) -> None:
         """One request: proxied routes go to the primary; /metrics and errors are answered here."""
         t_entry = time.perf_counter()
-        path = req.path
-        allowed = PROXIED.get(path)
-        if allowed is None:
-            if path == "/metrics" and req.method in (b"GET", b"HEAD") and self.registry is not None:
-                data, content_type = exposition(self.registry)
-                conn.respond(200, data, content_type=content_type.encode(), head=req.method == b"HEAD")
-            else:
-                conn.respond(404, _error(f"{path} is not proxied by servecmp shadow", "not_found", 404),
-                             head=req.method == b"HEAD")
-            conn.done(req)
+        if answer_locally(conn, req, PROXIED, what="proxied", metrics=self.metrics):
             return
-        if req.method != allowed and not (allowed == b"GET" and req.method == b"HEAD"):
-            allow = allowed + (b", HEAD" if allowed == b"GET" else b"")
-            conn.respond(405, _error(f"{req.method.decode('latin-1')} is not allowed on {path}", "method_not_allowed",
-                                     405), headers=((b"allow", allow),))
-            conn.done(req)
-            return
-        kind = PATH_KINDS.get(path)
+        kind = PATH_KINDS.get(req.path)
         sampled = kind is not None and self._sampled(kind)
         fwd = _Proxied(self._pool(), conn, req, self.capture_limit if sampled else None, self._ended)
         fwd.kind, fwd.t_entry, fwd.ts = kind, t_entry, time.time()
@@ -170,9 +184,9 @@ class ShadowProxy:
         else:
             self.counters.inc("primary_unreachable", route=kind)
             if outcome == TIMEOUT:
-                conn.respond(504, _error("primary endpoint timed out", "gateway_timeout", 504))
+                conn.respond(504, error_body("primary endpoint timed out", "gateway_timeout", 504))
             else:
-                conn.respond(502, _error("primary endpoint unreachable", "bad_gateway", 502))
+                conn.respond(502, error_body("primary endpoint unreachable", "bad_gateway", 502))
         conn.done(fwd.request)
 
     def _after_response(self, fwd: _Proxied) -> None:
@@ -216,20 +230,7 @@ def build_proxy(
     cfg: ShadowConfig, endpoints: ShadowEndpoints, *, rng: random.Random | None = None
 ) -> ShadowProxy:
     """A proxy wired from the `[shadow]` settings and the endpoints; registers the run in the database."""
-    run = start_run(cfg, endpoints, mode="serve")
-    mirror, counters, telemetry = build_mirror(cfg, endpoints, run)
-    return ShadowProxy(
-        primary=primary_upstream(cfg, endpoints),
-        mirror=mirror,
-        counters=counters,
-        sample_rate=cfg.sample_rate,
-        capture_limit=capture_bytes(cfg),
-        drain_timeout_s=cfg.drain_timeout_s,
-        rng=rng or random.Random(),
-        telemetry=telemetry,
-        registry=build_registry(metrics_collector(endpoints, run, counters, telemetry)),
-        run_id=run.run_id,
-    )
+    return ShadowProxy.wired(cfg, endpoints, mode="serve", rng=rng)
 
 
 def build_mirror(

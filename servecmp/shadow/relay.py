@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import re
 import signal
@@ -30,7 +31,7 @@ import ssl
 import time
 import traceback
 import urllib.parse
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -38,6 +39,7 @@ from typing import Any, Protocol
 
 import httptools
 
+from servecmp._http import KEEPALIVE_S
 from servecmp.errors import UserError
 
 log = logging.getLogger("servecmp.shadow")
@@ -62,9 +64,6 @@ HOP_BY_HOP = frozenset(
 #: state (it is sent whole); an Expect was answered by the proxy already.
 REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 
-#: Idle keep-alive connections to an upstream are dropped after this long: shorter than uvicorn's
-#: (so vLLM's) 5 s, so the pool never writes a request to a connection the server is closing.
-UPSTREAM_KEEPALIVE_S = 4.0
 #: An idle client connection is closed after this long (uvicorn's default).
 CLIENT_KEEPALIVE_S = 5.0
 #: A client's request body larger than this is refused (413) instead of held in memory: far above
@@ -115,6 +114,11 @@ def _head_end(buf: bytes, start: int) -> tuple[int, int]:
         return i, i + 4
     i = buf.find(b"\n\n", start)  # bare LF line ends (llhttp accepts them)
     return (i, i + 2) if i >= 0 else (len(buf), len(buf))
+
+
+def error_body(message: str, kind: str, status: int) -> bytes:
+    """An OpenAI-style JSON error, as the proxy's own answers carry them."""
+    return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": status}}).encode()
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
@@ -186,7 +190,7 @@ class UpstreamPool:
     """Keep-alive connections to one upstream, most recently used first (warm, least likely expired)."""
 
     def __init__(self, url: str, *, connect_timeout_s: float, read_timeout_s: float,
-                 keepalive_s: float = UPSTREAM_KEEPALIVE_S) -> None:
+                 keepalive_s: float = KEEPALIVE_S) -> None:
         self.origin = Origin.parse(url)
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
@@ -617,12 +621,12 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, b"upgrades are not supported by the shadow proxy")
+            self._refuse(400, "upgrades are not supported by the shadow proxy")
         except httptools.HttpParserError:
             if self._size > self.server.max_body:
-                self._refuse(413, b"request body over the shadow proxy's limit")
+                self._refuse(413, "request body over the shadow proxy's limit")
             else:
-                self._refuse(400, b"invalid HTTP request")
+                self._refuse(400, "invalid HTTP request")
             return
         if self._in_head:
             # A head still arriving (llhttp buffers it without a limit of its own): counted by the
@@ -633,7 +637,7 @@ class ClientConnection(asyncio.Protocol):
                 if self.busy:
                     self.abort()  # a pipelined request behind one in progress: nothing to answer it on
                 else:
-                    self._refuse(431, b"request headers over the shadow proxy's limit")
+                    self._refuse(431, "request headers over the shadow proxy's limit")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
@@ -717,8 +721,8 @@ class ClientConnection(asyncio.Protocol):
         except Exception as exc:
             log.error("shadow: request failed: %s", describe_failure(exc))
             if not self.started:
-                self.respond(500, b'{"error":{"message":"internal error in the shadow proxy",'
-                                  b'"type":"internal_error","param":null,"code":500}}', close=True)
+                self.respond(500, error_body("internal error in the shadow proxy", "internal_error", 500),
+                             close=True)
             else:
                 self.abort()
             self.done(request)
@@ -746,11 +750,10 @@ class ClientConnection(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
 
-    def _refuse(self, status: int, message: bytes) -> None:
+    def _refuse(self, status: int, message: str) -> None:
         if not self.busy:
-            self.respond(status, b'{"error":{"message":"%s","type":"%s","param":null,"code":%d}}'
-                         % (message, b"request_too_large" if status in (413, 431) else b"bad_request", status),
-                         close=True)
+            kind = "request_too_large" if status in (413, 431) else "bad_request"
+            self.respond(status, error_body(message, kind, status), close=True)
         elif self.transport is not None:
             self.closing = True  # garbage after a request in progress: answer it, then close
 
@@ -866,6 +869,30 @@ class HttpServer:
             if self._sweeper is not None:
                 self._sweeper.cancel()
         await asyncio.sleep(0)  # let the aborted connections' connection_lost run
+
+
+def answer_locally(conn: ClientConnection, req: Request, routes: Mapping[str, bytes], *, what: str,
+                   metrics: Callable[[], tuple[bytes, str]] | None) -> bool:
+    """Answer here what an app does not pass on: ``GET /metrics`` (``metrics()`` gives the body and
+    its content type; None: no such route), 404 for a path not in ``routes`` (path -> method; the
+    message says it is not ``what``), 405 with Allow for a wrong method (HEAD goes where GET does).
+    True when it answered (the request is then done)."""
+    path, method = req.path, req.method
+    allowed = routes.get(path)
+    if allowed is not None and (method == allowed or (allowed == b"GET" and method == b"HEAD")):
+        return False
+    if allowed is not None:
+        allow = allowed + (b", HEAD" if allowed == b"GET" else b"")
+        conn.respond(405, error_body(f"{method.decode('latin-1')} is not allowed on {path}", "method_not_allowed",
+                                     405), headers=((b"allow", allow),))
+    elif path == "/metrics" and method in (b"GET", b"HEAD") and metrics is not None:
+        data, content_type = metrics()
+        conn.respond(200, data, content_type=content_type.encode(), head=method == b"HEAD")
+    else:
+        conn.respond(404, error_body(f"{path} is not {what} by servecmp shadow", "not_found", 404),
+                     head=method == b"HEAD")
+    conn.done(req)
+    return True
 
 
 # ---- running an app ----------------------------------------------------------------------------------

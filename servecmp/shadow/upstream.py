@@ -1,13 +1,11 @@
-"""One upstream endpoint of the shadow proxy: its URL, credentials, model name and pooled client,
+"""One upstream endpoint of the shadow feature: its URL, credentials, model name and pooled client,
 built from an `EndpointSpec` (servecmp's one endpoint layer: URL forms, key lookup).
 
-The client is aiohttp rather than httpx: measured on this project's 2-core machine against the
-loopback stub, one keep-alive request cost ~0.2 ms of CPU with aiohttp and ~0.9 ms (2 ms with 20
-in flight, where httpcore's pool bookkeeping grows with the number of connections) with httpx, and
-the proxy makes two upstream requests per client request (primary + candidate).
-`scripts/bench_shadow.py` measures the result.
-
-The primary is reached with the client's own headers (its Authorization included); the candidate and
+The requests servecmp makes on its own (mirrored ones to the candidate and secondary, teacher-forced
+scoring, replay, collect's baseline replica) use the aiohttp client here: measured on this project's
+2-core machine against the loopback stub, one keep-alive request cost ~0.2 ms of CPU with aiohttp and
+~0.9 ms with httpx. The proxy's own requests to the primary, on the user's path, go through
+`relay`'s pool instead, with the client's own headers (its Authorization included); the candidate and
 the secondary only ever get the key named by their own ``api_key_env`` (``--candidate-key-env``,
 ...). Keys live in memory only: never in a record, a log line or an error message.
 """
@@ -22,31 +20,13 @@ from typing import Any
 
 import aiohttp
 
+from servecmp._http import KEEPALIVE_S
 from servecmp.endpoints import EndpointSpec, api_key_from_env, root_url
 
-#: Headers that describe one hop of a connection, never forwarded (RFC 9110 §7.6.1), plus Host,
-#: which names the proxy, and Content-Length, which the client library recomputes from the body.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
-
-#: aiohttp adds these unless told not to; the primary must see exactly the client's headers (an
-#: Accept-Encoding the client never sent would change the bytes it gets back).
+#: aiohttp adds these unless told not to; a mirrored request must carry the client's headers only
+#: (collect forwards them to the baseline replica; an Accept-Encoding the client never sent would
+#: change the bytes that come back).
 NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-
-KEEPALIVE_S = 4.0
 
 #: Errors of one upstream exchange: connection refused/reset, bad HTTP, truncated body, timeout.
 UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
