@@ -81,9 +81,28 @@ def _survivors(pids: list[int]) -> list[int]:
     return alive
 
 
+def _shared_pair() -> VllmPair | None:
+    """The pair `scripts/dev_pair.py` serves, when SERVECMP_TEST_PAIR names its JSON file (development
+    only: several test sessions share one running pair instead of starting their own)."""
+    import json
+
+    path = os.environ.get("SERVECMP_TEST_PAIR")
+    if not path or os.environ.get("CI", "").lower() == "true":
+        return None
+    d = json.loads(Path(path).read_text())
+    return VllmPair(baseline_url=d["baseline_url"], candidate_url=d["candidate_url"],
+                    baseline_model=d["baseline_model"], candidate_model=d["candidate_model"],
+                    baseline_dir=Path(d["baseline_dir"]), candidate_dir=Path(d["candidate_dir"]),
+                    run_dir=Path(d["run_dir"]), pids=())
+
+
 @pytest.fixture(scope="session")
 def vllm_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmPair]:
     _require_e2e_stack()
+    shared = _shared_pair()
+    if shared is not None:
+        yield shared
+        return
     from servecmp.serving.modelpair import embedded_servers, ensure_embedded_pair
     from servecmp.serving.servers import ServerPair
 
