@@ -29,16 +29,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from servecmp.endpoints import EndpointClient, HttpStatusError, describe_error, root_url
 from servecmp.errors import EndpointError, UserError
-from servecmp.mcq.chat import chat_top
-
-if TYPE_CHECKING:
-    from servecmp.mcq.records import McqItem
 
 ApiKind = Literal["completions", "chat"]
 ApiChoice = Literal["auto", "completions", "chat"]
@@ -207,6 +203,17 @@ async def _probe_chat(client: EndpointClient, caps: EndpointCapabilities, k: int
         caps.notes.append("chat answered without top_logprobs")
 
 
+def chat_top(resp: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """The top logprobs of the first generated token of a chat response, as (token, logprob)."""
+    choices = resp.get("choices") or []
+    logprobs = choices[0].get("logprobs") if choices and isinstance(choices[0], dict) else None
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not content or not isinstance(content[0], dict):
+        return []
+    return [(str(e["token"]), float(e["logprob"])) for e in content[0].get("top_logprobs") or []
+            if isinstance(e, dict) and "token" in e and e.get("logprob") is not None]
+
+
 def echo_logprob_at(logprobs: Mapping[str, Any], offset: int) -> float | None:
     """The echoed logprob of the prompt token that starts at character `offset`, if one does."""
     for off, lp in zip(logprobs.get("text_offset") or [], logprobs.get("token_logprobs") or [], strict=False):
@@ -287,26 +294,6 @@ async def probe_capabilities(client: EndpointClient, k: int, *, prompt: str = PR
     await _probe_echo_and_paths(client, caps, prompt, continuations)
     await _probe_tokenize(client, caps)
     return caps
-
-
-def probe_item(items: Sequence[McqItem]) -> tuple[str, tuple[str, ...]]:
-    """The prompt and option tokens the path check uses: the run's first letter item with one
-    exemplar (its header, first exemplar and question), else `PROBE_PROMPT`.
-
-    One exemplar because echo is expensive on some servers: llama-cpp-python sorts the whole
-    vocabulary in Python for every echoed prompt token, so one echo of a 5-shot MMLU prompt (~600
-    tokens) took ~50 s on one core. Not zero-shot: asked a bare question, SmolLM2 under llama.cpp
-    ends the text as its first token, and llama-cpp-python then returns no top-k at all."""
-    for it in items:
-        if it.kind == "letter":
-            from servecmp.mcq.chat import chat_messages, split_header
-
-            turns = chat_messages(it)
-            header, _ = split_header(it.prompt)
-            if len(turns) >= 3:  # first user turn (header included), its answer, ..., the question
-                return f"{turns[0]['content']} {turns[1]['content']}\n\n{turns[-1]['content']}", tuple(it.continuations)
-            return header + turns[-1]["content"], tuple(it.continuations)
-    return PROBE_PROMPT, PROBE_CONTINUATIONS
 
 
 def choose_api(caps: Mapping[str, EndpointCapabilities], requested: ApiChoice, *, letter: bool,

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from servecmp.errors import UserError
+from servecmp.mcq.from_records import summarize_records
 from servecmp.mcq.records import McqRecord
-from servecmp.metrics import SCHEMA, summarize_mcq, summarize_records
+from servecmp.metrics import SCHEMA, summarize_mcq
 from servecmp.records import EndpointRole
 
 N_BOOT = 1000

@@ -96,7 +96,7 @@ def _letter(i: int) -> str:
 
 def per_item(base: Sequence[McqRecord], cand: Sequence[McqRecord]) -> PerItem:
     """The per-item quantities of the summary, from the records (the summary's own functions)."""
-    from servecmp.metrics.from_records import option_matrix, pair_records
+    from servecmp.mcq.from_records import option_matrix, pair_records
     from servecmp.metrics.kl import merge_topk, topk_kl
     from servecmp.metrics.mcq import chosen_options, option_kl, option_log_probs, top_margin
 

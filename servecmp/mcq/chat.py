@@ -27,22 +27,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from servecmp.capabilities import PROBE_CONTINUATIONS, PROBE_PROMPT
 from servecmp.errors import UserError
 from servecmp.mcq.records import McqItem
-
-
-def chat_top(resp: Mapping[str, Any]) -> list[tuple[str, float]]:
-    """The top logprobs of the first generated token of a chat response, as (token, logprob)."""
-    choices = resp.get("choices") or []
-    logprobs = choices[0].get("logprobs") if choices and isinstance(choices[0], dict) else None
-    content = logprobs.get("content") if isinstance(logprobs, dict) else None
-    if not content or not isinstance(content[0], dict):
-        return []
-    return [(str(e["token"]), float(e["logprob"])) for e in content[0].get("top_logprobs") or []
-            if isinstance(e, dict) and "token" in e and e.get("logprob") is not None]
 
 
 def logsumexp(values: Sequence[float]) -> float:
@@ -115,3 +104,21 @@ def mass_on_letters(top: list[tuple[str, float]], continuations: list[str]) -> f
     """The probability the top-k puts on the options' letters (either spelling); for diagnostics."""
     letters = {c.strip() for c in continuations}
     return sum(math.exp(lp) for tok, lp in top if tok.strip() in letters and tok.lstrip() == tok.strip())
+
+
+def probe_item(items: Sequence[McqItem]) -> tuple[str, tuple[str, ...]]:
+    """The prompt and option tokens the path check uses: the run's first letter item with one
+    exemplar (its header, first exemplar and question), else `PROBE_PROMPT`.
+
+    One exemplar because echo is expensive on some servers: llama-cpp-python sorts the whole
+    vocabulary in Python for every echoed prompt token, so one echo of a 5-shot MMLU prompt (~600
+    tokens) took ~50 s on one core. Not zero-shot: asked a bare question, SmolLM2 under llama.cpp
+    ends the text as its first token, and llama-cpp-python then returns no top-k at all."""
+    for it in items:
+        if it.kind == "letter":
+            turns = chat_messages(it)
+            header, _ = split_header(it.prompt)
+            if len(turns) >= 3:  # first user turn (header included), its answer, ..., the question
+                return f"{turns[0]['content']} {turns[1]['content']}\n\n{turns[-1]['content']}", tuple(it.continuations)
+            return header + turns[-1]["content"], tuple(it.continuations)
+    return PROBE_PROMPT, PROBE_CONTINUATIONS

@@ -273,8 +273,8 @@ def _self_check(endpoint: str, method: Literal["secondary", "repeat"], first: li
 
 def _floor_excess(main: dict[str, list[McqRecord]], rep: dict[str, list[McqRecord]], name: str,
                   has_secondary: bool, has_repeat: bool, seed: int) -> FloorExcessModel | None:
+    from servecmp.mcq.from_records import record_differences
     from servecmp.metrics.floor import ItemDifferences, combine_floors, excess_over_floor
-    from servecmp.metrics.from_records import record_differences
 
     cand = record_differences(main["baseline"], main.get(name, []))
     floors: list[tuple[str, dict[str, tuple[bool, bool, float]]]] = []

@@ -31,10 +31,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, TextColumn
 
-from servecmp.capabilities import ApiChoice, capability_lines, check_resumed_apis, probe_findings, probe_item
+from servecmp.capabilities import ApiChoice, capability_lines, check_resumed_apis, probe_findings
 from servecmp.concurrency import DEFAULT_MAX_LIMIT, RunWatch
 from servecmp.endpoints import EndpointClient, EndpointError, EndpointSpec
 from servecmp.errors import RunFailed, RunInterrupted, UserError
+from servecmp.mcq.chat import probe_item
 from servecmp.mcq.compare import McqComparison, compare_run
 from servecmp.mcq.order import PrefixScheduler
 from servecmp.mcq.records import ITEM_ERRORS, RECORDS, McqItem, McqRecord

@@ -19,8 +19,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from servecmp.capabilities import chat_top
 from servecmp.endpoints import EndpointClient
-from servecmp.mcq.chat import chat_messages, chat_top, option_logprobs_from_chat
+from servecmp.mcq.chat import chat_messages, option_logprobs_from_chat
 from servecmp.mcq.records import McqItem, McqRecord
 from servecmp.records import EndpointRole
 from servecmp.tasks import choice_lengths

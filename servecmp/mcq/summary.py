@@ -306,7 +306,7 @@ class McqSummary(_Model):
 def summary_from_records(base: Sequence[McqRecord], cand: Sequence[McqRecord], run: RunInfo, *,
                          seed: int = 0) -> McqSummary:
     """Every metric over the items both endpoints answered, as a typed summary."""
-    from servecmp.metrics.from_records import summarize_records
+    from servecmp.mcq.from_records import summarize_records
 
     data = summarize_records(base, cand, seed=seed)
     return McqSummary.model_validate({**data, "run": run.model_dump()})

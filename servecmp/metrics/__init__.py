@@ -15,7 +15,8 @@ quantized model to replace its baseline: it must also give the same answers. The
 - `servecmp.metrics.floor`: the noise floor (an endpoint against itself) and a candidate's excess
   over it (paired bootstrap, exact McNemar, Wilcoxon);
 - `servecmp.metrics.summary`: `summarize_mcq`, everything above as one JSON-ready dict;
-- `servecmp.metrics.from_records`: `summarize_records`, the same from two runs' `McqRecord`s.
+- (`servecmp.mcq.from_records.summarize_records` does the same from two runs' `McqRecord`s: it lives in
+  the MCQ feature, since records are its run files.)
 
 Conventions. "diff"/"delta" is candidate − baseline. KL is KL(baseline ‖ candidate) in nats (the
 headline; ``_cb`` names KL(candidate ‖ baseline), ``js`` Jensen-Shannon).
@@ -72,7 +73,6 @@ the records came from: run_dir, task, source, n_items_planned, complete, endpoin
 requests_per_item, item_errors); it is what summary.json and ``--json`` hold.
 """
 
-from servecmp.metrics.from_records import PairedRecords, pair_records, summarize_records
 from servecmp.metrics.kl import (
     CellDivergences,
     CompletedTopk,
@@ -176,7 +176,6 @@ __all__ = [
     "MarginByCorrectness",
     "OptionKl",
     "PairedMeans",
-    "PairedRecords",
     "Proportion",
     "TopkKl",
     "TopkKlItem",
@@ -201,11 +200,9 @@ __all__ = [
     "merge_topk",
     "option_kl",
     "option_log_probs",
-    "pair_records",
     "paired_bootstrap_diff_ci",
     "paired_bootstrap_means",
     "summarize_mcq",
-    "summarize_records",
     "top_margin",
     "topk_kl",
     "topk_kl_item",

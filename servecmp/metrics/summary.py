@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from servecmp.metrics import kl as kl_mod
-from servecmp.metrics import kl_report as kl_report_mod
 from servecmp.metrics import mcq
+from servecmp.metrics.kl_report import TopTokenProbs, kl_report, top_token_probs
 from servecmp.metrics.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_BOOT,
@@ -86,13 +86,13 @@ def summarize_mcq(
         norm = (bn, cn)
     tk: kl_mod.TopkKl | None = None
     tight: kl_mod.TopkTight | None = None
-    top: kl_report_mod.TopTokenProbs | None = None
+    top: TopTokenProbs | None = None
     if base_topk is not None and cand_topk is not None:
         if len(base_topk) != n or len(cand_topk) != n:
             raise ValueError(f"top-k lists must have one entry per item ({n})")
         tk = kl_mod.topk_kl(base_topk, cand_topk)
         tight = kl_mod.topk_kl_tight(base_topk, cand_topk)
-        top = kl_report_mod.top_token_probs(base_topk, cand_topk)
+        top = top_token_probs(base_topk, cand_topk)
 
     # Every per-item mean is bootstrapped from one shared resampling (see `_mean_cis`).
     columns: dict[str, FloatArray] = {
@@ -246,9 +246,9 @@ def _share(part: FloatArray, whole: FloatArray) -> float | None:
     return float(part.sum()) / total if total > 0 else None
 
 
-def _next_token_report(tight: kl_mod.TopkTight, top: kl_report_mod.TopTokenProbs) -> dict[str, Any]:
+def _next_token_report(tight: kl_mod.TopkTight, top: TopTokenProbs) -> dict[str, Any]:
     """llama.cpp's KL-divergence block over the items' answer positions (`servecmp.metrics.kl_report`)."""
-    rep = kl_report_mod.kl_report(tight.kl_bc, top.p_base, top.p_cand, top.same_top)
+    rep = kl_report(tight.kl_bc, top.p_base, top.p_cand, top.same_top)
     ok = np.isfinite(tight.kl_bc) & np.isfinite(top.p_cand)
     return {**dataclasses.asdict(rep),
             "kld_source": "tight top-k estimate of KL(baseline ‖ candidate) at the answer position",

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
-from servecmp.mcq.records import McqItem
 from servecmp.tasks import hf_source
+from servecmp.tasks.items import McqItem
 
 #: lm-eval's default `target_delimiter`, prepended to every continuation.
 TARGET_DELIMITER = " "

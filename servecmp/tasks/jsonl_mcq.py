@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
-from servecmp.mcq.records import McqItem
+from servecmp.tasks.items import McqItem
 from servecmp.tasks.letter_format import (
     LETTER_FORMAT,
     LETTERS,

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
-from servecmp.mcq.records import McqRecord
-from servecmp.records import EndpointRole
+from servecmp.records import EndpointRole, McqRecord
 from servecmp.tasks.continuation_tasks import TARGET_DELIMITER, choice_lengths
 from servecmp.tasks.mmlu_subjects import category_of
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
-from servecmp.mcq.records import McqItem
 from servecmp.tasks import hf_source
+from servecmp.tasks.items import McqItem
 from servecmp.tasks.letter_format import (
     LETTER_FORMAT,
     LetterQuestion,

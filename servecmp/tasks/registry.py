@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from servecmp.errors import UserError
-from servecmp.mcq.records import McqItem
 from servecmp.tasks import jsonl_mcq, mmlu
 from servecmp.tasks.continuation_tasks import CONTINUATION_TASKS, load_continuation_task
+from servecmp.tasks.items import McqItem
 
 JSONL_PREFIX = "jsonl:"
 KNOWN_TASKS: tuple[str, ...] = ("mmlu", "mmlu-sample", f"{JSONL_PREFIX}PATH", *CONTINUATION_TASKS)

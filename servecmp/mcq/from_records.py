@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from servecmp.errors import UserError
-from servecmp.mcq.records import McqRecord
 from servecmp.metrics.kl import merge_topk
 from servecmp.metrics.mcq import chosen_options
 from servecmp.metrics.stats import DEFAULT_CONFIDENCE, DEFAULT_N_BOOT, FloatArray
 from servecmp.metrics.summary import summarize_mcq
+from servecmp.records import McqRecord
 
 #: Item attributes the summary breaks results down by, when any paired item has them.
 GROUP_FIELDS = ("task", "subject", "category")
