@@ -26,23 +26,23 @@ import numpy as np
 
 def build_run(root: Path, n: int, change_rate: float, seed: int) -> Path:
     from servecmp import __version__
+    from servecmp.mcq.records import ITEMS
+    from servecmp.runstore import write_jsonl_atomic
     from servecmp.tasks.registry import load_task
 
     rng = np.random.default_rng(seed)
     sample = load_task("mmlu-sample", fewshot=0).items
-    from servecmp.html.mcq import _letter_text
-
     data = root / "items.jsonl"
     with data.open("w", encoding="utf-8") as fh:
         for i in range(n):
             src = sample[i % len(sample)]
-            text = _letter_text(src)
-            fh.write(json.dumps({"id": f"syn{i}", "question": text.question, "choices": text.options,
+            fh.write(json.dumps({"id": f"syn{i}", "question": src.question, "choices": src.options,
                                  "answer": src.gold, "subject": src.subject}) + "\n")
     task = f"jsonl:{data}"
     items = load_task(task, fewshot=0).items
     run = root / "mcq-synthetic"
     run.mkdir()
+    write_jsonl_atomic(run / ITEMS, items)  # as a run writes it when it starts
     # Noise scale found by trial so that ~change_rate of argmaxes move (random logits with sd 1).
     noise = {0.05: 0.08, 0.1: 0.17, 0.21: 0.37, 0.3: 0.56}.get(round(change_rate, 2), change_rate * 1.4)
     fillers = [f" t{j}" for j in range(16)]

@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -43,10 +43,26 @@ def new_run_dir(root: Path, prefix: str) -> Path:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write via a temp file + rename so a crash never leaves half a manifest or summary."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    def dump(fh: IO[str]) -> None:
         json.dump(data, fh, indent=2, sort_keys=False)
         fh.write("\n")
+
+    _write_atomic(path, dump)
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[BaseModel]) -> None:
+    """One model per line, all or nothing (a run's items.jsonl: written once, never appended)."""
+    def dump(fh: IO[str]) -> None:
+        for row in rows:
+            fh.write(row.model_dump_json() + "\n")
+
+    _write_atomic(path, dump)
+
+
+def _write_atomic(path: Path, write: Callable[[IO[str]], Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        write(fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -294,7 +294,7 @@ def test_report_run_decides_every_candidate(tmp_path: Path) -> None:
 
     from rich.console import Console
 
-    from servecmp._cli.mcq import report_run
+    from servecmp._cli.mcq import report_run  # the finish step for a stored MCQ run
     from servecmp.gates import parse_gates
 
     run_dir = make_run(tmp_path, LADDER)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from servecmp._cli.report import run_kind
+from servecmp.finish import detect_kind as run_kind
 from servecmp.shadow.measures import TokenStats, teacher_forced_stats
 from servecmp.shadow.report import ShadowSummary, load_summary, render, summarise
 from servecmp.shadow.store import TABLES, PairRecord, open_store

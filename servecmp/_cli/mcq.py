@@ -6,7 +6,6 @@ Only stdlib, typer, the shared option types and the errors are imported at modul
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -47,9 +46,6 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from servecmp.gates import Gate as GateRule
-    from servecmp.gates import MetricEstimate, Verdict
-    from servecmp.mcq.compare import CandidateResult, McqComparison
-    from servecmp.mcq.summary import McqSummary
 
 #: Kept in step with servecmp.mcq.settings.ACCEPTED_ON_RESUME (a test compares them); written out
 #: here so --help needs no import of the settings module.
@@ -82,70 +78,6 @@ FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
 
 #: With --from-lm-eval only these change anything; other flags are refused rather than ignored.
 _LMEVAL_FLAGS = ("--seed", "--json", "--show", "--gate", "--summary-md")
-
-
-def print_summary(summary: McqSummary, *, as_json: bool, show: int | None, console: Console,
-                  verdicts: Sequence[Verdict] | None = None) -> None:
-    """`--json`: the typed summary as one JSON object on stdout (with a ``verdict`` key when gates
-    were given); otherwise the terminal report."""
-    if as_json:
-        from servecmp.verdicts import with_verdict
-
-        data = with_verdict(summary.model_dump(mode="json"), _one_or_all(verdicts))
-        typer.echo(json.dumps(data, indent=2))
-    else:
-        from servecmp.mcq.render import render_mcq_report
-
-        render_mcq_report(summary, console, show=show)
-
-
-def _one_or_all(verdicts: Sequence[Verdict] | None) -> Verdict | list[Verdict] | None:
-    if verdicts is None:
-        return None
-    return verdicts[0] if len(verdicts) == 1 else list(verdicts)
-
-
-def print_comparison(comparison: McqComparison, *, as_json: bool, show: int | None, console: Console,
-                     verdicts: Sequence[Verdict] | None = None) -> None:
-    """`--json`: one candidate without a noise floor prints its `McqSummary` (the layout of every
-    earlier run); otherwise the `McqComparison`. A ``verdict`` key is added when gates were given."""
-    if len(comparison.candidates) == 1 and comparison.floor is None:
-        print_summary(comparison.candidates[0].summary, as_json=as_json, show=show, console=console,
-                      verdicts=verdicts)
-        return
-    if as_json:
-        from servecmp.verdicts import with_verdict
-
-        data = with_verdict(comparison.model_dump(mode="json"), _one_or_all(verdicts))
-        typer.echo(json.dumps(data, indent=2))
-    else:
-        from servecmp.mcq.render import render_comparison
-
-        by_name = {c.name: v for c, v in zip(comparison.candidates, verdicts or (), strict=False)}
-        render_comparison(comparison, console, show=show, verdicts=by_name)
-
-
-def floor_estimates(candidate: CandidateResult) -> dict[str, MetricEstimate]:
-    """``flips_excess`` and ``kl_excess`` of a candidate whose noise floor was measured."""
-    from servecmp.gates import MetricEstimate
-
-    if candidate.floor is None or candidate.floor.n == 0:
-        return {}
-    return {"flips_excess": MetricEstimate.bootstrap(candidate.floor.flips_excess.model_dump()),
-            "kl_excess": MetricEstimate.bootstrap(candidate.floor.kl_excess.model_dump())}
-
-
-def decide_candidates(comparison: McqComparison, gates: Sequence[GateRule]) -> list[Verdict]:
-    """Every candidate's verdict (`servecmp.verdicts.verdict_for`), the floor's excesses included."""
-    from servecmp.verdicts import verdict_for
-
-    out = []
-    several = len(comparison.candidates) > 1
-    for c in comparison.candidates:
-        # One candidate: labelled by its model, as `servecmp report --gate` labels it; several: by name.
-        label = c.name if several else (c.endpoint.model or c.name)
-        out.append(verdict_for("mcq", c.summary, gates, extra=floor_estimates(c), candidate=label))
-    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -206,14 +138,15 @@ def register(app: typer.Typer) -> None:
         )
         # Progress and messages go to stderr with --json, so stdout is only the JSON object.
         console = Console(stderr=as_json)
-        if html is not None:
-            from servecmp.html import check_writable
+        from servecmp.finish import Output, check_outputs, finish
+        from servecmp.verdicts import resolve_gates
 
-            check_writable(html)  # before the run, not after an hour of it
-        from servecmp.verdicts import resolve_gates, wants_verdict
+        out = Output(as_json=as_json, show=show, html=html, summary_md=summary_md, title="servecmp mcq gates")
+        check_outputs(out)  # before the run, not after an hour of it
 
         if from_lm_eval is not None:
             from servecmp.mcq.summary import summarize_lmeval
+            from servecmp.mcq.view import McqView
 
             given = [f"--{name.replace('_', '-')}" for name, value in vars(opts).items()
                      if value is not None and name != "seed"]
@@ -223,11 +156,21 @@ def register(app: typer.Typer) -> None:
             gates = resolve_gates("mcq", gate, None)
             summary = summarize_lmeval(from_lm_eval[0], from_lm_eval[1], seed=seed or 0)
             from servecmp.mcq.compare import comparison_from_summary
+            from servecmp.mcq.view import ItemText, view_from_records
+            from servecmp.tasks.lmeval_import import item_texts, load_lmeval_pair
 
             comparison = comparison_from_summary(summary)
+            if html is not None:
+                # No run directory: the item list comes from the logs themselves (read again; only with --html).
+                base, cand, _ = load_lmeval_pair(from_lm_eval[0], from_lm_eval[1])
+                texts = {k: ItemText(q, list(o)) for k, (q, o) in item_texts(from_lm_eval[0]).items()}
+                view = view_from_records(comparison, [*base, *cand], texts=texts)
+            else:
+                view = McqView(comparison=comparison)
         else:
             from servecmp.mcq.run import run_mcq
             from servecmp.mcq.settings import new_settings, resumed_settings
+            from servecmp.mcq.view import load_view
 
             if resume is not None:
                 settings, manifest = resumed_settings(opts)
@@ -239,46 +182,19 @@ def register(app: typer.Typer) -> None:
                 cfg = load_config(config)
                 gates = resolve_gates("mcq", gate, cfg)
                 result = run_mcq(new_settings(opts, cfg), console)
-            comparison = result.comparison
-        verdicts = decide_candidates(comparison, gates) if wants_verdict(gates, summary_md) else None
-        print_comparison(comparison, as_json=as_json, show=show, console=console, verdicts=verdicts)
-        if html is not None:
-            from servecmp.html import mcq_html
-
-            if from_lm_eval is not None:
-                # No run directory: the item list comes from the logs themselves (read again; only
-                # with --html).
-                from servecmp.tasks.lmeval_import import item_texts, load_lmeval_pair
-
-                base, cand, _ = load_lmeval_pair(from_lm_eval[0], from_lm_eval[1])
-                mcq_html(html, comparison, gates, verdicts=verdicts, records=[*base, *cand],
-                         texts=item_texts(from_lm_eval[0]))
-            else:
-                mcq_html(html, comparison, gates, verdicts=verdicts)
-        if verdicts is not None:
-            from servecmp.verdicts import emit_verdict
-
-            code = emit_verdict(verdicts, console=console, summary_md=summary_md, title="servecmp mcq gates")
-            if code:
-                # SystemExit, not typer.Exit: click returns typer.Exit's code in standalone_mode=False.
-                raise SystemExit(code)
+            view = load_view(result.run_dir, result.comparison)
+        code = finish("mcq", view, gates, out, console)
+        if code:
+            # SystemExit, not typer.Exit: click returns typer.Exit's code in standalone_mode=False.
+            raise SystemExit(code)
 
 
 def report_run(path: Path, *, as_json: bool, show: int | None, console: Console, gates: Sequence[GateRule],
                summary_md: Path | None, title: str = "servecmp mcq gates", html: Path | None = None) -> int:
     """`servecmp report RUN_DIR` for an MCQ run of any shape (one or several candidates, a noise
-    floor): recompute from the records, print, decide the gates on every candidate. Returns the
-    exit code (0 without gates)."""
-    from servecmp.mcq.compare import compare_run
-    from servecmp.verdicts import emit_verdict, wants_verdict
+    floor): recomputed from the records, printed, every candidate decided; nothing written into it.
+    Returns the exit code (0 without gates)."""
+    from servecmp.finish import Output, adapter, finish
 
-    comparison = compare_run(path)
-    verdicts = decide_candidates(comparison, gates) if wants_verdict(gates, summary_md) else None
-    print_comparison(comparison, as_json=as_json, show=show, console=console, verdicts=verdicts)
-    if html is not None:
-        from servecmp.html import mcq_html
-
-        mcq_html(html, comparison, gates, verdicts=verdicts, run_dir=path)
-    if verdicts is None:
-        return 0
-    return emit_verdict(verdicts, console=console, summary_md=summary_md, title=title)
+    out = Output(as_json=as_json, show=show, html=html, summary_md=summary_md, title=title)
+    return finish("mcq", adapter("mcq").load(path, show=show), gates, out, console)

@@ -7,8 +7,6 @@ inside the command.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -36,15 +34,12 @@ from servecmp._cli.common import (
     Show,
     SummaryMd,
     Timeout,
-    print_and_decide,
 )
 from servecmp.errors import UserError
 
 if TYPE_CHECKING:
-    from rich.console import Console
 
-    from servecmp.gates import Gate as GateRule
-    from servecmp.mtbench.report import MtBenchComparison, MtBenchSummary
+    pass
 
 
 class ModeChoice(StrEnum):
@@ -82,34 +77,6 @@ def _judge_key_env(new: str | None, old: str | None) -> str | None:
     if new is not None and old is not None and new != old:
         raise UserError("--judge-api-key-env is the old name of --judge-key-env; pass one of them")
     return new if new is not None else old
-
-
-def print_mtbench(summary: MtBenchSummary | MtBenchComparison, gates: Sequence[GateRule], *, as_json: bool,
-                  show: int, out: Console, console: Console, summary_md: Path | None, title: str) -> int:
-    """Print an MT-Bench result (one candidate: its summary; several: the comparison) as JSON on
-    stdout or as tables on `out`, then decide the gates on every candidate (exit 0 only when all
-    pass). Returns the exit code, 0 without gates and --summary-md."""
-    from servecmp.mtbench.render import render, render_comparison
-    from servecmp.mtbench.report import MtBenchComparison
-    from servecmp.verdicts import emit_verdict, verdict_for, wants_verdict, with_verdict
-
-    if not isinstance(summary, MtBenchComparison):
-        one = summary
-        candidate = one.candidate_model if wants_verdict(gates, summary_md) else None
-        return print_and_decide("mtbench", one, gates, as_json=as_json, render=lambda: render(out, one, show=show),
-                                console=console, summary_md=summary_md, candidate=candidate, title=title)
-    verdicts = (
-        [verdict_for("mtbench", c.summary, gates, candidate=c.name) for c in summary.candidates]
-        if wants_verdict(gates, summary_md)
-        else None
-    )
-    if as_json:
-        typer.echo(json.dumps(with_verdict(summary.model_dump(mode="json"), verdicts), indent=2, ensure_ascii=False))
-    else:
-        render_comparison(out, summary, show=show)
-    if verdicts is None:
-        return 0
-    return emit_verdict(verdicts, console=console, summary_md=summary_md, title=title)
 
 
 def register(app: typer.Typer) -> None:
@@ -212,7 +179,7 @@ def register(app: typer.Typer) -> None:
         if html is not None:
             from servecmp.html import check_writable
 
-            check_writable(html)
+            check_writable(html)  # before the run, not after it
         opts = MtBenchOptions(
             questions=questions,
             references=references,
@@ -252,14 +219,14 @@ def register(app: typer.Typer) -> None:
             settings = new_settings(opts, cfg)
             root = runs_dir or Path(cfg.mtbench.runs_dir)
             result = run_blocking(settings, io, runs_root=root)
-        out = Console()
-        if html is not None:
-            from servecmp.html import mtbench_html
+        from servecmp.finish import Output, finish
+        from servecmp.mtbench.kind import MtBenchResult
 
-            mtbench_html(html, result.summary, gates, run_dir=result.paths.root)
-        code = print_mtbench(result.summary, gates, as_json=as_json, show=settings.show, out=out,
-                             console=console if as_json else out, summary_md=summary_md,
-                             title=f"servecmp gates: mtbench run {result.paths.root.name}")
+        out = Output(as_json=as_json, show=settings.show, html=html, summary_md=summary_md,
+                     title=f"servecmp gates: mtbench run {result.paths.root.name}")
+        # The report goes to stdout; with --json only the JSON does, and the verdict block to stderr.
+        code = finish("mtbench", MtBenchResult(result.summary, result.paths.root, settings.show), gates, out,
+                      console if as_json else Console())
         if not as_json:
             console.print(f"run directory: {result.paths.root}", highlight=False)
         if code:

@@ -35,7 +35,6 @@ from servecmp._cli.common import (
     Show,
     SummaryMd,
     TopK,
-    print_and_decide,
 )
 from servecmp.errors import UserError, first_error
 
@@ -295,26 +294,19 @@ def report(
     """
     from rich.console import Console
 
-    from servecmp.shadow.report import load_summary, render
+    from servecmp.finish import Output, check_outputs, finish
+    from servecmp.shadow.kind import ADAPTER, DEFAULT_WORST
     from servecmp.verdicts import resolve_gates
 
     if show is not None and worst is not None and show != worst:
         raise UserError(f"--show {show} and --worst {worst} disagree (--worst is the old name of --show)")
     gates = resolve_gates("shadow", gate, config)
-    worst_n = show if show is not None else worst if worst is not None else 10
-    if html is not None:
-        from servecmp.html import check_writable
-
-        check_writable(html)
-    summary = load_summary(db, worst_n=worst_n, n_boot=n_boot)
-    if html is not None:
-        from servecmp.html import shadow_html
-
-        shadow_html(html, summary, db, gates)
-    console = Console(stderr=as_json)  # with --json, stdout holds only the JSON; the verdict block goes to stderr
-    code = print_and_decide("shadow", summary, gates, as_json=as_json, render=lambda: render(summary, console, db),
-                            console=console, summary_md=summary_md, candidate=None,
-                            title=f"servecmp gates: shadow database {_db_name(db)}")
+    out = Output(as_json=as_json, show=show if show is not None else worst if worst is not None else DEFAULT_WORST,
+                 html=html, summary_md=summary_md, title=f"servecmp gates: shadow database {_db_name(db)}")
+    check_outputs(out)
+    view = ADAPTER.load(db, show=out.show, n_boot=n_boot)
+    # With --json, stdout holds only the JSON; the verdict block goes to stderr.
+    code = finish("shadow", view, gates, out, Console(stderr=as_json))
     if code:
         raise SystemExit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which swallows it
 

@@ -1,11 +1,8 @@
 """The MCQ page: one or several candidates against one baseline (`McqComparison`).
 
-Every table number is read from the typed summary (`McqSummary`, `McqComparison`); the per-item
-views (KL and margin histograms, the list of flipped and changed items) are recomputed from the run
-directory's records with the same metric functions the summary used (`servecmp.metrics`), so the
-histogram counts add up to the summary's n. The question texts come from reloading the run's task
-(offline sources only; a task whose fingerprint no longer matches the manifest's is not shown,
-because its texts could belong to other items).
+Renders an `servecmp.mcq.view.McqView` and computes nothing: every table number comes from the typed
+summary (`McqSummary`, `McqComparison`), the per-item views (KL and margin histograms, the list of
+flipped and changed items) from the view's `PerItem`s, the question texts from the run's items.jsonl.
 """
 
 from __future__ import annotations
@@ -13,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +34,9 @@ from servecmp.html._verdict import verdict_html
 if TYPE_CHECKING:
     from servecmp.gates import Verdict
     from servecmp.mcq.compare import CandidateResult, McqComparison
-    from servecmp.mcq.records import McqItem, McqRecord
+    from servecmp.mcq.settings import McqManifest
     from servecmp.mcq.summary import Distribution, Estimate, McqSummary, Proportion
+    from servecmp.mcq.view import ItemText, ItemView, McqView, PerItem
 
 #: Subjects drawn in the flips-per-subject plot (the table lists them all).
 PLOT_GROUPS = 30
@@ -47,144 +44,8 @@ PLOT_GROUPS = 30
 KL_FLOOR = 1e-8
 
 
-@dataclass(frozen=True)
-class ItemText:
-    question: str
-    options: list[str]
-
-
-@dataclass(frozen=True)
-class ItemView:
-    """One item both endpoints answered, as the page shows it."""
-
-    item_id: str
-    subject: str | None
-    category: str | None
-    gold: int
-    base_probs: list[float]
-    cand_probs: list[float]
-    base_choice: int
-    cand_choice: int
-    option_kl: float | None
-    topk_kl: float | None
-    margin: float | None
-
-    @property
-    def kind(self) -> str:
-        """"c2w", "w2c", "chg" (another wrong option) or "same"."""
-        b, c = self.base_choice == self.gold, self.cand_choice == self.gold
-        if b and not c:
-            return "c2w"
-        if c and not b:
-            return "w2c"
-        return "chg" if self.base_choice != self.cand_choice else "same"
-
-
-@dataclass
-class PerItem:
-    items: list[ItemView]
-    option_kl: np.ndarray
-    topk_kl: np.ndarray | None
-    p_rest: np.ndarray | None
-    margin: np.ndarray
-    base_correct: np.ndarray
-
-
 def _letter(i: int) -> str:
     return chr(ord("A") + i) if 0 <= i < 26 else "–"
-
-
-def per_item(base: Sequence[McqRecord], cand: Sequence[McqRecord]) -> PerItem:
-    """The per-item quantities of the summary, from the records (the summary's own functions)."""
-    from servecmp.mcq.from_records import option_matrix, pair_records
-    from servecmp.metrics.kl import merge_topk, topk_kl
-    from servecmp.metrics.mcq import chosen_options, option_kl, option_log_probs, top_margin
-
-    paired = pair_records(base, cand)
-    k = max((len(r.option_logprobs) for r in paired.base), default=1)
-    b_lp, c_lp = option_matrix(paired.base, k), option_matrix(paired.cand, k)
-    gold = np.array([r.gold for r in paired.base], dtype=np.int64)
-    with np.errstate(all="ignore"):
-        b_p, c_p = np.exp(option_log_probs(b_lp)), np.exp(option_log_probs(c_lp))
-    b_ch, c_ch = chosen_options(b_lp), chosen_options(c_lp)
-    kl = option_kl(b_lp, c_lp).kl
-    margin = top_margin(b_lp)
-    tk = pr = None
-    b_top = [merge_topk(r.topk) if r.topk else None for r in paired.base]
-    c_top = [merge_topk(r.topk) if r.topk else None for r in paired.cand]
-    if any(x is not None and y is not None for x, y in zip(b_top, c_top, strict=True)):
-        t = topk_kl(b_top, c_top)
-        tk, pr = t.kl_hat, t.p_rest
-
-    def f(x: float) -> float | None:
-        return float(x) if math.isfinite(x) else None
-
-    views = []
-    for i, r in enumerate(paired.base):
-        n_opt = len(r.option_logprobs)
-        views.append(ItemView(
-            item_id=r.item_id, subject=r.subject, category=r.category, gold=int(gold[i]),
-            base_probs=[float(x) for x in b_p[i, :n_opt]], cand_probs=[float(x) for x in c_p[i, :n_opt]],
-            base_choice=int(b_ch[i]), cand_choice=int(c_ch[i]), option_kl=f(kl[i]),
-            topk_kl=f(tk[i]) if tk is not None else None, margin=f(margin[i]),
-        ))
-    return PerItem(items=views, option_kl=kl, topk_kl=tk, p_rest=pr, margin=margin, base_correct=b_ch == gold)
-
-
-# ---- question texts ------------------------------------------------------------------------------
-
-_EXEMPLAR_END = re.compile(r"\nAnswer: [A-Z]\n\n")
-
-
-def _letter_text(item: McqItem) -> ItemText:
-    """The last question block of a letter prompt: the question and its lettered options."""
-    prompt = item.prompt.removesuffix("Answer:").rstrip("\n")
-    n = len(item.continuations)
-    starts = []
-    pos = len(prompt)
-    for i in reversed(range(n)):
-        at = prompt.rfind(f"\n{_letter(i)}. ", 0, pos)
-        if at < 0:
-            return ItemText(question=prompt[-2000:], options=[c.strip() for c in item.continuations])
-        starts.append(at)
-        pos = at
-    starts.reverse()
-    options = [prompt[s + 4:(starts[i + 1] if i + 1 < n else len(prompt))] for i, s in enumerate(starts)]
-    head = prompt[:starts[0]]
-    ends = [m.end() for m in _EXEMPLAR_END.finditer(head)]
-    begin = ends[-1] if ends else (head.find("\n\n") + 2 if "\n\n" in head else 0)
-    return ItemText(question=head[begin:].strip(), options=options)
-
-
-def _item_text(item: McqItem) -> ItemText:
-    if item.kind == "letter":
-        return _letter_text(item)
-    if item.contexts:  # Winogrande: the options differ in their context
-        return ItemText(question="(the options complete different contexts)",
-                        options=[f"{c}{t}" for c, t in zip(item.contexts, item.continuations, strict=False)])
-    return ItemText(question=item.prompt, options=list(item.continuations))
-
-
-def load_texts(run_dir: Path) -> tuple[dict[str, ItemText], str | None]:
-    """Question texts by item id, reloaded from the run's task offline; (texts, why not) otherwise."""
-    from servecmp.errors import ServecmpError
-    from servecmp.mcq.settings import read_manifest
-    from servecmp.tasks.registry import load_task
-
-    try:
-        m = read_manifest(run_dir)
-    except ServecmpError as exc:
-        return {}, f"the run's manifest cannot be read ({exc})"
-    if m.source == "hf" and not m.data_dir:
-        return {}, "the task comes from the Hugging Face hub, which the report does not call"
-    try:
-        data = load_task(m.task, data_dir=m.data_dir, limit=m.limit, sample=m.sample, seed=m.seed,
-                         source=m.source, fewshot=m.fewshot, fewshot_file=m.fewshot_file)
-    except (ServecmpError, OSError, ValueError, ImportError) as exc:
-        return {}, f"the task's items cannot be reloaded ({exc})"
-    if data.fingerprint != m.task_fingerprint:
-        return {}, "the task's items changed since the run (fingerprint differs), so their texts are not shown"
-    return {it.item_id: _item_text(it) for it in data.items}, None
 
 
 # ---- tables --------------------------------------------------------------------------------------
@@ -518,7 +379,7 @@ def _item_html(v: ItemView, text: ItemText | None) -> str:
             f"{question}{opts}</details>")
 
 
-def _item_list(per: PerItem, texts: dict[str, ItemText], why_not: str | None, name: str) -> str:
+def _item_list(per: PerItem, texts: Mapping[str, ItemText], why_not: str | None, name: str) -> str:
     shown = [v for v in per.items if v.kind != "same"]
     order = {"c2w": 0, "w2c": 1, "chg": 2}
     shown.sort(key=lambda v: (order[v.kind], -(v.option_kl or 0.0)))
@@ -548,7 +409,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", name) or "c"
 
 
-def candidate_sections(page: Page, c: CandidateResult, per: PerItem | None, texts: dict[str, ItemText],
+def candidate_sections(page: Page, c: CandidateResult, per: PerItem | None, texts: Mapping[str, ItemText],
                        why_not: str | None, *, several: bool) -> None:
     s = c.summary
     name = _slug(c.name)
@@ -574,17 +435,8 @@ def candidate_sections(page: Page, c: CandidateResult, per: PerItem | None, text
                  "<p class=\"note\">No records to list items from (this report was made from a summary).</p>")
 
 
-def _settings(cmp: McqComparison, run_dir: Path | None) -> str:
+def _settings(cmp: McqComparison, manifest: McqManifest | None) -> str:
     pairs: list[tuple[str, object]] = []
-    manifest = None
-    if run_dir is not None:
-        from servecmp.errors import ServecmpError
-        from servecmp.mcq.settings import read_manifest
-
-        try:
-            manifest = read_manifest(run_dir)
-        except ServecmpError:
-            manifest = None
     pairs.append(("run", cmp.run_dir or "–"))
     pairs.append(("task", f"{cmp.task} ({cmp.source})"))
     first = cmp.candidates[0].summary
@@ -699,29 +551,16 @@ def _floor(cmp: McqComparison) -> str:
     return body + "".join(f"<p>{esc(x)}</p>" for x in floor_sentences(cmp))
 
 
-def render_mcq(comparison: McqComparison, *, run_dir: Path | None = None,
-               verdicts: Sequence[Verdict] = (), records: Sequence[McqRecord] | None = None,
-               texts: Mapping[str, tuple[str, list[str]]] | None = None) -> str:
-    """The page of an MCQ run (one or several candidates). ``run_dir`` gives the records, settings
-    and question texts; without it the page holds the summary's tables and the margin plot only,
-    unless ``records`` (and ``texts``: item id → (question, options), e.g. from lm-eval sample
-    logs) are given."""
-    from servecmp.mcq.records import RECORDS, McqRecord
-    from servecmp.runstore import load_records
+def render_mcq(view: McqView | McqComparison, *, verdicts: Sequence[Verdict] = ()) -> str:
+    """The page of an MCQ run (one or several candidates), from its view (`servecmp.mcq.view`): the
+    summary's tables and plots, and, when the view has per-item data, the item lists and histograms.
+    A bare comparison (a summary file) gives the tables and the margin plot only."""
+    from servecmp.mcq.view import McqView
 
-    cmp = comparison
+    if not isinstance(view, McqView):
+        view = McqView(comparison=view)
+    cmp = view.comparison
     several = len(cmp.candidates) > 1
-    if records is None and run_dir is not None and (run_dir / RECORDS).is_file():
-        records = load_records(run_dir / RECORDS, McqRecord)
-    main: dict[str, list[McqRecord]] = {}
-    for r in records or ():
-        if not r.repeat:
-            main.setdefault(r.endpoint, []).append(r)
-    if texts is not None:
-        item_texts, why_not = {k: ItemText(q, list(o)) for k, (q, o) in texts.items()}, None
-    else:
-        item_texts, why_not = load_texts(run_dir) if run_dir is not None and records else ({}, None)
-
     run_name = Path(cmp.run_dir).name if cmp.run_dir else "run"
     cands = ", ".join(c.endpoint.model or c.name for c in cmp.candidates)
     page = Page(title=f"servecmp mcq — {cmp.task} — {run_name}",
@@ -742,15 +581,12 @@ def render_mcq(comparison: McqComparison, *, run_dir: Path | None = None,
             ("items", f"{s0.n_items:,}"),
         ]
     page.head_html = verdict_html(verdicts, kind="mcq", reading=notes, headline=headline)
-    page.add("settings", "Run settings", _settings(cmp, run_dir))
+    page.add("settings", "Run settings", _settings(cmp, view.manifest))
     if several or cmp.floor is not None:
         body = _leaderboard(cmp)
         if several:
             body += _fig_scatter(cmp) + _correlations(cmp)
         page.add("leaderboard", "Leaderboard" if several else "Noise floor", body + _floor(cmp))
     for c in cmp.candidates:
-        per = None
-        if main.get("baseline") and main.get(c.name):
-            per = per_item(main["baseline"], main[c.name])
-        candidate_sections(page, c, per, item_texts, why_not, several=several)
+        candidate_sections(page, c, view.per_item.get(c.name), view.texts, view.texts_missing, several=several)
     return page.render()

@@ -298,9 +298,26 @@ def _floor_excess(main: dict[str, list[McqRecord]], rep: dict[str, list[McqRecor
 
 
 def compare_run(run_dir: Path) -> McqComparison:
-    """Recompute every comparison of a run directory from its records; write comparison.json and
-    summary.json (see the module docstring) and return the comparison. UserError when some
-    candidate has no item answered by both it and the baseline yet."""
+    """Recompute every comparison of a run directory from its records, write comparison.json,
+    summary.json and the scatter plot (see the module docstring; the run's own last step) and return
+    the comparison. UserError when some candidate has no item answered by both it and the baseline yet."""
+    comparison = read_comparison(run_dir)
+    save_comparison(run_dir, comparison)
+    return comparison
+
+
+def save_comparison(run_dir: Path, comparison: McqComparison) -> None:
+    if len(comparison.leaderboard) >= MIN_CANDIDATES and write_scatter(comparison.leaderboard, run_dir / SCATTER):
+        comparison.scatter_png = str(run_dir / SCATTER)
+    write_json_atomic(run_dir / COMPARISON, comparison.model_dump(mode="json"))
+    if len(comparison.candidates) == 1:
+        write_summary(run_dir, comparison.candidates[0].summary)
+    else:
+        write_json_atomic(run_dir / SUMMARY, comparison.model_dump(mode="json"))
+
+
+def read_comparison(run_dir: Path) -> McqComparison:
+    """`compare_run` without writing anything: what reports use (a run directory is read-only to them)."""
     from servecmp.mcq.settings import read_manifest
 
     manifest = read_manifest(run_dir)
@@ -377,13 +394,8 @@ def compare_run(run_dir: Path) -> McqComparison:
         complete=complete, baseline=base_ep, candidates=candidates, leaderboard=rows,
         correlations=cross_correlations(rows), floor=noise,
     )
-    if len(rows) >= MIN_CANDIDATES and write_scatter(rows, run_dir / SCATTER):
+    if len(rows) >= MIN_CANDIDATES and (run_dir / SCATTER).is_file():
         comparison.scatter_png = str(run_dir / SCATTER)
-    write_json_atomic(run_dir / COMPARISON, comparison.model_dump(mode="json"))
-    if len(candidates) == 1:
-        write_summary(run_dir, candidates[0].summary)
-    else:
-        write_json_atomic(run_dir / SUMMARY, comparison.model_dump(mode="json"))
     return comparison
 
 

@@ -38,13 +38,13 @@ from servecmp.errors import RunFailed, RunInterrupted, UserError
 from servecmp.mcq.chat import probe_item
 from servecmp.mcq.compare import McqComparison, compare_run
 from servecmp.mcq.order import PrefixScheduler
-from servecmp.mcq.records import ITEM_ERRORS, RECORDS, McqItem, McqRecord
+from servecmp.mcq.records import ITEM_ERRORS, ITEMS, RECORDS, McqItem, McqRecord
 from servecmp.mcq.scoring import score_item
 from servecmp.mcq.settings import McqManifest, McqSettings, new_manifest, read_manifest, write_manifest
 from servecmp.mcq.summary import McqSummary
 from servecmp.progress import counting_progress
 from servecmp.records import EndpointRole
-from servecmp.runstore import JsonlAppender, iter_jsonl, new_run_dir, utcnow
+from servecmp.runstore import JsonlAppender, iter_jsonl, new_run_dir, utcnow, write_jsonl_atomic
 from servecmp.tasks.registry import JSONL_PREFIX, TaskData, load_task
 
 __all__ = ["ITEM_ERRORS", "RECORDS", "McqResult", "RunOutcome", "make_progress", "prepare_clients", "run_items",
@@ -150,6 +150,8 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
                     update={"started_at": resume[1].started_at, "servecmp_version": resume[1].servecmp_version})
                 write_manifest(resume[0], upgraded)
             assert run_dir is not None
+            if not (run_dir / ITEMS).exists():  # a run from before items.jsonl gets it on resume
+                write_jsonl_atomic(run_dir / ITEMS, data.items)
             console.print(f"run directory: {run_dir}  ({len(data.items)} items, {escape(data.source)})",
                           highlight=False)
             for name, spec in named.items():

@@ -39,6 +39,8 @@ def arc_item(task: str, index: int, doc: Doc) -> McqItem:
         prompt=f"Question: {doc['question']}\nAnswer:",
         continuations=[TARGET_DELIMITER + text for text in texts],
         gold=labels.index(doc["answerKey"]),
+        question=doc["question"],
+        options=list(texts),
     )
 
 
@@ -59,6 +61,8 @@ def hellaswag_item(task: str, index: int, doc: Doc) -> McqItem:
         prompt=hellaswag_clean(doc["activity_label"] + ": " + ctx),
         continuations=[TARGET_DELIMITER + hellaswag_clean(ending) for ending in doc["endings"]],
         gold=int(doc["label"]),
+        question=hellaswag_clean(doc["activity_label"] + ": " + ctx),
+        options=[hellaswag_clean(ending) for ending in doc["endings"]],
     )
 
 
@@ -70,6 +74,8 @@ def piqa_item(task: str, index: int, doc: Doc) -> McqItem:
         prompt=f"Question: {doc['goal']}\nAnswer:",
         continuations=[TARGET_DELIMITER + doc["sol1"], TARGET_DELIMITER + doc["sol2"]],
         gold=int(doc["label"]),
+        question=doc["goal"],
+        options=[doc["sol1"], doc["sol2"]],
     )
 
 
@@ -94,6 +100,8 @@ def winogrande_item(task: str, index: int, doc: Doc) -> McqItem:
         contexts=[sentence[:blank] + doc["option1"], sentence[:blank] + doc["option2"]],
         continuations=[continuation, continuation],
         gold=_WINOGRANDE_ANSWER[str(doc["answer"])],
+        question=sentence,
+        options=[doc["option1"], doc["option2"]],
     )
 
 

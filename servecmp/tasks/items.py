@@ -37,6 +37,10 @@ class McqItem(BaseModel):
     #: Per-option contexts when options differ in their context rather than their continuation
     #: (Winogrande's partial scoring). Empty means every option shares `prompt`.
     contexts: list[str] = Field(default_factory=list)
+    #: The question and option texts as a reader sees them (no exemplars, no letters): what reports
+    #: show, written to the run's items.jsonl so a report never reloads the task or parses a prompt.
+    question: str = ""
+    options: list[str] = Field(default_factory=list)
 
     def context_for(self, option: int) -> str:
         return self.contexts[option] if self.contexts else self.prompt

@@ -138,6 +138,8 @@ def load_jsonl(path: Path, *, task: str, fewshot: Path | None = None, n_shots: i
             gold=row.question.answer,
             subject=row.subject,
             category=category_of(row.subject),
+            question=row.question.question,
+            options=list(row.question.choices),
         )
         for row in read_rows(path)
     ]

@@ -66,6 +66,8 @@ def build_items(
             gold=q.answer,
             subject=subject,
             category=category_of(subject),
+            question=q.question,
+            options=list(q.choices),
         )
         for index, q in test
     ]
