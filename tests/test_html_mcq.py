@@ -283,3 +283,43 @@ def test_lm_eval_logs_get_their_item_list_too(tmp_path: Path) -> None:
     assert {k: v["data-kind"].split()[0] for k, v in got.items()} == want == {"0": "c2w"}
     section = html.split('data-item="0"', 1)[1].split("</details>", 1)[0]
     assert "What is 2 + 3?" in parse(section).text  # the logged prompt, as lm-eval sent it
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_report_of_a_moved_run_without_its_task_data_writes_the_same_page_and_nothing_into_the_run(
+        tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "items.jsonl"
+    rows = write_items(data)
+    runs = tmp_path / "runs"
+    with StubServer(StubState(model="base")) as b, StubServer(StubState(model="cand")) as c:
+        proc = servecmp("mcq", "--baseline", b.url, "--candidate", c.url, "--task", f"jsonl:{data}",
+                        "--runs-dir", str(runs), "--top-k", "5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    run = only_run_dir(runs)
+    before = _tree(run)
+    first = tmp_path / "first.html"
+    assert servecmp("report", str(run), "--html", str(first)).returncode == 0
+    assert _tree(run) == before  # byte-identical: the report wrote nothing into the run
+
+    moved = tmp_path / "elsewhere" / run.name
+    shutil.copytree(run, moved)
+    data.unlink()  # the task's data is gone: the page must come from the run directory alone
+    second = tmp_path / "second.html"
+    proc = servecmp("report", str(moved), "--html", str(second), "--gate", "flips<=50%")
+    assert proc.returncode in (0, 1, 4), proc.stderr
+    assert _tree(moved) == before
+
+    page1, page2 = first.read_text(encoding="utf-8"), second.read_text(encoding="utf-8")
+    # The same numbers and the same items, with the question texts of the (now deleted) task file.
+    second_metrics = {k: v for k, v in parse(page2).metrics.items() if not k.startswith("gate.")}
+    assert parse(page1).metrics == second_metrics and "gate.flips" in parse(page2).metrics
+    items1, items2 = listed(page1), listed(page2)
+    assert items1.keys() == items2.keys() == expected_items(run).keys()
+    for item_id in items1:
+        question = next(r["question"] for r in rows if r["id"] == item_id)
+        assert question.split(" <")[0] in page2
