@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -89,6 +89,23 @@ def validate_as(model: type[M], data: Any, path: Path, what: str) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise UserError(f"{path}: not {what} ({first_error(exc)})") from exc
+
+
+def check_schema(raw: Any, path: Path, readable: Sequence[str]) -> str:
+    """The ``schema`` id of a stored summary (``servecmp.<layout>/<version>``) when this servecmp
+    reads it; otherwise one-line UserError: a newer version of a known layout says so (and to
+    upgrade servecmp), another layout names what the file is."""
+    schema = raw.get("schema") if isinstance(raw, dict) else None
+    if not isinstance(schema, str):
+        raise UserError(f"{path}: not a servecmp summary (no schema id)")
+    if schema in readable:
+        return schema
+    layout, _, version = schema.rpartition("/")
+    known = {s.rpartition("/")[0]: int(s.rpartition("/")[2]) for s in sorted(readable)}
+    if layout in known and version.isdigit() and int(version) > known[layout]:
+        raise UserError(f"{path}: {schema} was written by a newer servecmp (this one reads "
+                        f"{', '.join(sorted(readable))}): upgrade servecmp to read it")
+    raise UserError(f"{path}: a {schema} file, not one of {', '.join(sorted(readable))}")
 
 
 def manifest_kind(run_dir: Path) -> Any:

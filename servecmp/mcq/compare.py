@@ -46,7 +46,7 @@ from servecmp.mcq.summary import (
     write_summary,
 )
 from servecmp.records import EndpointRole
-from servecmp.runstore import SUMMARY, iter_jsonl, load_records, read_json, validate_as, write_json_atomic
+from servecmp.runstore import SUMMARY, check_schema, iter_jsonl, load_records, read_json, validate_as, write_json_atomic
 
 COMPARISON = "comparison.json"
 SCATTER = "leaderboard.png"
@@ -410,6 +410,7 @@ def comparison_from_summary(summary: McqSummary) -> McqComparison:
 
 
 def _validate(raw: Any, file: Path) -> McqComparison:
+    check_schema(raw, file, (COMPARISON_SCHEMA,))
     return validate_as(McqComparison, raw, file, "a valid MCQ comparison")
 
 

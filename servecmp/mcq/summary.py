@@ -22,7 +22,7 @@ from servecmp.errors import UserError
 from servecmp.mcq.records import McqRecord
 from servecmp.metrics.mcq import GroupRow
 from servecmp.records import EndpointRole
-from servecmp.runstore import SUMMARY, read_json, validate_as, write_json_atomic
+from servecmp.runstore import SUMMARY, check_schema, read_json, validate_as, write_json_atomic
 
 #: Layout identifier and version; `servecmp.metrics.summary` writes the same two values.
 #: Version 3 added the reverse KL, Jensen-Shannon, the tight top-k estimate and llama.cpp's block;
@@ -342,6 +342,9 @@ def load_summary(path: Path) -> McqSummary:
     if not isinstance(raw, dict) or not str(raw.get("schema", "")).startswith("servecmp.mcq_summary/"):
         raise UserError(f"{file} is not an MCQ summary")
     if raw.get("version") not in READABLE_VERSIONS:
+        version = raw.get("version")
+        if isinstance(version, int) and version > max(READABLE_VERSIONS):
+            check_schema(raw, file, [f"servecmp.mcq_summary/{v}" for v in READABLE_VERSIONS])  # says: newer
         raise UserError(f"{file} is an MCQ summary of layout {raw.get('schema')}, not {SCHEMA}; "
                         f"recompute it from the records with: servecmp report {file.parent}")
     return validate_as(McqSummary, raw, file, "a valid MCQ summary")

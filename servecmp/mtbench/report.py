@@ -14,7 +14,9 @@ Definitions (FastChat's where it has one):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from statistics import fmean
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,14 +91,14 @@ class Drop(BaseModel):
 
 
 #: Names this summary layout, as MCQ summaries say "servecmp.mcq_summary/1"; bumped on an incompatible change.
-SUMMARY_SCHEMA = "servecmp.mtbench_summary/1"
+SUMMARY_SCHEMA: Literal["servecmp.mtbench_summary/1"] = "servecmp.mtbench_summary/1"
 
 
 class MtBenchSummary(BaseModel):
     # `schema` is the JSON key; the attribute has another name because BaseModel.schema exists.
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
-    summary_schema: str = Field(default=SUMMARY_SCHEMA, alias="schema")
+    summary_schema: Literal["servecmp.mtbench_summary/1"] = Field(default=SUMMARY_SCHEMA, alias="schema")
     kind: str = "mtbench"
     judge_model: str
     judge_url: str
@@ -327,7 +329,7 @@ def build_summary(
 
 
 #: Names the several-candidates layout of summary.json (a one-candidate run keeps MtBenchSummary).
-COMPARISON_SCHEMA = "servecmp.mtbench_comparison/1"
+COMPARISON_SCHEMA: Literal["servecmp.mtbench_comparison/1"] = "servecmp.mtbench_comparison/1"
 
 
 class MtComparedEndpoint(BaseModel):
@@ -367,7 +369,7 @@ class MtBenchComparison(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
-    comparison_schema: str = Field(default=COMPARISON_SCHEMA, alias="schema")
+    comparison_schema: Literal["servecmp.mtbench_comparison/1"] = Field(default=COMPARISON_SCHEMA, alias="schema")
     kind: str = "mtbench"
     judge_model: str
     judge_url: str
@@ -412,3 +414,15 @@ def build_comparison(
         candidates=results,
         leaderboard=rows,
     )
+
+
+def load_stored(path: Path) -> MtBenchSummary | MtBenchComparison:
+    """A stored MT-Bench summary.json (a run directory's, or the file itself), validated; one-line
+    UserError for another layout or a newer version."""
+    from servecmp.runstore import SUMMARY, check_schema, read_json, validate_as
+
+    file = path / SUMMARY if path.is_dir() else path
+    raw = read_json(file)
+    if check_schema(raw, file, (SUMMARY_SCHEMA, COMPARISON_SCHEMA)) == COMPARISON_SCHEMA:
+        return validate_as(MtBenchComparison, raw, file, "a valid MT-Bench comparison")
+    return validate_as(MtBenchSummary, raw, file, "a valid MT-Bench summary")
