@@ -3,6 +3,7 @@ JSON object, Markdown output and the gate resolution (the commands are tested in
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from scipy import stats
 from servecmp.config import Config, parse_config
 from servecmp.errors import UserError
 from servecmp.gates import MetricEstimate, parse_gate, parse_gates
-from servecmp.mcq.summary import McqSummary, MeanError, NextTokenReport, summarize_lmeval
+from servecmp.mcq.summary import McqSummary, summarize_lmeval
+from servecmp.metrics.kl_report import MeanError, NextTokenReport
 from servecmp.mtbench.report import Delta, JudgmentCounts, MtBenchSummary, PairwiseSummary, Wilcoxon
 from servecmp.shadow.report import MeanMeasure, summarise
 from servecmp.verdicts import (
@@ -41,7 +43,7 @@ def mcq() -> McqSummary:
 
 
 def with_baseline_accuracy(s: McqSummary, low: float, high: float) -> McqSummary:
-    acc = s.accuracy.model_copy(update={"baseline": s.accuracy.baseline.model_copy(update={"low": low, "high": high})})
+    acc = s.accuracy.model_copy(update={"baseline": dataclasses.replace(s.accuracy.baseline, low=low, high=high)})
     return s.model_copy(update={"accuracy": acc})
 
 

@@ -215,7 +215,6 @@ def _column(row: LeaderboardRow, name: str) -> float | None:
 
 def cross_correlations(rows: Sequence[LeaderboardRow]) -> list[CrossCorrelation]:
     """Spearman and Pearson across candidates for each `CORRELATED` pair (none below 3 candidates)."""
-    import dataclasses
 
     from servecmp.metrics.stats import correlation
 
@@ -232,7 +231,7 @@ def cross_correlations(rows: Sequence[LeaderboardRow]) -> list[CrossCorrelation]
             note = f"{len(xs)} candidate(s) with both numbers, need {MIN_CANDIDATES}"
         elif result.spearman_r is None:
             note = "undefined: one of the two is constant across candidates"
-        out.append(CrossCorrelation(x=x, y=y, correlation=Correlation.model_validate(dataclasses.asdict(result)),
+        out.append(CrossCorrelation(x=x, y=y, correlation=result,
                                     note=note))
     return out
 

@@ -25,8 +25,8 @@ def floor_estimates(candidate: CandidateResult) -> dict[str, MetricEstimate]:
 
     if candidate.floor is None or candidate.floor.n == 0:
         return {}
-    return {"flips_excess": MetricEstimate.bootstrap(candidate.floor.flips_excess.model_dump()),
-            "kl_excess": MetricEstimate.bootstrap(candidate.floor.kl_excess.model_dump())}
+    return {"flips_excess": MetricEstimate.bootstrap(candidate.floor.flips_excess),
+            "kl_excess": MetricEstimate.bootstrap(candidate.floor.kl_excess)}
 
 
 class McqKind:

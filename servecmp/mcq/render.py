@@ -14,7 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from servecmp.mcq.compare import McqComparison
-from servecmp.mcq.summary import Distribution, Estimate, McqSummary, MeanError, NextTokenReport, Proportion
+from servecmp.mcq.summary import Distribution, Estimate, McqSummary, NextTokenReport, Proportion
+from servecmp.metrics.kl_report import MeanError
 
 if TYPE_CHECKING:
     from servecmp.gates import Verdict

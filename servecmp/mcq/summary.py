@@ -1,8 +1,10 @@
 """An MCQ comparison's summary as one typed, versioned model: records → `McqSummary` → summary.json.
 
-`McqSummary` mirrors, field for field, the dict `servecmp.metrics.summarize_records` computes (its
-layout is documented in `servecmp.metrics`) plus a `run` section saying where the records came
-from. Models forbid unknown keys, so the metrics and this model cannot drift apart silently.
+`McqSummary` types the result of `servecmp.mcq.from_records.summarize_records` (layout documented in
+`servecmp.metrics`), plus a `run` section saying where the records came from. Its leaves are the
+metrics' own dataclasses (`Estimate`, `Proportion`, `Distribution`, `Correlation`, `MeanError`,
+`GroupRow`), not copies of them; models forbid unknown keys, so the metrics and this model cannot
+drift apart silently.
 
 Everything that reads a summary goes through this model: the terminal report
 (`servecmp.mcq.render`), `--json` (`McqSummary.model_dump(mode="json")`), `servecmp report`,
@@ -13,6 +15,7 @@ directory's records (`servecmp.mcq.compare.compare_run`); summary.json is a cach
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from servecmp.errors import UserError
 from servecmp.mcq.records import McqRecord
+from servecmp.metrics.kl_report import NextTokenReport
 from servecmp.metrics.mcq import GroupRow
+from servecmp.metrics.stats import Correlation, Distribution, Estimate, Proportion
 from servecmp.records import EndpointRole
 from servecmp.runstore import SUMMARY, check_schema, read_json, validate_as, write_json_atomic
 
@@ -38,39 +43,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Estimate(_Model):
-    """A point estimate with its confidence interval over `n` observations (None when n == 0)."""
-
-    point: float | None
-    low: float | None
-    high: float | None
-    n: int
-
-
-class Proportion(_Model):
-    """`count` of `n` with a Wilson interval (rate/low/high None when n == 0)."""
-
-    count: int
-    n: int
-    rate: float | None
-    low: float | None
-    high: float | None
-
-
-class Distribution(_Model):
-    """Mean (with bootstrap interval), median, p90, p99 and max of a per-item quantity."""
-
-    n: int
-    mean: float | None
-    median: float | None
-    p90: float | None
-    p99: float | None
-    max: float | None
-    mean_ci: Estimate
-
-
+@dataclass(frozen=True)
 class OptionKl(Distribution):
-    """Per-item KL(baseline ‖ candidate) over the renormalised options, nats."""
+    """Per-item KL over the renormalised options, nats: the metrics' `Distribution` plus the floor count."""
 
     #: Items where the candidate gave an option zero probability and the floor stood in.
     n_floored: int
@@ -112,34 +87,6 @@ class TopkKl(_Model):
     kl_cb_hat: Distribution | None = None
     js_hat: Distribution | None = None
     tight: TightTopk | None = None
-
-
-class MeanError(_Model):
-    """A mean and its standard error, as llama.cpp prints "value ± error"."""
-
-    value: float | None
-    error: float | None
-
-
-class NextTokenReport(_Model):
-    """llama.cpp's ``perplexity --kl-divergence`` statistics over the answer positions
-    (`servecmp.metrics.kl_report`). Δp values are fractions; errors are one standard error."""
-
-    n: int
-    kld_mean: MeanError
-    #: Keys max, p99_9, p99, p95, p90, median, p10, p5, p1, p0_1, min.
-    kld_percentiles: dict[str, float | None]
-    dp_mean: MeanError
-    #: Keys as KLD's plus p75 and p25.
-    dp_percentiles: dict[str, float | None]
-    dp_rms: MeanError
-    same_top_count: int
-    same_top: MeanError
-    #: What the per-item KLD is (the tight top-k estimate) and which token Δp is about.
-    kld_source: str
-    dp_token: str
-    #: Items whose candidate probability of that token was imputed (not in its top-k list).
-    n_dp_imputed: int
 
 
 class SummarySettings(_Model):
@@ -190,15 +137,6 @@ class MarginBucket(_Model):
     low_edge: float
     high_edge: float
     changes: Proportion
-
-
-class Correlation(_Model):
-    n: int
-    spearman_r: float | None
-    spearman_p: float | None
-    pearson_r: float | None
-    pearson_p: float | None
-    p_method: str
 
 
 class TopMargin(_Model):

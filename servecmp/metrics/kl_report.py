@@ -113,6 +113,17 @@ class KlReport:
     same_top: MeanError
 
 
+@dataclass(frozen=True)
+class NextTokenReport(KlReport):
+    """`KlReport` over a run's answer positions, saying what its per-item KLD is and which token
+    its Δp is about (the MCQ summary's ``next_token_report``)."""
+
+    kld_source: str
+    dp_token: str
+    #: Items whose candidate probability of that token was imputed (not in its top-k list).
+    n_dp_imputed: int
+
+
 def mean_and_error(x: npt.ArrayLike) -> MeanError:
     """Mean ± standard error as llama.cpp's ``mean_and_uncertainty``: sqrt(population variance /
     (n − 1)); the error is None for n < 2 and the mean None for n = 0."""

@@ -12,7 +12,7 @@ import numpy.typing as npt
 
 from servecmp.metrics import kl as kl_mod
 from servecmp.metrics import mcq
-from servecmp.metrics.kl_report import TopTokenProbs, kl_report, top_token_probs
+from servecmp.metrics.kl_report import NextTokenReport, TopTokenProbs, kl_report, top_token_probs
 from servecmp.metrics.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_BOOT,
@@ -246,14 +246,14 @@ def _share(part: FloatArray, whole: FloatArray) -> float | None:
     return float(part.sum()) / total if total > 0 else None
 
 
-def _next_token_report(tight: kl_mod.TopkTight, top: TopTokenProbs) -> dict[str, Any]:
+def _next_token_report(tight: kl_mod.TopkTight, top: TopTokenProbs) -> NextTokenReport:
     """llama.cpp's KL-divergence block over the items' answer positions (`servecmp.metrics.kl_report`)."""
     rep = kl_report(tight.kl_bc, top.p_base, top.p_cand, top.same_top)
     ok = np.isfinite(tight.kl_bc) & np.isfinite(top.p_cand)
-    return {**dataclasses.asdict(rep),
-            "kld_source": "tight top-k estimate of KL(baseline ‖ candidate) at the answer position",
-            "dp_token": "the baseline's most likely token",
-            "n_dp_imputed": int(np.count_nonzero(top.imputed & ok))}
+    return NextTokenReport(**{f.name: getattr(rep, f.name) for f in dataclasses.fields(rep)},
+                           kld_source="tight top-k estimate of KL(baseline ‖ candidate) at the answer position",
+                           dp_token="the baseline's most likely token",
+                           n_dp_imputed=int(np.count_nonzero(top.imputed & ok)))
 
 
 def jsonable(obj: Any) -> Any:
