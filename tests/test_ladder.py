@@ -144,9 +144,9 @@ def test_the_serve_cli_module_imports_nothing_heavy() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["models", "build", "--scheme", "drop-0"], "drop needs at least 1 layer"),
-        (["models", "build", "--scheme", "drop-30"], "the model has 30 layers"),
-        (["models", "build", "--scheme", "prune-100"], "prune needs a percentage from 1 to 99"),
+        (["models", "build", "--candidate-scheme", "drop-0"], "drop needs at least 1 layer"),
+        (["models", "build", "--candidate-scheme", "drop-30"], "the model has 30 layers"),
+        (["models", "build", "--candidate-scheme", "prune-100"], "prune needs a percentage from 1 to 99"),
         (["serve", "--candidate-scheme", "rtn-int9"], "rtn needs 2 to 8 bits, not 9"),
     ],
 )

@@ -91,9 +91,21 @@ def test_a_typo_in_a_server_section_names_the_key(tmp_path: Path) -> None:
 
 
 def test_unknown_candidate_scheme_is_refused() -> None:
-    proc = servecmp("models", "build", "--scheme", "w2a2")
+    proc = servecmp("models", "build", "--candidate-scheme", "w2a2")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "unknown candidate scheme 'w2a2' (known: w8a8, w8a8-tensor, w4a16, rtn-intB (B 2-8, simulated), " in err
 
 
+
+
+def test_an_old_flag_name_still_works_with_one_deprecation_line() -> None:
+    proc = servecmp("models", "build", "--scheme", "w2a2")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[0] == "servecmp: --scheme is deprecated and goes in the next release: use --candidate-scheme"
+    assert "unknown candidate scheme 'w2a2'" in err
+    help_proc = servecmp("models", "build", "--help")
+    out, _ = help_proc.communicate(timeout=60)
+    assert "--candidate-scheme" in out and "--scheme " not in out.replace("--candidate-scheme", "")

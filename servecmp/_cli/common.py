@@ -11,7 +11,10 @@ Meaning, across commands:
   different concept).
 - `--limit N`: the first N items/questions/requests, in file order. `--sample N` (mcq): a seeded
   random sample of N items.
-- `--show N`: how many worst items/questions/requests a report lists.
+- `--show N`: how many rows of a report's worst list it shows (MCQ subjects by flips, MT-Bench
+  questions by drop, shadow requests by divergence).
+- Old flag names (`legacy_option`) work for one release: hidden from --help, one deprecation line
+  on stderr when used.
 - `--html FILE`: the report as one self-contained HTML file (servecmp.html), beside the terminal report.
 - `--json`: the summary as one JSON object on stdout (progress goes to stderr).
 - `-c/--config`: servecmp.toml (default ./servecmp.toml when it exists).
@@ -73,6 +76,26 @@ NoiseFloor = Annotated[int | None, typer.Option(
 
 
 
+def legacy_option(old: str, new: str) -> Any:
+    """A flag's old name, kept for one release: hidden from --help, and when given it prints one
+    deprecation line on stderr. Combine it with the new name's value through `one_of`."""
+    def note(value: Any) -> Any:
+        if value is not None:
+            typer.echo(f"servecmp: {old} is deprecated and goes in the next release: use {new}", err=True)
+        return value
+
+    return typer.Option(old, hidden=True, callback=note, help=f"Old name of {new}.")
+
+
+def one_of(new: str, new_value: Any, old: str, old_value: Any) -> Any:
+    """The value of a flag given by its new or its old name (UserError when both differ)."""
+    if new_value is not None and old_value is not None and new_value != old_value:
+        from servecmp.errors import UserError
+
+        raise UserError(f"{old} is the old name of {new}; pass one of them")
+    return new_value if new_value is not None else old_value
+
+
 def parse_concurrency(value: str | int) -> int | str:
     """`--concurrency`: "auto" or a positive whole number (one-line usage error otherwise)."""
     text = str(value).strip().lower()
@@ -98,7 +121,10 @@ Retries = Annotated[
 ]
 
 Limit = Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N, in file order.")]
-Show = Annotated[int | None, typer.Option("--show", min=0, help="How many worst items the report lists.")]
+Show = Annotated[int | None, typer.Option(
+    "--show", min=0, metavar="N",
+    help="How many rows of the report's worst list to show: MCQ subjects (most flips first), MT-Bench questions "
+         "(largest drops), generated-answer items (flipped first), shadow requests (most diverging).")]
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")]
 ConfigFile = Annotated[
     Path | None, typer.Option("--config", "-c", help="servecmp.toml (default: ./servecmp.toml when it exists).")

@@ -34,6 +34,8 @@ from servecmp._cli.common import (
     Show,
     SummaryMd,
     Timeout,
+    legacy_option,
+    one_of,
 )
 from servecmp.errors import UserError
 
@@ -71,12 +73,6 @@ def _categories(value: str | None) -> list[str] | None:
 
 def _confirm(prompt: str) -> bool:
     return typer.confirm(prompt, default=False, err=True)
-
-
-def _judge_key_env(new: str | None, old: str | None) -> str | None:
-    if new is not None and old is not None and new != old:
-        raise UserError("--judge-api-key-env is the old name of --judge-key-env; pass one of them")
-    return new if new is not None else old
 
 
 def register(app: typer.Typer) -> None:
@@ -124,9 +120,7 @@ def register(app: typer.Typer) -> None:
                 help="Name of the env var holding the judge's API key (default on OpenAI: OPENAI_API_KEY).",
             ),
         ] = None,
-        judge_api_key_env: Annotated[
-            str | None, typer.Option("--judge-api-key-env", hidden=True, help="Old name of --judge-key-env.")
-        ] = None,
+        judge_api_key_env: Annotated[str | None, legacy_option("--judge-api-key-env", "--judge-key-env")] = None,
         judge_force_format: Annotated[
             bool | None,
             typer.Option(
@@ -199,7 +193,7 @@ def register(app: typer.Typer) -> None:
             retries=retries,
             judge_url=judge_url,
             judge_model=judge_model,
-            judge_key_env=_judge_key_env(judge_key_env, judge_api_key_env),
+            judge_key_env=one_of("--judge-key-env", judge_key_env, "--judge-api-key-env", judge_api_key_env),
             judge_force_format=judge_force_format,
             mode=mode.value if mode is not None else None,
             resume=resume,

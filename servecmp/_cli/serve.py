@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from servecmp._cli.common import legacy_option, one_of
 from servecmp.errors import UserError
 
 if TYPE_CHECKING:
@@ -157,10 +158,11 @@ def register(app: typer.Typer) -> None:
 
     @models.command("build")
     def build(
-        scheme_name: Annotated[
-            str,
-            typer.Option("--scheme", "--candidate-scheme", help=f"The candidate's compression ({SCHEME_HELP})."),
-        ] = "w8a8",
+        candidate_scheme: Annotated[
+            str | None,
+            typer.Option("--candidate-scheme", help=f"The candidate's compression ({SCHEME_HELP}); default w8a8."),
+        ] = None,
+        scheme: Annotated[str | None, legacy_option("--scheme", "--candidate-scheme")] = None,
     ) -> None:
         """Build (or find in the cache) the baseline and one candidate; print both checkpoint directories.
 
@@ -171,15 +173,15 @@ def register(app: typer.Typer) -> None:
         from servecmp.serving.cpu import describe_cpu, parse_scheme, read_cpu_flags, scheme_support
         from servecmp.serving.modelpair import ensure_embedded_pair
 
-        scheme = parse_scheme(scheme_name)
-        pair = ensure_embedded_pair(candidate_scheme=scheme, log=_say)
+        parsed = parse_scheme(one_of("--candidate-scheme", candidate_scheme, "--scheme", scheme) or "w8a8")
+        pair = ensure_embedded_pair(candidate_scheme=parsed, log=_say)
         flags = read_cpu_flags()
-        ok, why = scheme_support(scheme, flags)
+        ok, why = scheme_support(parsed, flags)
         out = Console()
         out.print(f"baseline  {pair.baseline_dir}", highlight=False, soft_wrap=True)
         out.print(f"candidate {pair.candidate_dir}", highlight=False, soft_wrap=True)
         _console().print(
-            f"candidate {scheme.name}: {scheme.describe()}; served as {pair.candidate_name}",
+            f"candidate {parsed.name}: {parsed.describe()}; served as {pair.candidate_name}",
             highlight=False,
             soft_wrap=True,
         )
