@@ -225,3 +225,15 @@ def load_records(path: Path, model: type[M]) -> list[M]:
         except ValidationError as exc:
             raise UserError(f"{path}: line {n} is not a valid record ({exc.errors()[0]['msg']})") from exc
     return out
+
+
+def refuse_on_resume(run_dir: Path, given: Sequence[str], accepted: Sequence[str]) -> None:
+    """The one resume policy of every run kind: a resumed run takes every setting that decides its
+    results from its manifest, so flags that would set one are refused (one line naming them all);
+    only the ``accepted`` ones (pacing, presentation) apply, to this invocation."""
+    if given:
+        raise UserError(
+            f"cannot resume {run_dir} with {', '.join(given)}: a resumed run takes every setting that decides "
+            f"its results from its manifest; drop {'that flag' if len(given) == 1 else 'those flags'} "
+            f"(with --resume only {', '.join(accepted)} apply) or start a new run"
+        )

@@ -155,9 +155,11 @@ def test_resume_refuses_each_changing_flag_by_name_and_lists_the_accepted_ones(s
         "K", "--rps", "9", "--show", "1",
     ])  # fmt: skip
     assert isinstance(result.exception, UserError)
+    # The one resume policy of every run kind (servecmp.runstore.refuse_on_resume), MCQ's wording.
     assert str(result.exception) == (
-        f"--resume takes the run's settings from {run / 'manifest.json'}; drop --max-tokens, --baseline-key-env, "
-        f"--judge-model (with --resume only {ACCEPTED} apply)"
+        f"cannot resume {run} with --max-tokens, --baseline-key-env, --judge-model: a resumed run takes every "
+        f"setting that decides its results from its manifest; drop those flags (with --resume only {ACCEPTED} "
+        "apply) or start a new run"
     )
     assert (stubs.base.state.n_chat, stubs.cand.state.n_chat, stubs.judge.state.n_chat) == calls
     assert ", ".join(ACCEPTED_ON_RESUME) == ACCEPTED

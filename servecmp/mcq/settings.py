@@ -47,7 +47,7 @@ from servecmp.capabilities import EndpointCapabilities
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
 from servecmp.records import ROLES, EndpointRole, RunManifest
-from servecmp.runstore import MANIFEST, read_json, utcnow, write_json_atomic
+from servecmp.runstore import MANIFEST, read_json, refuse_on_resume, utcnow, write_json_atomic
 
 if TYPE_CHECKING:
     from servecmp.config import Config
@@ -530,13 +530,7 @@ def resumed_settings(opts: McqOptions) -> tuple[McqSettings, McqManifest]:
     """
     assert opts.resume is not None
     run_dir = opts.resume
-    conflicts = resume_conflicts(opts)
-    if conflicts:
-        raise UserError(
-            f"cannot resume {run_dir} with {', '.join(conflicts)}: a resumed run takes every setting that decides "
-            f"its results from its manifest; drop {'that flag' if len(conflicts) == 1 else 'those flags'} "
-            f"(with --resume only {', '.join(ACCEPTED_ON_RESUME)} apply) or start a new run"
-        )
+    refuse_on_resume(run_dir, resume_conflicts(opts), ACCEPTED_ON_RESUME)
     manifest = read_manifest(run_dir)
     settings = manifest.settings(runs_dir=run_dir.parent)
     pacing = {"max_concurrency": opts.concurrency, "concurrency_cap": opts.max_concurrency,

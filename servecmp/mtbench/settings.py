@@ -37,7 +37,7 @@ from servecmp.mtbench.manifest import (
 )
 from servecmp.mtbench.questions import MtQuestion
 from servecmp.mtbench.rundir import MtRunPaths, answer_stems, file_stem
-from servecmp.runstore import utcnow
+from servecmp.runstore import refuse_on_resume, utcnow
 from servecmp.serving.modelpair import cache_root
 
 MODES: tuple[Mode, ...] = ("single", "pairwise", "both")
@@ -356,11 +356,7 @@ def manifest_for(settings: MtBenchSettings) -> MtBenchManifest:
 
 def refuse_fixed_flags(opts: MtBenchOptions, paths: MtRunPaths) -> None:
     given = [flag for name, flag in FIXED_ON_RESUME.items() if getattr(opts, name) not in (None, [])]
-    if given:
-        raise UserError(
-            f"--resume takes the run's settings from {paths.manifest}; drop {', '.join(given)} "
-            f"(with --resume only {', '.join(ACCEPTED_ON_RESUME)} apply)"
-        )
+    refuse_on_resume(paths.root, given, ACCEPTED_ON_RESUME)
 
 
 def resumed_settings(
