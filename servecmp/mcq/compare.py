@@ -26,11 +26,12 @@ a one-candidate run (the layout every earlier reader knows) and the comparison o
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from servecmp.errors import UserError
 from servecmp.mcq.records import ITEM_ERRORS, RECORDS, McqRecord
@@ -45,6 +46,7 @@ from servecmp.mcq.summary import (
     summary_from_records,
     write_summary,
 )
+from servecmp.metrics.floor import FloorExcess
 from servecmp.records import EndpointRole
 from servecmp.runstore import SUMMARY, check_schema, iter_jsonl, load_records, read_json, validate_as, write_json_atomic
 
@@ -70,29 +72,13 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class FloorExcessModel(_Model):
-    """A candidate against its noise floor on the same items (`servecmp.metrics.floor`)."""
+@dataclass(frozen=True)
+class FloorExcessModel(FloorExcess):
+    """A candidate against its noise floor on the same items: the metrics' `FloorExcess`
+    (``flips_excess``/``kl_excess`` with their paired tests) and the self-comparisons it combines,
+    e.g. ["baseline vs secondary", "baseline vs itself"]."""
 
-    #: The self-comparisons the floor combines, e.g. ["baseline vs secondary", "baseline vs itself"].
-    sources: list[str]
-    n: int
-    candidate_flip_rate: float | None
-    floor_flip_rate: float | None
-    #: mean(candidate flip − floor flip) over the same items; paired bootstrap interval.
-    flips_excess: Estimate
-    candidate_only_flips: int
-    floor_only_flips: int
-    #: Exact McNemar on the discordant items (candidate flip vs floor flip).
-    mcnemar_p: float | None
-    kl_n: int
-    candidate_kl_mean: float | None
-    floor_kl_mean: float | None
-    #: mean(candidate option KL − floor KL), nats; paired bootstrap interval.
-    kl_excess: Estimate
-    #: Wilcoxon signed-rank on the per-item KL differences.
-    wilcoxon_p: float | None
-    #: The flips_excess interval contains 0: the candidate's flips are within the floor.
-    within_floor: bool | None
+    sources: list[str] = field(default_factory=list)
 
 
 class SelfCheck(_Model):
@@ -293,7 +279,7 @@ def _floor_excess(main: dict[str, list[McqRecord]], rep: dict[str, list[McqRecor
                            np.array([cand[i][2] for i in ids], dtype=np.float64), floor.kl, seed=seed)
     from servecmp.metrics.summary import jsonable
 
-    return FloorExcessModel.model_validate({**jsonable(ex), "sources": [s for s, _ in floors]})
+    return TypeAdapter(FloorExcessModel).validate_python({**jsonable(ex), "sources": [s for s, _ in floors]})
 
 
 def compare_run(run_dir: Path) -> McqComparison:
