@@ -120,11 +120,11 @@ url = "{dead_url()}"
 def test_serve_takes_its_endpoints_from_the_config_file_and_flags(
     tmp_path: Path, stubs: Stubs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import servecmp.shadow.relay
+    import servecmp.shadow.server
 
     p, _, c, _ = stubs
     served: list[Any] = []
-    monkeypatch.setattr(servecmp.shadow.relay, "run_app", lambda proxy, **kw: served.append((proxy, kw)))
+    monkeypatch.setattr(servecmp.shadow.server, "run_app", lambda proxy, **kw: served.append((proxy, kw)))
     monkeypatch.setenv("SHADOW_TEST_CAND_KEY", "sk-cand-from-config")
     toml = write_toml(tmp_path / "servecmp.toml", f"""
 [baseline]

@@ -132,12 +132,12 @@ def test_collector_bounds_baseline_requests_in_flight(tmp_path: Path, stubs: Stu
 def test_collect_command_builds_the_receiver(tmp_path: Path, stubs: Stubs, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    import servecmp.shadow.relay
+    import servecmp.shadow.server
     from servecmp._cli.main import build_app
 
     p, _, c, _, _, _ = stubs
     served: list[Any] = []
-    monkeypatch.setattr(servecmp.shadow.relay, "run_app", lambda app, **kw: served.append((app, kw)))
+    monkeypatch.setattr(servecmp.shadow.server, "run_app", lambda app, **kw: served.append((app, kw)))
     res = CliRunner().invoke(build_app(), ["shadow", "collect", "--baseline", p.url, "--candidate", c.url, "--db",
                                            str(tmp_path / "c.db"), "--in-process", "--port", "8777",
                                            "--max-in-flight", "9"])

@@ -6,7 +6,7 @@ over the `[baseline]` / `[candidate]` / `[secondary]` sections of servecmp.toml;
 only the proxy's own settings.
 
 Only the standard library, typer and the shared option types are imported at module level, so
-`servecmp --help` stays fast: the config (pydantic), the proxy (httptools, aiohttp) and the report
+`servecmp --help` stays fast: the config (pydantic), the proxy (uvicorn, aiohttp) and the report
 are imported inside the commands.
 """
 
@@ -187,8 +187,8 @@ def serve(
     Prometheus metrics (servecmp_shadow_*) are at GET /metrics on the same port.
     """
     from servecmp.shadow.proxy import build_proxy
-    from servecmp.shadow.relay import run_app
-    from servecmp.shadow.store import redact_target
+    from servecmp.shadow.server import Limits, run_app
+    from servecmp.shadow.store import redact_target, redact_url
 
     err_console, endpoints, cfg = _prepare(
         config, exposed="shadow: listening on {host}, not a loopback address: every client that can reach it "
@@ -202,15 +202,16 @@ def serve(
                             teacher_forced=teacher_forced, top_k=top_k),
     )
     proxy = build_proxy(cfg, endpoints)
-    floor = f", secondary {endpoints.secondary.base_url}" if endpoints.secondary else ""
+    floor = f", secondary {redact_url(endpoints.secondary.base_url)}" if endpoints.secondary else ""
     err_console.print(
-        f"shadow: http://{cfg.host}:{cfg.port} → primary (baseline) {endpoints.baseline.base_url}; mirroring "
-        f"{cfg.sample_rate:.0%} to candidate {endpoints.candidate.base_url}{floor}; recording to "
+        f"shadow: http://{cfg.host}:{cfg.port} → primary (baseline) {redact_url(endpoints.baseline.base_url)}; "
+        f"mirroring "
+        f"{cfg.sample_rate:.0%} to candidate {redact_url(endpoints.candidate.base_url)}{floor}; recording to "
         f"{redact_target(cfg.db)}" + (" (hashes only)" if cfg.hash_only else "") + f"; metrics at /metrics; run "
         f"{proxy.run_id}",
         highlight=False, markup=False,
     )
-    run_app(proxy, host=cfg.host, port=cfg.port, access_log=access_log)
+    run_app(proxy, host=cfg.host, port=cfg.port, access_log=access_log, limits=Limits.of(cfg))
 
 
 @shadow_app.command("collect")
@@ -248,8 +249,8 @@ def collect(
     this process; it is not in the request path. Prometheus metrics are at GET /metrics.
     """
     from servecmp.shadow.collect import build_receiver
-    from servecmp.shadow.relay import run_app
-    from servecmp.shadow.store import redact_target
+    from servecmp.shadow.server import Limits, run_app
+    from servecmp.shadow.store import redact_target, redact_url
 
     err_console, endpoints, cfg = _prepare(
         config, exposed="shadow collect: listening on {host}, not a loopback address: whoever can reach it can "
@@ -263,15 +264,15 @@ def collect(
                             teacher_forced=teacher_forced, top_k=top_k),
     )
     receiver = build_receiver(cfg, endpoints, max_in_flight=max_in_flight)
-    floor = f", secondary {endpoints.secondary.base_url}" if endpoints.secondary else ""
+    floor = f", secondary {redact_url(endpoints.secondary.base_url)}" if endpoints.secondary else ""
     err_console.print(
         f"shadow collect: http://{cfg.host}:{cfg.port} ← mirrored requests; each sent to baseline "
-        f"{endpoints.baseline.base_url} and candidate {endpoints.candidate.base_url}{floor} "
+        f"{redact_url(endpoints.baseline.base_url)} and candidate {redact_url(endpoints.candidate.base_url)}{floor} "
         f"({cfg.sample_rate:.0%} of them); recording to {redact_target(cfg.db)}"
         + (" (hashes only)" if cfg.hash_only else "") + f"; metrics at /metrics; run {receiver.run_id}",
         highlight=False, markup=False,
     )
-    run_app(receiver, host=cfg.host, port=cfg.port, access_log=access_log)
+    run_app(receiver, host=cfg.host, port=cfg.port, access_log=access_log, limits=Limits.of(cfg))
 
 
 @shadow_app.command("report")
