@@ -19,8 +19,8 @@ from servecmp.config import ShadowConfig
 from servecmp.metrics.kl import topk_kl_tight_item
 from servecmp.metrics.kl_report import KlReport, kl_report, top_token
 from servecmp.shadow.replay import load_requests, replay
-from servecmp.shadow.report import TokenBlock, load, load_summary
 from servecmp.shadow.store import Counters, PairWriter, RunInfo, open_store, register_run
+from servecmp.shadow.summary import TokenBlock, load, load_summary
 from servecmp.shadow.wiring import ShadowEndpoints
 from tests import stub_shadow
 from tests._pg import pg_server, pg_url, query

@@ -27,8 +27,8 @@ from typer.testing import CliRunner
 from servecmp._cli.main import build_app
 from servecmp.config import ShadowConfig
 from servecmp.errors import MissingExtra, UserError
-from servecmp.shadow.report import load_summary
 from servecmp.shadow.store import PAIR_COLUMNS, open_store
+from servecmp.shadow.summary import load_summary
 from servecmp.shadow.wiring import ShadowEndpoints
 from tests._pg import PgServer, pg_server, pg_url, query
 from tests.stub_shadow import ServerThread, StubControl, build_stub_app, free_port

@@ -67,9 +67,9 @@ def _replay(stubs: tuple[ServerThread, ServerThread, ServerThread, StubControl],
     """``shadow replay SOURCE --db DB`` in-process, one request at a time (so rows are stored, and
     replayed, in the order they were sent); the command's output."""
     p, c, s, _ = stubs
-    res = CliRunner().invoke(build_app(), ["shadow", "replay", source, "--primary", p.url, "--candidate", c.url,
+    res = CliRunner().invoke(build_app(), ["shadow", "replay", source, "--baseline", p.url, "--candidate", c.url,
                                            "--secondary", s.url, "--db", db, "--send-rps", "50",
-                                           "--max-in-flight", "1", "--no-teacher-forced", *extra])
+                                           "--concurrency", "1", "--no-teacher-forced", *extra])
     assert res.exit_code == 0, res.output
     return res.output
 

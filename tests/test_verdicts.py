@@ -15,7 +15,7 @@ from servecmp.errors import UserError
 from servecmp.gates import MetricEstimate, parse_gate, parse_gates
 from servecmp.mcq.summary import McqSummary, MeanError, NextTokenReport, summarize_lmeval
 from servecmp.mtbench.report import Delta, JudgmentCounts, MtBenchSummary, PairwiseSummary, Wilcoxon
-from servecmp.shadow.report import MeanMeasure, summarise
+from servecmp.shadow.summary import MeanMeasure, summarise
 from servecmp.verdicts import (
     emit_verdict,
     estimates_for,

@@ -30,9 +30,6 @@ if TYPE_CHECKING:
 
 #: The first 16 bytes of every SQLite 3 database file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
-#: Shadow's defaults, the same as `servecmp shadow report`'s (MT-Bench's is its DEFAULT_SHOW).
-SHADOW_WORST = 10
-SHADOW_N_BOOT = 2000
 
 
 def run_kind(path: Path | str) -> str:
@@ -97,10 +94,11 @@ def print_report(path: Path | str, *, as_json: bool, show: int | None, console: 
         return print_mtbench(result, gate_list, as_json=as_json, show=n, out=console,
                              console=console, summary_md=summary_md, title=f"servecmp gates: {kind} run {name}")
     else:
-        from servecmp.shadow.report import load_summary as load_shadow
-        from servecmp.shadow.report import render as render_shadow
+        from servecmp.shadow.render import render as render_shadow
+        from servecmp.shadow.summary import DEFAULT_N_BOOT, DEFAULT_WORST
+        from servecmp.shadow.summary import load_summary as load_shadow
 
-        summary = load_shadow(target, worst_n=SHADOW_WORST if show is None else show, n_boot=SHADOW_N_BOOT)
+        summary = load_shadow(target, worst_n=DEFAULT_WORST if show is None else show, n_boot=DEFAULT_N_BOOT)
         if html is not None:
             from servecmp.html import shadow_html
 

@@ -160,10 +160,10 @@ def run_html(path: Path, gates: Sequence[Gate] = (), *, kind: str | None = None,
         return render_mtbench(result, run_dir=path,
                               verdicts=mtbench_verdicts(result, gates) if verdicts is None else verdicts)
     if kind == "shadow":
-        from servecmp.shadow.report import load_summary
+        from servecmp.shadow.summary import DEFAULT_WORST, load_summary
         from servecmp.verdicts import verdict_for
 
-        summary = load_summary(path, worst_n=10 if show is None else show)
+        summary = load_summary(path, worst_n=DEFAULT_WORST if show is None else show)
         v = [verdict_for("shadow", summary, gates)] if verdicts is None else verdicts
         return render_shadow(summary, db=path, verdicts=v)
     raise UserError(f"{path}: cannot render a report of kind {kind!r}")
