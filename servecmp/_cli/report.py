@@ -2,7 +2,7 @@
 
 PATH is an MCQ run directory (manifest kind "mcq": every metric recomputed from its records), an
 MT-Bench run directory (kind "mtbench") or a shadow database (an SQLite file, or a ``postgresql://``
-or ``postgres://`` URL, read as `servecmp shadow report URL` reads it). `--json` prints the kind's
+or ``postgres://`` URL, read as `servecmp shadow report --db URL` reads it). `--json` prints the kind's
 typed summary as one JSON object; `--show N` sets how many worst items/questions/requests the
 report lists. `--html FILE` also writes the report as one self-contained HTML file (`servecmp.html`).
 
