@@ -239,7 +239,7 @@ def test_credentials_in_urls_are_redacted_in_metrics_database_log_and_report(
     host_c = candidate[0].split("//", 1)[1]
     db = tmp_path / "s.db"
     for command in ("serve", "collect"):
-        res = invoke("shadow", command, "--primary", f"http://alice:pw-primary-1@{host_p}",
+        res = invoke("shadow", command, "--baseline", f"http://alice:pw-primary-1@{host_p}",
                      "--candidate", f"http://bob:pw-candidate-2@{host_c}", "--secondary",
                      f"http://carol:pw-secondary-3@{host_c}", "--db", str(db), "--in-process")
         assert res.exit_code == 0, res.output
@@ -250,7 +250,7 @@ def test_credentials_in_urls_are_redacted_in_metrics_database_log_and_report(
     rows = db_rows(db, "SELECT primary_url, candidate_url, secondary_url, settings FROM runs")
     assert len(rows) == 2 and all("pw-" not in str(v) for row in rows for v in row)
     assert rows[0][:3] == (f"http://***@{host_p}/v1", f"http://***@{host_c}/v1", f"http://***@{host_c}/v1")
-    report = invoke("shadow", "report", str(db), "--json")
+    report = invoke("shadow", "report", "--db", str(db), "--json")
     assert report.exit_code == 0, report.output
     assert "pw-" not in report.output
     conn = sqlite3.connect(db)
@@ -277,3 +277,13 @@ def test_the_collector_keeps_the_same_hygiene(
     assert data.startswith(b"HTTP/1.1 202 Accepted\r\n") and b"HTTP/1.1 400 Bad Request\r\n" in data
     (seen,) = raw.seen
     assert b"x-hop" not in seen.head.lower()
+
+
+def test_forwardable_drops_hop_by_hop_and_connection_listed_names_keeping_order_and_repeats() -> None:
+    from servecmp.shadow.server import REQUEST_DROP, forwardable
+
+    headers = [(b"Connection", b"close, X-A"), (b"X-A", b"1"), (b"x-b", b"2"), (b"Keep-Alive", b"t"),
+               (b"X-B", b"3"), (b"connection", b" x-c "), (b"X-C", b"4"), (b"Host", b"h")]
+    assert forwardable(headers) == [(b"x-b", b"2"), (b"X-B", b"3"), (b"Host", b"h")]
+    assert forwardable(headers, REQUEST_DROP) == [(b"x-b", b"2"), (b"X-B", b"3")]
+    assert forwardable([(b"a", b"1"), (b"A", b"2")]) == [(b"a", b"1"), (b"A", b"2")]

@@ -89,9 +89,11 @@ def forwardable(headers: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] =
                 ) -> list[tuple[bytes, bytes]]:
     """``headers`` without hop-by-hop ones, those in ``drop``, and those the Connection header names
     (RFC 9110 §7.6.1), in their order, repeated ones kept."""
-    pairs = list(headers)
-    listed = {t.strip().lower() for n, v in pairs if n.lower() == b"connection" for t in v.split(b",")}
-    return [(n, v) for n, v in pairs if (low := n.lower()) not in drop and low not in listed]
+    pairs = [(n, v, n.lower()) for n, v in headers]
+    listed = [v for _, v, low in pairs if low == b"connection"]
+    if listed:  # rare on the proxied routes: a set of the names they list
+        drop = drop | {t.strip().lower() for v in listed for t in v.split(b",")}
+    return [(n, v) for n, v, low in pairs if low not in drop]
 
 
 async def respond(send: Send, status: int, body: bytes, *, content_type: bytes = b"application/json",
