@@ -167,7 +167,7 @@ def test_postgres_stores_and_reports_the_same_block(tmp_path: Path, pg_url: str)
     # `servecmp report URL` is `servecmp shadow report URL`.
     app = build_app()
     via_report = CliRunner().invoke(app, ["report", pg_url, "--json"])
-    via_shadow = CliRunner().invoke(app, ["shadow", "report", pg_url, "--json", "--n-boot", "2000"])
+    via_shadow = CliRunner().invoke(app, ["shadow", "report", "--db", pg_url, "--json", "--n-boot", "2000"])
     assert via_report.exit_code == 0 and via_shadow.exit_code == 0, via_report.output + via_shadow.output
     assert json.loads(via_report.stdout) == json.loads(via_shadow.stdout)
     assert json.loads(via_report.stdout)["database"] == pg_url

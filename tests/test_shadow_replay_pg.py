@@ -132,7 +132,7 @@ def test_hash_only_postgres_database_is_one_error_line(
         load_requests(pg_url)
     assert str(err.value) == f"{pg_url} was recorded with --hash-only: it holds no requests to replay"
 
-    proc = _cli("shadow", "replay", with_password(pg_url), "--primary", p.url, "--candidate", c.url,
+    proc = _cli("shadow", "replay", with_password(pg_url), "--baseline", p.url, "--candidate", c.url,
                 "--db", str(tmp_path / "out.db"))
     assert proc.returncode == 2, proc.stderr
     assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
