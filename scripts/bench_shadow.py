@@ -18,6 +18,13 @@ Everything binds to 127.0.0.1. Each piece is its own process: primary stub, cand
     .venv/bin/python scripts/bench_shadow.py --cases slow --rates 200 --duration 300   # the RSS run
     .venv/bin/python scripts/bench_shadow.py --cases healthy,down --rates 50,200 --duration 30  # CPU figures
     .venv/bin/python scripts/bench_shadow.py --mode collect --cases healthy --rates 50,200   # the collector
+    .venv/bin/python scripts/bench_shadow.py --cases healthy,down --old-root /tmp/old   # beside another checkout
+    .venv/bin/python scripts/bench_shadow.py --cases hung --rates 50 --duration 300     # memory soak, hung candidate
+
+Cases: healthy, down (nothing listens), slow (``--slow-delay`` s per answer), hung (accepts and never
+answers: every comparison waits for its timeout, the backlog fills and is dropped; RSS must stay flat).
+``--old-root DIR`` runs each case a second time with the servecmp found in DIR (e.g. an older commit
+unpacked with ``git archive``), in the same run, so the two stacks meet the same machine load.
 
 With ``--mode collect`` the second target is ``servecmp shadow collect`` instead: it gets the copy of
 each direct request, as a mesh mirror would send it, and answers 202; its CPU per mirrored request
@@ -245,15 +252,19 @@ def read_counters(db: Path) -> dict[str, int]:
         conn.close()
 
 
-def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: Path) -> list[dict[str, Any]]:
+def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: Path,
+               stack: tuple[str, Path] = ("new", ROOT)) -> list[dict[str, Any]]:
     cand_port = free_port()
     cand: subprocess.Popen[Any] | None = None
     if case == "healthy":
         cand = start_stub(cand_port, variant=1, nice=args.candidate_nice)
     elif case == "slow":
         cand = start_stub(cand_port, variant=1, delay_s=args.slow_delay, nice=args.candidate_nice)
+    elif case == "hung":
+        cand = start_stub(cand_port, variant=1, delay_s=24 * 3600.0, nice=args.candidate_nice)
     proxy_port = free_port()
-    db = workdir / f"shadow-{case}.db"
+    name, root = stack
+    db = workdir / f"shadow-{case}-{name}.db"
     prof = [] if args.profile is None else ["-m", "cProfile", "-o", f"{args.profile}.{case}"]
     cmd = [PY, *prof, "-m", "servecmp", "shadow", args.mode, "--baseline", primary_url,
            "--candidate", f"http://127.0.0.1:{cand_port}", "--port", str(proxy_port), "--db", str(db),
@@ -262,10 +273,12 @@ def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: P
         cmd.append("--in-process")
     if args.sample_rate is not None:
         cmd += ["--sample-rate", str(args.sample_rate)]
-    log = (workdir / f"proxy-{case}.log").open("wb")
+    log = (workdir / f"proxy-{case}-{name}.log").open("wb")
     if args.proxy_cpu is not None:
         cmd = ["taskset", "-c", str(args.proxy_cpu), *cmd]
-    proxy = subprocess.Popen(cmd, stderr=log)
+    # The stack's servecmp first on the path (this checkout's, or --old-root's).
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proxy = subprocess.Popen(cmd, stderr=log, cwd=root, env=env)
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     results = []
     try:
@@ -281,7 +294,7 @@ def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: P
                 direct, proxied = run_load([primary_url, proxy_url], rps, args.duration, args.stream_share)
             # Every request sent to the proxy was proxied (answered or failed by the proxy itself).
             n = proxied["sent"]
-            results.append({"case": case, "rps": rps, "direct": direct, "proxied": proxied,
+            results.append({"case": case, "stack": name, "rps": rps, "direct": direct, "proxied": proxied,
                             "rss": rss.summary(),
                             "cpu": {"proxy_s": cpu.proxy_s, "mirror_s": cpu.mirror_s, "requests": n,
                                     "proxy_sys_s": cpu.proxy_sys_s,
@@ -292,7 +305,7 @@ def bench_case(case: str, args: argparse.Namespace, primary_url: str, workdir: P
         log.close()
         if cand is not None:
             stop(cand)
-    errors = [line for line in (workdir / f"proxy-{case}.log").read_text().splitlines() if "ERROR" in line]
+    errors = [line for line in (workdir / f"proxy-{case}-{name}.log").read_text().splitlines() if "ERROR" in line]
     if errors:
         print(f"proxy log ({case}), error lines:", *errors[:10], sep="\n  ")
     counters = read_counters(db)
@@ -313,7 +326,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="50,200", help="Requests per second, comma-separated.")
     ap.add_argument("--duration", type=float, default=20.0, help="Seconds per load phase (direct, proxied).")
-    ap.add_argument("--cases", default="healthy,down,slow")
+    ap.add_argument("--cases", default="healthy,down,slow", help="healthy, down, slow, hung; comma-separated.")
+    ap.add_argument("--old-root", type=Path,
+                    help="Also run each case with the servecmp in this directory (another checkout), same run.")
     ap.add_argument("--mode", choices=["serve", "collect"], default="serve",
                     help="collect: `servecmp shadow collect` gets the mirrored copy of each direct request "
                          "(as from a mesh) and its CPU per mirrored request is measured; its 'proxy' latency "
@@ -337,7 +352,8 @@ def main() -> None:
     args = ap.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
     cases = args.cases.split(",")
-    if args.duration * len(args.rates) * len(cases) > 3600:
+    stacks = [("new", ROOT)] + ([("old", args.old_root.resolve())] if args.old_root else [])
+    if args.duration * len(args.rates) * len(cases) * len(stacks) > 3600:
         sys.exit("refusing to run for more than an hour; lower --duration, --rates or --cases")
 
     if args.proxy_cpu is not None:
@@ -352,7 +368,8 @@ def main() -> None:
         try:
             results = []
             for case in cases:
-                results.extend(bench_case(case, args, f"http://127.0.0.1:{primary_port}", Path(tmp)))
+                for stack in stacks:
+                    results.extend(bench_case(case, args, f"http://127.0.0.1:{primary_port}", Path(tmp), stack))
         finally:
             stop(primary)
 
@@ -364,7 +381,7 @@ def main() -> None:
           f"teacher forcing {'off' if args.no_teacher_forced else 'on'}, sample rate "
           f"{1.0 if args.sample_rate is None else args.sample_rate:g}"
           + ("" if args.proxy_cpu is None else f", proxy pinned to CPU {args.proxy_cpu}, the rest to the others"))
-    head = (f"{'case':8} {'rps':>5} {'direct p50':>10} {'proxy p50':>9} {'+p50':>6} {'direct p99':>10} "
+    head = (f"{'case':8} {'stack':5} {'rps':>5} {'direct p50':>10} {'proxy p50':>9} {'+p50':>6} {'direct p99':>10} "
             f"{'proxy p99':>9} {'+p99':>7} {'errors':>6} {'RSS warm→end MB':>17} {'MB/min':>7} "
             f"{'CPU ms/req proxy':>16} {'(sys)':>6} {'mirror':>7}")
     print(head)
@@ -375,7 +392,8 @@ def main() -> None:
         add99 = p["p99_ms"] - d["p99_ms"] if p["p99_ms"] is not None and d["p99_ms"] is not None else None
         n = r["cpu"]["requests"]
         sys_ms = 1000 * r["cpu"]["proxy_sys_s"] / n if n else None
-        print(f"{r['case']:8} {r['rps']:5.0f} {fmt(d['p50_ms']):>10} {fmt(p['p50_ms']):>9} {fmt(add50):>6} "
+        print(f"{r['case']:8} {r['stack']:5} {r['rps']:5.0f} {fmt(d['p50_ms']):>10} {fmt(p['p50_ms']):>9} "
+              f"{fmt(add50):>6} "
               f"{fmt(d['p99_ms']):>10} {fmt(p['p99_ms']):>9} {fmt(add99):>7} {p['errors']:>6} "
               f"{fmt(m['start_mb'], 0):>8}→{fmt(m['end_mb'], 0):<8} {fmt(m['slope_mb_per_min']):>7} "
               f"{fmt(r['cpu']['proxy_ms_per_request'], 3):>16} {fmt(sys_ms, 3):>6} "
@@ -387,11 +405,11 @@ def main() -> None:
     print("\ncounters per case (both rates):")
     seen = set()
     for r in results:
-        if r["case"] in seen:
+        if (r["case"], r["stack"]) in seen:
             continue
-        seen.add(r["case"])
+        seen.add((r["case"], r["stack"]))
         c = {k: v for k, v in r["counters"].items() if v}
-        print(f"  {r['case']}: {c}")
+        print(f"  {r['case']} ({r['stack']}): {c}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.profile is not None:

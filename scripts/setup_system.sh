@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # System packages the end-to-end tests drive for real: headless Chromium (the HTML report's browser
-# test) and PostgreSQL 15 (the shadow store). Debian's packages; idempotent, quick when present.
+# test), PostgreSQL 15 (the shadow store) and nginx (the mirroring front of deploy/nginx/). Debian's packages; idempotent, quick when present.
 # Needs root or passwordless sudo; without either it says what to install and fails.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -111,7 +111,7 @@ def main() -> None:
     finally:
         proxy.terminate()
         proxy.wait(timeout=30)
-    report = subprocess.run([sys.executable, "-m", "servecmp", "shadow", "report", str(db)],
+    report = subprocess.run([sys.executable, "-m", "servecmp", "shadow", "report", "--db", str(db)],
                             capture_output=True, text=True)
     print(report.stdout or report.stderr)
     print(f"database and proxy log in {work}")

@@ -232,6 +232,22 @@ class ShadowConfig(_Section):
     #: on the primary per compared request); off: score only requests that carry logprobs.
     tf_score_primary: bool = True
     drain_timeout_s: float = Field(default=10.0, ge=0)
+    # Bounds of the HTTP server in the user's path (`shadow serve`, `shadow collect`); README
+    # "Shadow: limits" states them, /metrics shows them (servecmp_shadow_limit).
+    #: A request body larger than this is refused (413) as soon as it is known, never read past it.
+    max_body_mb: float = Field(default=16.0, gt=0)
+    #: Bytes of mirror jobs waiting (request + primary answer); beyond it new ones are dropped, counted.
+    queue_mb: float = Field(default=256.0, gt=0)
+    #: Client connections at once; requests on connections beyond it are answered 503.
+    max_connections: int = Field(default=1000, ge=1)
+    #: Connections to the primary (or the baseline replica) at once; more requests wait for one.
+    max_upstream_connections: int = Field(default=256, ge=1)
+    #: From a connection's start (or the end of its previous answer) to a request's whole head.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    #: For a request's whole body, once its head has arrived (408 after it).
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    #: An idle keep-alive client connection is closed after this long.
+    keepalive_s: float = Field(default=5.0, gt=0)
 
 
 class Config(_Section):

@@ -45,7 +45,7 @@ MT-Bench (`servecmp.mtbench.report.MtBenchSummary`):
   Missing when ``pairwise`` is None (mode "single").
 - Note when ``complete`` is False.
 
-Shadow (`servecmp.shadow.report.ShadowSummary`; n = requests):
+Shadow (`servecmp.shadow.summary.ShadowSummary`; n = requests):
 
 - ``answer_differs``: measure ``"mismatch"`` (answer differs, exact text). With a secondary
   (``has_secondary``), its ``excess``: candidate − secondary rate, paired by request, paired
@@ -118,7 +118,7 @@ if TYPE_CHECKING:
     from servecmp.config import Config
     from servecmp.mcq.summary import McqSummary
     from servecmp.mtbench.report import MtBenchSummary
-    from servecmp.shadow.report import ShadowSummary
+    from servecmp.shadow.summary import ShadowSummary
 
 Estimates = dict[str, MetricEstimate]
 Missing = dict[str, str]
@@ -209,7 +209,7 @@ def mtbench_estimates(summary: MtBenchSummary) -> tuple[Estimates, Missing]:
 
 def shadow_estimates(summary: ShadowSummary) -> tuple[Estimates, Missing]:
     """``answer_differs``, ``tf_kl`` and ``top1_disagree`` (fields in the module docstring)."""
-    from servecmp.shadow.report import MeanMeasure, RateMeasure
+    from servecmp.shadow.summary import MeanMeasure, RateMeasure
 
     est: Estimates = {}
     missing: Missing = {}

@@ -157,7 +157,8 @@ def test_mtbench_run_dispatches_to_its_summary_and_renderer(tmp_path: Path, monk
 
 def test_shadow_database_dispatches_to_its_summary_and_renderer(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import servecmp.shadow.report as sh
+    import servecmp.shadow.render as shr
+    import servecmp.shadow.summary as sh
 
     db = tmp_path / "shadow.db"
     sqlite3.connect(db).execute("create table t (x)").connection.close()
@@ -169,7 +170,7 @@ def test_shadow_database_dispatches_to_its_summary_and_renderer(tmp_path: Path,
         return summary
 
     monkeypatch.setattr(sh, "load_summary", load_summary)
-    monkeypatch.setattr(sh, "render", lambda s, console, path: calls.append(("render", (s, path))))
+    monkeypatch.setattr(shr, "render", lambda s, console, path: calls.append(("render", (s, path))))
     as_json = report(str(db), "--json", "--show", "4")
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout) == {"pairs": 7}

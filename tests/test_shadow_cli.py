@@ -120,11 +120,11 @@ url = "{dead_url()}"
 def test_serve_takes_its_endpoints_from_the_config_file_and_flags(
     tmp_path: Path, stubs: Stubs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import servecmp.shadow.relay
+    import servecmp.shadow.server
 
     p, _, c, _ = stubs
     served: list[Any] = []
-    monkeypatch.setattr(servecmp.shadow.relay, "run_app", lambda proxy, **kw: served.append((proxy, kw)))
+    monkeypatch.setattr(servecmp.shadow.server, "run_app", lambda proxy, **kw: served.append((proxy, kw)))
     monkeypatch.setenv("SHADOW_TEST_CAND_KEY", "sk-cand-from-config")
     toml = write_toml(tmp_path / "servecmp.toml", f"""
 [baseline]
@@ -251,3 +251,54 @@ def test_the_command_module_imports_nothing_heavy() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_serve_bounds_and_renamed_flags(tmp_path: Path, stubs: Stubs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bounds reach the server (`Limits`) and the mirror; the old names (--primary, --queue-size,
+    --mirror-concurrency) still work with one note each on stderr, and are gone from --help."""
+    import servecmp.shadow.server
+
+    p, _, c, _ = stubs
+    served: list[Any] = []
+    monkeypatch.setattr(servecmp.shadow.server, "run_app", lambda proxy, **kw: served.append((proxy, kw)))
+    new = invoke("shadow", "serve", "--baseline", p.url, "--candidate", c.url, "--db", str(tmp_path / "a.db"),
+                 "--in-process", "--max-queued", "5", "--max-queued-mb", "2", "--concurrency", "3",
+                 "--max-body-mb", "1", "--max-connections", "7", "--max-upstream-connections", "4",
+                 "--header-timeout", "2.5", "--body-timeout", "9", "--keepalive", "1.5")
+    old = invoke("shadow", "serve", "--primary", p.url, "--candidate", c.url, "--db", str(tmp_path / "b.db"),
+                 "--in-process", "--queue-size", "5", "--mirror-concurrency", "3")
+    assert new.exit_code == old.exit_code == 0, (new.output, old.output)
+    assert new.stderr.count("deprecated") == 0
+    assert [line for line in old.stderr.splitlines() if "deprecated" in line] == [
+        "servecmp shadow: --primary is deprecated; use --baseline",
+        "servecmp shadow: --queue-size is deprecated; use --max-queued",
+        "servecmp shadow: --mirror-concurrency is deprecated; use --concurrency",
+    ]
+    (proxy_new, kw_new), (proxy_old, _) = served
+    try:
+        lim = kw_new["limits"]
+        assert (lim.max_body, lim.max_connections, lim.header_timeout_s, lim.body_timeout_s, lim.keepalive_s) == (
+            1024 * 1024, 7, 2.5, 9.0, 1.5)
+        assert proxy_new.primary.max_connections == 4
+        mirror = proxy_new.mirror
+        assert (mirror._queue.maxsize, mirror._n_workers, mirror.queue_bytes) == (5, 3, 2 * 1024 * 1024)
+        assert (proxy_old.primary.url, proxy_old.mirror._queue.maxsize, proxy_old.mirror._n_workers) == (p.url, 5, 3)
+    finally:
+        proxy_new.mirror.parts.writer.close()
+        proxy_old.mirror.parts.writer.close()
+    disagree = invoke("shadow", "serve", "--baseline", p.url, "--primary", dead_url(), "--candidate", c.url)
+    assert isinstance(disagree.exception, UserError)
+    helped = invoke("shadow", "serve", "--help").stdout
+    assert "--concurrency" in helped and "--max-queued" in helped
+    assert all(old not in helped for old in ("--primary", "--queue-size", "--mirror-concurrency"))
+
+
+def test_replay_concurrency_and_its_old_name(tmp_path: Path, stubs: Stubs) -> None:
+    p, _, c, _ = stubs
+    q = requests_file(tmp_path / "q.jsonl")
+    for flag in ("--concurrency", "--max-in-flight"):
+        res = invoke("shadow", "replay", str(q), "--baseline", p.url, "--candidate", c.url, "--db",
+                     str(tmp_path / f"{flag}.db"), "--send-rps", "100", "--no-teacher-forced", flag, "1")
+        assert res.exit_code == 0, res.output
+        assert ("deprecated" in res.stderr) == (flag == "--max-in-flight")
+        assert db_rows(tmp_path / f"{flag}.db", "SELECT COUNT(*) FROM pairs") == [(2,)]

@@ -132,22 +132,26 @@ def test_collector_bounds_baseline_requests_in_flight(tmp_path: Path, stubs: Stu
 def test_collect_command_builds_the_receiver(tmp_path: Path, stubs: Stubs, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    import servecmp.shadow.relay
+    import servecmp.shadow.server
     from servecmp._cli.main import build_app
 
     p, _, c, _, _, _ = stubs
     served: list[Any] = []
-    monkeypatch.setattr(servecmp.shadow.relay, "run_app", lambda app, **kw: served.append((app, kw)))
-    res = CliRunner().invoke(build_app(), ["shadow", "collect", "--baseline", p.url, "--candidate", c.url, "--db",
-                                           str(tmp_path / "c.db"), "--in-process", "--port", "8777",
-                                           "--max-in-flight", "9"])
-    assert res.exit_code == 0, res.output
-    ((receiver, kw),) = served
-    try:
-        assert (kw["port"], kw["host"], receiver.max_in_flight, receiver.primary.url) == (8777, "127.0.0.1", 9, p.url)
-        assert f"run {receiver.run_id}" in res.output
-    finally:
-        receiver.mirror.parts.writer.close()
+    monkeypatch.setattr(servecmp.shadow.server, "run_app", lambda app, **kw: served.append((app, kw)))
+    for flag, note in (("--max-pending", ""), ("--max-in-flight", "servecmp shadow: --max-in-flight is deprecated; "
+                                                                  "use --max-pending\n")):
+        res = CliRunner().invoke(build_app(), ["shadow", "collect", "--baseline", p.url, "--candidate", c.url,
+                                               "--db", str(tmp_path / "c.db"), "--in-process", "--port", "8777",
+                                               flag, "9"])
+        assert res.exit_code == 0, res.output
+        (receiver, kw) = served[-1]
+        try:
+            assert (kw["port"], kw["host"], receiver.max_in_flight, receiver.primary.url) == (
+                8777, "127.0.0.1", 9, p.url)
+            assert f"run {receiver.run_id}" in res.output
+            assert res.stderr.startswith(note)
+        finally:
+            receiver.mirror.parts.writer.close()
 
 
 # ---- end to end: the real vLLM pair ------------------------------------------------------------

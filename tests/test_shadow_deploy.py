@@ -13,7 +13,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from servecmp.shadow.metrics import ShadowCollector, Telemetry, build_registry
+from servecmp.shadow.prom import ShadowCollector, Telemetry, build_registry
 from servecmp.shadow.store import Counters
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

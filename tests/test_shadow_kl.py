@@ -18,8 +18,9 @@ from rich.console import Console
 
 from servecmp.finish import detect_kind as run_kind
 from servecmp.shadow.measures import TokenStats, teacher_forced_stats
-from servecmp.shadow.report import ShadowSummary, load_summary, render, summarise
+from servecmp.shadow.render import render
 from servecmp.shadow.store import TABLES, PairRecord, open_store
+from servecmp.shadow.summary import ShadowSummary, load_summary, summarise
 from tests.test_shadow_report import _write_db, rec
 
 L = math.log

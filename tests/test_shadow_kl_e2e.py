@@ -19,8 +19,8 @@ from servecmp.config import ShadowConfig
 from servecmp.metrics.kl import topk_kl_tight_item
 from servecmp.metrics.kl_report import KlReport, kl_report, top_token
 from servecmp.shadow.replay import load_requests, replay
-from servecmp.shadow.report import TokenBlock, load, load_summary
 from servecmp.shadow.store import Counters, PairWriter, RunInfo, open_store, register_run
+from servecmp.shadow.summary import TokenBlock, load, load_summary
 from servecmp.shadow.wiring import ShadowEndpoints
 from tests import stub_shadow
 from tests._pg import pg_server, pg_url, query
@@ -167,7 +167,7 @@ def test_postgres_stores_and_reports_the_same_block(tmp_path: Path, pg_url: str)
     # `servecmp report URL` is `servecmp shadow report URL`.
     app = build_app()
     via_report = CliRunner().invoke(app, ["report", pg_url, "--json"])
-    via_shadow = CliRunner().invoke(app, ["shadow", "report", pg_url, "--json", "--n-boot", "2000"])
+    via_shadow = CliRunner().invoke(app, ["shadow", "report", "--db", pg_url, "--json", "--n-boot", "2000"])
     assert via_report.exit_code == 0 and via_shadow.exit_code == 0, via_report.output + via_shadow.output
     assert json.loads(via_report.stdout) == json.loads(via_shadow.stdout)
     assert json.loads(via_report.stdout)["database"] == pg_url

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from servecmp.shadow.metrics import ERROR_CODES, HISTOGRAMS, MEASURE_FIELD, ROUTES, error_bucket
+from servecmp.shadow.prom import ERROR_CODES, HISTOGRAMS, MEASURE_FIELD, ROUTES, error_bucket
 from servecmp.shadow.replay import load_requests
 from servecmp.shadow.store import COUNTER_NAMES
 from servecmp.shadow.wiring import ShadowEndpoints

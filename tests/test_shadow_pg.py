@@ -27,8 +27,8 @@ from typer.testing import CliRunner
 from servecmp._cli.main import build_app
 from servecmp.config import ShadowConfig
 from servecmp.errors import MissingExtra, UserError
-from servecmp.shadow.report import load_summary
 from servecmp.shadow.store import PAIR_COLUMNS, open_store
+from servecmp.shadow.summary import load_summary
 from servecmp.shadow.wiring import ShadowEndpoints
 from tests._pg import PgServer, pg_server, pg_url, query
 from tests.stub_shadow import ServerThread, StubControl, build_stub_app, free_port
@@ -99,7 +99,7 @@ def test_postgres_records_what_sqlite_records(
 
     # `shadow report URL` reads it as it reads the file: the same numbers.
     runner = CliRunner()
-    res = runner.invoke(build_app(), ["shadow", "report", with_password(pg_url), "--json", "--n-boot", "200"])
+    res = runner.invoke(build_app(), ["shadow", "report", "--db", with_password(pg_url), "--json", "--n-boot", "200"])
     assert res.exit_code == 0, res.output
     assert PASSWORD not in res.output
     from_pg = json.loads(res.stdout)
@@ -110,7 +110,7 @@ def test_postgres_records_what_sqlite_records(
     # Every measure but the latency ratio (timing differs between the two runs).
     timeless = [[m for m in d["measures"] if m["key"] != "latency_ratio"] for d in (from_pg, from_file)]
     assert timeless[0] == timeless[1] and len(timeless[0]) == 14
-    table = runner.invoke(build_app(), ["shadow", "report", with_password(pg_url)], env={"COLUMNS": "200"})
+    table = runner.invoke(build_app(), ["shadow", "report", "--db", with_password(pg_url)], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and PASSWORD not in table.output and "***" in table.output
 
 
@@ -256,7 +256,7 @@ def test_bad_and_unreachable_urls_are_one_line_without_the_password(
     }
     for url, start in cases.items():
         for args in (["shadow", "serve", "--baseline", p.url, "--candidate", c.url, "--db", url, "--in-process"],
-                     ["shadow", "report", url],
+                     ["shadow", "report", "--db", url],
                      # As replay's input (requests recorded in PostgreSQL): tests/test_shadow_replay_pg.py.
                      ["shadow", "replay", url, "--baseline", p.url, "--candidate", c.url, "--db", os.devnull]):
             proc = _cli(*args)
@@ -265,7 +265,8 @@ def test_bad_and_unreachable_urls_are_one_line_without_the_password(
             assert len(lines) == 1 and lines[0].startswith(start), (args, proc.stderr)
             assert PASSWORD not in proc.stderr + proc.stdout
     # A reachable database without servecmp's tables is not a shadow database, to read or to replay.
-    for args in (["shadow", "report", pg_url], ["shadow", "replay", pg_url, "--baseline", p.url, "--candidate", c.url]):
+    for args in (["shadow", "report", "--db", pg_url],
+                 ["shadow", "replay", pg_url, "--baseline", p.url, "--candidate", c.url]):
         res = CliRunner().invoke(build_app(), args)
         assert isinstance(res.exception, UserError)
         assert str(res.exception) == f"{pg_url} is not a servecmp shadow database (no pairs table)"

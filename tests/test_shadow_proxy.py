@@ -25,7 +25,7 @@ import pytest
 
 from servecmp.config import ShadowConfig
 from servecmp.shadow.proxy import build_proxy
-from servecmp.shadow.relay import AppServer
+from servecmp.shadow.server import AppServer
 from servecmp.shadow.wiring import ShadowEndpoints
 from tests.stub_shadow import ServerThread, StubControl, answer_tokens, build_stub_app, free_port, render_chat
 

@@ -98,16 +98,16 @@ def test_replay_cli_and_hash_only_database(
     p, c, _, _ = endpoints
     app = build_app()
     db = tmp_path / "h.db"
-    res = CliRunner().invoke(app, ["shadow", "replay", str(_jsonl(tmp_path / "q.jsonl", 3)), "--primary", p.url,
+    res = CliRunner().invoke(app, ["shadow", "replay", str(_jsonl(tmp_path / "q.jsonl", 3)), "--baseline", p.url,
                                    "--candidate", c.url, "--db", str(db), "--send-rps", "100", "--hash-only",
                                    "--no-teacher-forced"])
     assert res.exit_code == 0, res.output
     with pytest.raises(UserError, match="hash-only"):
         load_requests(db)
-    res = CliRunner().invoke(app, ["shadow", "replay", str(tmp_path / "none.jsonl"), "--primary", p.url,
+    res = CliRunner().invoke(app, ["shadow", "replay", str(tmp_path / "none.jsonl"), "--baseline", p.url,
                                    "--candidate", c.url, "--db", str(db)])
     assert isinstance(res.exception, UserError)
-    res = CliRunner().invoke(app, ["shadow", "replay", str(tmp_path / "q.jsonl"), "--primary", p.url,
+    res = CliRunner().invoke(app, ["shadow", "replay", str(tmp_path / "q.jsonl"), "--baseline", p.url,
                                    "--candidate", c.url, "--db", str(db), "--send-rps", "0"])
     assert isinstance(res.exception, UserError)
 

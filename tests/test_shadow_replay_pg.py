@@ -67,9 +67,9 @@ def _replay(stubs: tuple[ServerThread, ServerThread, ServerThread, StubControl],
     """``shadow replay SOURCE --db DB`` in-process, one request at a time (so rows are stored, and
     replayed, in the order they were sent); the command's output."""
     p, c, s, _ = stubs
-    res = CliRunner().invoke(build_app(), ["shadow", "replay", source, "--primary", p.url, "--candidate", c.url,
+    res = CliRunner().invoke(build_app(), ["shadow", "replay", source, "--baseline", p.url, "--candidate", c.url,
                                            "--secondary", s.url, "--db", db, "--send-rps", "50",
-                                           "--max-in-flight", "1", "--no-teacher-forced", *extra])
+                                           "--concurrency", "1", "--no-teacher-forced", *extra])
     assert res.exit_code == 0, res.output
     return res.output
 
@@ -132,7 +132,7 @@ def test_hash_only_postgres_database_is_one_error_line(
         load_requests(pg_url)
     assert str(err.value) == f"{pg_url} was recorded with --hash-only: it holds no requests to replay"
 
-    proc = _cli("shadow", "replay", with_password(pg_url), "--primary", p.url, "--candidate", c.url,
+    proc = _cli("shadow", "replay", with_password(pg_url), "--baseline", p.url, "--candidate", c.url,
                 "--db", str(tmp_path / "out.db"))
     assert proc.returncode == 2, proc.stderr
     assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [

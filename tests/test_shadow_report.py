@@ -16,17 +16,7 @@ from typer.testing import CliRunner
 
 from servecmp._cli.main import build_app
 from servecmp.errors import UserError
-from servecmp.shadow.report import (
-    MaxMeasure,
-    MeanMeasure,
-    RateMeasure,
-    ShadowCounters,
-    ShadowSummary,
-    load,
-    load_summary,
-    render,
-    summarise,
-)
+from servecmp.shadow.render import render
 from servecmp.shadow.store import (
     COUNTER_NAMES,
     Counters,
@@ -35,6 +25,16 @@ from servecmp.shadow.store import (
     RunInfo,
     open_readonly,
     register_run,
+)
+from servecmp.shadow.summary import (
+    MaxMeasure,
+    MeanMeasure,
+    RateMeasure,
+    ShadowCounters,
+    ShadowSummary,
+    load,
+    load_summary,
+    summarise,
 )
 
 HOUR = 1_700_000_000 - 1_700_000_000 % 3600  # the start of an hour (UTC)
@@ -256,7 +256,7 @@ def test_summary_is_typed_versioned_and_reads_back(tmp_path: Path) -> None:
     _write_db(db, scenario(8))
     summary = load_summary(db, worst_n=3, n_boot=200)
     data = summary.model_dump(mode="json")
-    assert (data["schema"], data["version"], data["database"]) == ("servecmp.shadow_summary", 3, str(db))
+    assert (data["schema"], data["version"], data["database"]) == ("servecmp.shadow_summary/3", 3, str(db))
     assert data["settings"] == {"confidence": 0.95, "alpha": 0.05, "n_boot": 200, "worst_n": 3}
     assert data["counters"]["requests"] == 11 and data["counters"]["dropped_queue_full"] == 2
     (run,) = data["runs"]
@@ -291,3 +291,39 @@ def test_servecmp_report_prints_the_same_as_shadow_report(tmp_path: Path) -> Non
     data = json.loads(generic.stdout)
     assert measure(data, "mismatch")["excess"]["p_value"] == pytest.approx(2 * 0.5**8)
     assert [w["request_id"] for w in data["worst"]] == ["r7", "r6", "r5"]
+
+
+def test_a_summary_of_an_unknown_layout_is_one_line(tmp_path: Path) -> None:
+    from servecmp.shadow.summary import parse_summary
+
+    db = tmp_path / "s.db"
+    _write_db(db, scenario(8))
+    data = load_summary(db, worst_n=3, n_boot=200).model_dump(mode="json")
+    assert parse_summary(data) == load_summary(db, worst_n=3, n_boot=200)
+    # The layout before the schema id carried its version reads as "/<version>".
+    old = parse_summary({**data, "schema": "servecmp.shadow_summary", "version": 3})
+    assert old.schema_ == "servecmp.shadow_summary/3"
+    with pytest.raises(UserError, match=r"^summary.json is a shadow summary of layout servecmp.shadow_summary/4, "
+                                        r"which this servecmp does not read"):
+        parse_summary({**data, "schema": "servecmp.shadow_summary/4"}, "summary.json")
+    with pytest.raises(UserError, match=r"^x is not a shadow summary \(schema servecmp.mcq_summary/3\)$"):
+        parse_summary({**data, "schema": "servecmp.mcq_summary/3"}, "x")
+
+
+def test_report_takes_the_database_as_db_and_the_old_forms_with_a_note(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    _write_db(db, scenario(8))
+    app = build_app()
+    runner = CliRunner()
+    new = runner.invoke(app, ["shadow", "report", "--db", str(db), "--json", "--n-boot", "200"])
+    old = runner.invoke(app, ["shadow", "report", str(db), "--json", "--n-boot", "200"])
+    assert new.exit_code == old.exit_code == 0
+    assert json.loads(new.stdout) == json.loads(old.stdout)
+    assert new.stderr == ""
+    assert old.stderr == "servecmp shadow: the database as an argument (shadow report DB) is deprecated; use --db DB\n"
+    worst = runner.invoke(app, ["shadow", "report", "--db", str(db), "--json", "--n-boot", "200", "--worst", "2"])
+    assert worst.stderr == "servecmp shadow: --worst is deprecated; use --show\n"
+    none = runner.invoke(app, ["shadow", "report"])
+    assert isinstance(none.exception, UserError)
+    helped = runner.invoke(app, ["shadow", "report", "--help"])
+    assert "--db" in helped.stdout and "--worst" not in helped.stdout

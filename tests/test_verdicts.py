@@ -17,7 +17,7 @@ from servecmp.gates import MetricEstimate, parse_gate, parse_gates
 from servecmp.mcq.summary import McqSummary, summarize_lmeval
 from servecmp.metrics.kl_report import MeanError, NextTokenReport
 from servecmp.mtbench.report import Delta, JudgmentCounts, MtBenchSummary, PairwiseSummary, Wilcoxon
-from servecmp.shadow.report import MeanMeasure, summarise
+from servecmp.shadow.summary import MeanMeasure, summarise
 from servecmp.verdicts import (
     emit_verdict,
     estimates_for,

@@ -2,7 +2,7 @@
 
 PATH is a run directory (its manifest names the kind: "mcq", "mtbench", "gen"; metrics recomputed
 from its records) or a shadow database (an SQLite file, or a ``postgresql://`` or ``postgres://``
-URL, read as `servecmp shadow report URL` reads it). Nothing under PATH is written. `--json` prints the kind's
+URL, read as `servecmp shadow report --db URL` reads it). Nothing under PATH is written. `--json` prints the kind's
 typed summary as one JSON object; `--show N` sets how many worst items/questions/requests the
 report lists. `--html FILE` also writes the report as one self-contained HTML file (`servecmp.html`).
 

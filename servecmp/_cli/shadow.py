@@ -6,7 +6,7 @@ over the `[baseline]` / `[candidate]` / `[secondary]` sections of servecmp.toml;
 only the proxy's own settings.
 
 Only the standard library, typer and the shared option types are imported at module level, so
-`servecmp --help` stays fast: the config (pydantic), the proxy (httptools, aiohttp) and the report
+`servecmp --help` stays fast: the config (pydantic), the proxy (uvicorn, aiohttp) and the report
 are imported inside the commands.
 """
 
@@ -49,12 +49,11 @@ shadow_app = typer.Typer(
     no_args_is_help=True,
 )
 
-#: `--primary` stays as the name shadow used first; it is the same option as `--baseline`.
 BaselineOrPrimary = Annotated[
-    str | None,
-    typer.Option("--baseline", "--primary",
-                 help="Baseline endpoint URL: the primary, whose answers clients get (--primary: same)."),
+    str | None, typer.Option("--baseline", help="Baseline endpoint URL: the primary, whose answers clients get."),
 ]
+#: `--primary`, the name shadow used first: still accepted (with a note on stderr), hidden from --help.
+OldPrimary = Annotated[str | None, typer.Option("--primary", hidden=True, help="Old name of --baseline.")]
 Db = Annotated[str | None, typer.Option(
     "--db", help="Where comparisons are stored: an SQLite file (default shadow.db) or postgresql://user@host/db.")]
 HashOnly = Annotated[
@@ -71,12 +70,47 @@ MaxDbMb = Annotated[
 Host = Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")]
 Port = Annotated[int | None, typer.Option("--port", help="Port to listen on (default 8100).")]
 SampleRate = Annotated[float | None, typer.Option("--sample-rate", help="Share of requests to mirror.")]
-QueueSize = Annotated[int | None, typer.Option("--queue-size", help="Mirror jobs waiting at most.")]
-MirrorConcurrency = Annotated[int | None, typer.Option("--mirror-concurrency", help="Comparisons at once.")]
+MaxQueued = Annotated[int | None, typer.Option(
+    "--max-queued", help="Mirror jobs waiting at most (default 1000); more are dropped and counted.")]
+MaxQueuedMb = Annotated[float | None, typer.Option(
+    "--max-queued-mb", help="MiB of mirror jobs waiting at most (default 256); more are dropped and counted.")]
+OldQueueSize = Annotated[int | None, typer.Option("--queue-size", hidden=True, help="Old name of --max-queued.")]
+Concurrency = Annotated[int | None, typer.Option(
+    "--concurrency", min=1, help="Comparisons in flight at once (each calls the candidate and the secondary).")]
+OldMirrorConcurrency = Annotated[int | None, typer.Option("--mirror-concurrency", hidden=True,
+                                                          help="Old name of --concurrency.")]
+MaxBodyMb = Annotated[float | None, typer.Option(
+    "--max-body-mb", help="Request bodies over this are refused (413), never read past it (default 16).")]
+MaxConnections = Annotated[int | None, typer.Option(
+    "--max-connections", help="Client connections at once; requests beyond are answered 503 (default 1000).")]
+MaxUpstreamConnections = Annotated[int | None, typer.Option(
+    "--max-upstream-connections", help="Connections to the primary at once; more requests wait (default 256).")]
+HeaderTimeout = Annotated[float | None, typer.Option(
+    "--header-timeout", help="Seconds for a request's head to arrive whole (default 10); then the connection closes.")]
+BodyTimeout = Annotated[float | None, typer.Option(
+    "--body-timeout", help="Seconds for a request's body to arrive whole (default 60); then 408.")]
+Keepalive = Annotated[float | None, typer.Option(
+    "--keepalive", help="Seconds an idle client connection stays open (default 5).")]
 InProcess = Annotated[
     bool, typer.Option("--in-process", help="Compare in this process (default: a separate, niced one).")
 ]
 AccessLog = Annotated[bool, typer.Option("--access-log", help="Log each request line (no bodies).")]
+
+
+def _deprecated(old: str, new: str) -> None:
+    """The one-line note an old flag or form gets (it still works, for one release)."""
+    typer.echo(f"servecmp shadow: {old} is deprecated; use {new}", err=True)
+
+
+def _renamed(old_name: str, old: Any, new_name: str, new: Any) -> Any:
+    """The value of a renamed flag: the new one's, else the old one's (with a note); both and
+    different is one line, exit 2."""
+    if old is None:
+        return new
+    _deprecated(old_name, new_name)
+    if new is not None and new != old:
+        raise UserError(f"{new_name} {new} and {old_name} {old} disagree ({old_name} is the old name of {new_name})")
+    return old
 
 
 def register(app: typer.Typer) -> None:
@@ -170,13 +204,23 @@ def serve(
     sample_rate: SampleRate = None,
     hash_only: HashOnly = None,
     max_db_mb: MaxDbMb = None,
-    queue_size: QueueSize = None,
-    mirror_concurrency: MirrorConcurrency = None,
+    max_queued: MaxQueued = None,
+    max_queued_mb: MaxQueuedMb = None,
+    concurrency: Concurrency = None,
     teacher_forced: TeacherForced = None,
     top_k: TopK = None,
     in_process: InProcess = False,
     access_log: AccessLog = False,
+    max_body_mb: MaxBodyMb = None,
+    max_connections: MaxConnections = None,
+    max_upstream_connections: MaxUpstreamConnections = None,
+    header_timeout: HeaderTimeout = None,
+    body_timeout: BodyTimeout = None,
+    keepalive: Keepalive = None,
     config: ConfigFile = None,
+    primary: OldPrimary = None,
+    queue_size: OldQueueSize = None,
+    mirror_concurrency: OldMirrorConcurrency = None,
 ) -> None:
     """Run the proxy: clients get the primary's (baseline's) responses unchanged; the candidate gets a copy.
 
@@ -186,30 +230,38 @@ def serve(
     Prometheus metrics (servecmp_shadow_*) are at GET /metrics on the same port.
     """
     from servecmp.shadow.proxy import build_proxy
-    from servecmp.shadow.relay import run_app
-    from servecmp.shadow.store import redact_target
+    from servecmp.shadow.server import Limits, run_app
+    from servecmp.shadow.store import redact_target, redact_url
 
     err_console, endpoints, cfg = _prepare(
         config, exposed="shadow: listening on {host}, not a loopback address: every client that can reach it "
                         "uses the primary through this proxy",
         mirror_process=False if in_process else None, endpoint_flags=dict(
-            baseline=baseline, candidate=candidate, secondary=secondary, baseline_model=baseline_model,
+            baseline=_renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
+            secondary=secondary, baseline_model=baseline_model,
             candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
             candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env),
         settings_flags=dict(host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only,
-                            max_db_mb=max_db_mb, queue_size=queue_size, mirror_concurrency=mirror_concurrency,
-                            teacher_forced=teacher_forced, top_k=top_k),
+                            max_db_mb=max_db_mb, teacher_forced=teacher_forced, top_k=top_k,
+                            queue_size=_renamed("--queue-size", queue_size, "--max-queued", max_queued),
+                            queue_mb=max_queued_mb,
+                            mirror_concurrency=_renamed("--mirror-concurrency", mirror_concurrency, "--concurrency",
+                                                        concurrency),
+                            max_body_mb=max_body_mb, max_connections=max_connections,
+                            max_upstream_connections=max_upstream_connections, header_timeout_s=header_timeout,
+                            body_timeout_s=body_timeout, keepalive_s=keepalive),
     )
     proxy = build_proxy(cfg, endpoints)
-    floor = f", secondary {endpoints.secondary.base_url}" if endpoints.secondary else ""
+    floor = f", secondary {redact_url(endpoints.secondary.base_url)}" if endpoints.secondary else ""
     err_console.print(
-        f"shadow: http://{cfg.host}:{cfg.port} → primary (baseline) {endpoints.baseline.base_url}; mirroring "
-        f"{cfg.sample_rate:.0%} to candidate {endpoints.candidate.base_url}{floor}; recording to "
+        f"shadow: http://{cfg.host}:{cfg.port} → primary (baseline) {redact_url(endpoints.baseline.base_url)}; "
+        f"mirroring "
+        f"{cfg.sample_rate:.0%} to candidate {redact_url(endpoints.candidate.base_url)}{floor}; recording to "
         f"{redact_target(cfg.db)}" + (" (hashes only)" if cfg.hash_only else "") + f"; metrics at /metrics; run "
         f"{proxy.run_id}",
         highlight=False, markup=False,
     )
-    run_app(proxy, host=cfg.host, port=cfg.port, access_log=access_log)
+    run_app(proxy, host=cfg.host, port=cfg.port, access_log=access_log, limits=Limits.of(cfg))
 
 
 @shadow_app.command("collect")
@@ -229,16 +281,28 @@ def collect(
     sample_rate: SampleRate = None,
     hash_only: HashOnly = None,
     max_db_mb: MaxDbMb = None,
-    queue_size: QueueSize = None,
-    mirror_concurrency: MirrorConcurrency = None,
-    max_in_flight: Annotated[
-        int, typer.Option("--max-in-flight", min=1, help="Requests to the baseline replica at once; more are dropped.")
-    ] = 64,
+    max_queued: MaxQueued = None,
+    max_queued_mb: MaxQueuedMb = None,
+    concurrency: Concurrency = None,
+    max_pending: Annotated[int | None, typer.Option(
+        "--max-pending", min=1, help="Mirrored requests waiting for the baseline replica's answer at most "
+        "(default 64); more are dropped and counted.")] = None,
     teacher_forced: TeacherForced = None,
     top_k: TopK = None,
     in_process: InProcess = False,
     access_log: AccessLog = False,
+    max_body_mb: MaxBodyMb = None,
+    max_connections: MaxConnections = None,
+    max_upstream_connections: MaxUpstreamConnections = None,
+    header_timeout: HeaderTimeout = None,
+    body_timeout: BodyTimeout = None,
+    keepalive: Keepalive = None,
     config: ConfigFile = None,
+    primary: OldPrimary = None,
+    queue_size: OldQueueSize = None,
+    mirror_concurrency: OldMirrorConcurrency = None,
+    max_in_flight: Annotated[int | None, typer.Option("--max-in-flight", min=1, hidden=True,
+                                                      help="Old name of --max-pending.")] = None,
 ) -> None:
     """Receive requests Envoy/Istio mirror here (answered 202 at once) and compare as `shadow serve` does.
 
@@ -247,41 +311,51 @@ def collect(
     this process; it is not in the request path. Prometheus metrics are at GET /metrics.
     """
     from servecmp.shadow.collect import build_receiver
-    from servecmp.shadow.relay import run_app
-    from servecmp.shadow.store import redact_target
+    from servecmp.shadow.server import Limits, run_app
+    from servecmp.shadow.store import redact_target, redact_url
 
     err_console, endpoints, cfg = _prepare(
         config, exposed="shadow collect: listening on {host}, not a loopback address: whoever can reach it can "
                         "make servecmp send requests to the baseline and the candidate",
         mirror_process=False if in_process else None, endpoint_flags=dict(
-            baseline=baseline, candidate=candidate, secondary=secondary, baseline_model=baseline_model,
+            baseline=_renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
+            secondary=secondary, baseline_model=baseline_model,
             candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
             candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env),
         settings_flags=dict(host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only,
-                            max_db_mb=max_db_mb, queue_size=queue_size, mirror_concurrency=mirror_concurrency,
-                            teacher_forced=teacher_forced, top_k=top_k),
+                            max_db_mb=max_db_mb, teacher_forced=teacher_forced, top_k=top_k,
+                            queue_size=_renamed("--queue-size", queue_size, "--max-queued", max_queued),
+                            queue_mb=max_queued_mb,
+                            mirror_concurrency=_renamed("--mirror-concurrency", mirror_concurrency, "--concurrency",
+                                                        concurrency),
+                            max_body_mb=max_body_mb, max_connections=max_connections,
+                            max_upstream_connections=max_upstream_connections, header_timeout_s=header_timeout,
+                            body_timeout_s=body_timeout, keepalive_s=keepalive),
     )
-    receiver = build_receiver(cfg, endpoints, max_in_flight=max_in_flight)
-    floor = f", secondary {endpoints.secondary.base_url}" if endpoints.secondary else ""
+    pending = _renamed("--max-in-flight", max_in_flight, "--max-pending", max_pending)
+    receiver = build_receiver(cfg, endpoints, max_in_flight=64 if pending is None else pending)
+    floor = f", secondary {redact_url(endpoints.secondary.base_url)}" if endpoints.secondary else ""
     err_console.print(
         f"shadow collect: http://{cfg.host}:{cfg.port} ← mirrored requests; each sent to baseline "
-        f"{endpoints.baseline.base_url} and candidate {endpoints.candidate.base_url}{floor} "
+        f"{redact_url(endpoints.baseline.base_url)} and candidate {redact_url(endpoints.candidate.base_url)}{floor} "
         f"({cfg.sample_rate:.0%} of them); recording to {redact_target(cfg.db)}"
         + (" (hashes only)" if cfg.hash_only else "") + f"; metrics at /metrics; run {receiver.run_id}",
         highlight=False, markup=False,
     )
-    run_app(receiver, host=cfg.host, port=cfg.port, access_log=access_log)
+    run_app(receiver, host=cfg.host, port=cfg.port, access_log=access_log, limits=Limits.of(cfg))
 
 
 @shadow_app.command("report")
 def report(
-    db: Annotated[str, typer.Argument(
-        metavar="DB", help="Shadow database written by `shadow serve`, `collect` or `replay`: an SQLite file "
-        "or a postgresql:// URL.")],
+    db: Annotated[str | None, typer.Option(
+        "--db", help="Shadow database written by `shadow serve`, `collect` or `replay`: an SQLite file "
+        "or a postgresql:// URL.")] = None,
+    old_db: Annotated[str | None, typer.Argument(metavar="DB", hidden=True, help="Old form of --db.")] = None,
     as_json: Json = False,
     show: Show = None,
     worst: Annotated[int | None, typer.Option("--worst", min=0, hidden=True, help="Old name of --show.")] = None,
-    n_boot: Annotated[int, typer.Option("--n-boot", min=100, help="Bootstrap resamples for the intervals.")] = 2000,
+    n_boot: Annotated[int | None, typer.Option(
+        "--n-boot", min=100, help="Bootstrap resamples for the intervals (default 2000).")] = None,
     gate: Gate = None,
     summary_md: SummaryMd = None,
     config: ConfigFile = None,
@@ -295,16 +369,23 @@ def report(
     from rich.console import Console
 
     from servecmp.finish import Output, check_outputs, finish
-    from servecmp.shadow.kind import ADAPTER, DEFAULT_WORST
+    from servecmp.shadow.kind import ADAPTER
+    from servecmp.shadow.summary import DEFAULT_N_BOOT, DEFAULT_WORST
     from servecmp.verdicts import resolve_gates
 
-    if show is not None and worst is not None and show != worst:
-        raise UserError(f"--show {show} and --worst {worst} disagree (--worst is the old name of --show)")
+    if old_db is not None:
+        _deprecated("the database as an argument (shadow report DB)", "--db DB")
+        if db is not None and db != old_db:
+            raise UserError(f"shadow report: two databases given ({old_db} and --db {db})")
+        db = old_db
+    if db is None:
+        raise UserError("shadow report: give the database with --db (an SQLite file or a postgresql:// URL)")
+    shown = _renamed("--worst", worst, "--show", show)
     gates = resolve_gates("shadow", gate, config)
-    out = Output(as_json=as_json, show=show if show is not None else worst if worst is not None else DEFAULT_WORST,
-                 html=html, summary_md=summary_md, title=f"servecmp gates: shadow database {_db_name(db)}")
+    out = Output(as_json=as_json, show=DEFAULT_WORST if shown is None else shown, html=html,
+                 summary_md=summary_md, title=f"servecmp gates: shadow database {_db_name(db)}")
     check_outputs(out)
-    view = ADAPTER.load(db, show=out.show, n_boot=n_boot)
+    view = ADAPTER.load(db, show=out.show, n_boot=DEFAULT_N_BOOT if n_boot is None else n_boot)
     # With --json, stdout holds only the JSON; the verdict block goes to stderr.
     code = finish("shadow", view, gates, out, Console(stderr=as_json))
     if code:
@@ -339,7 +420,11 @@ def replay_cmd(
     ] = 2.0,
     old_rps: Annotated[float | None, typer.Option("--rps", hidden=True, help="Renamed --send-rps.")] = None,
     limit: Limit = None,
-    max_in_flight: Annotated[int, typer.Option("--max-in-flight", min=1, help="Requests in flight at most.")] = 8,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", min=1, help="Requests in flight at most (default 8); the next waits for a free one.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option("--max-in-flight", min=1, hidden=True,
+                                                      help="Old name of --concurrency.")] = None,
+    primary: OldPrimary = None,
     hash_only: HashOnly = None,
     max_db_mb: MaxDbMb = None,
     teacher_forced: TeacherForced = None,
@@ -367,7 +452,8 @@ def replay_cmd(
     err_console = Console(stderr=True)
     file_cfg = load_config(config)
     endpoints = _endpoints(
-        file_cfg, baseline=baseline, candidate=candidate, secondary=secondary, baseline_model=baseline_model,
+        file_cfg, baseline=_renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
+        secondary=secondary, baseline_model=baseline_model,
         candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
         candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env,
     )
@@ -376,10 +462,12 @@ def replay_cmd(
     requests = load_requests(file, limit)
     err_console.print(f"shadow replay: {len(requests)} requests at {send_rps:g}/s → {redact_target(cfg.db)}",
                       highlight=False, markup=False)
-    outcome = asyncio.run(replay(cfg, endpoints, requests, send_rps=send_rps, max_in_flight=max_in_flight))
+    in_flight = _renamed("--max-in-flight", max_in_flight, "--concurrency", concurrency)
+    outcome = asyncio.run(replay(cfg, endpoints, requests, send_rps=send_rps,
+                                 max_in_flight=8 if in_flight is None else in_flight))
     err_console.print(
         f"shadow replay: sent {outcome.sent}, compared {outcome.compared}, primary failed "
         f"{outcome.primary_failed} in {outcome.seconds:.1f} s (run {outcome.run_id}); "
-        f"see `servecmp shadow report {redact_target(cfg.db)}`",
+        f"see `servecmp shadow report --db {redact_target(cfg.db)}`",
         highlight=False, markup=False,
     )

@@ -18,7 +18,7 @@ from servecmp.html._verdict import verdict_html
 
 if TYPE_CHECKING:
     from servecmp.gates import Verdict
-    from servecmp.shadow.report import ShadowSummary
+    from servecmp.shadow.summary import ShadowSummary
 
 
 def _cell(d: Any, key: str) -> Cell:
@@ -64,7 +64,7 @@ def _measures(s: ShadowSummary) -> str:
 
 def _tokens(s: ShadowSummary) -> str:
     """llama.cpp's KL-divergence block over the teacher-forced tokens, candidate beside the floor."""
-    from servecmp.shadow.report import BLOCK_LABELS, block_column
+    from servecmp.shadow.render import BLOCK_LABELS, block_column
 
     t = s.teacher_forced_tokens
     assert t is not None
@@ -144,7 +144,7 @@ def _answers_by_request(db: str | Path | None, ids: Sequence[str]) -> dict[str, 
     if db is None or not ids:
         return {}
     from servecmp.errors import ServecmpError
-    from servecmp.shadow import report as sh
+    from servecmp.shadow import summary as sh
 
     try:
         rows = sh.load(db)[0]

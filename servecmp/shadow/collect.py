@@ -2,7 +2,7 @@
 (``VirtualService`` ``mirror``) sends it a copy of live requests; nobody waits for its answer.
 
 Path of a mirrored request: read the body, answer ``202 Accepted`` at once (the mesh discards the
-answer anyway; the HTTP server is the proxy's, `relay`), then, off the response path, send the
+answer anyway; the HTTP server is the proxy's: uvicorn, `server`), then, off the response path, send the
 request to a baseline replica (the primary here: the user's own answer came from another replica,
 which servecmp never sees) and hand the exchange, as a `MirrorJob` with source "mirror", to the
 same mirror as the proxy's (`workers.compare_and_store`: candidate, secondary, measures, database,
@@ -21,18 +21,31 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from yarl import URL
+
 from servecmp.config import ShadowConfig
 from servecmp.shadow.mirror import MirrorJob
 from servecmp.shadow.payloads import PATH_KINDS, EndpointKind
-from servecmp.shadow.proxy import ShadowApp
-from servecmp.shadow.relay import ClientConnection, Request, answer_locally
+from servecmp.shadow.proxy import ShadowApp, refuse
+from servecmp.shadow.server import (
+    REQUEST_DROP,
+    BodyRefused,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    answer_locally,
+    forwardable,
+    read_body,
+    respond,
+)
 from servecmp.shadow.upstream import UPSTREAM_ERRORS
 from servecmp.shadow.wiring import ShadowEndpoints
 from servecmp.shadow.workers import MirrorSink
 
 ACCEPTED = b'{"status":"accepted"}'
 #: The routes a mirror sends, and their method.
-COLLECTED = {"/v1/chat/completions": b"POST", "/v1/completions": b"POST"}
+COLLECTED = {"/v1/chat/completions": "POST", "/v1/completions": "POST"}
 
 
 @dataclass
@@ -43,14 +56,22 @@ class MirrorReceiver(ShadowApp):
     max_in_flight: int = 64
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def handle(self, conn: ClientConnection, req: Request) -> None:
-        """Answer at once: 202 for a mirrored request (then fetched and compared off the response
-        path), /metrics, or an error."""
-        if answer_locally(conn, req, COLLECTED, what="collected", metrics=self.metrics):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer at once (ASGI): 202 for a mirrored request (then fetched and compared off the
+        response path), /metrics, or an error."""
+        if scope["type"] != "http":
             return
-        path = req.path
+        if await answer_locally(scope, send, COLLECTED, what="collected", metrics=self.metrics):
+            return
+        try:
+            body = await read_body(scope, receive, self.limits)
+        except BodyRefused as exc:
+            await refuse(send, exc)
+            return
+        except ClientGone:
+            return
+        path = scope["path"]
         kind = PATH_KINDS[path]
-        body = req.body
         self.counters.inc("requests", route=kind)
         if self.sample_rate < 1.0 and self.rng.random() >= self.sample_rate:
             self.counters.inc("sampled_out", route=kind)
@@ -60,15 +81,18 @@ class MirrorReceiver(ShadowApp):
             self.counters.inc("dropped_queue_full", route=kind)
         else:
             # The client's headers minus hop-by-hop ones, Host and Content-Length (aiohttp sets those).
-            headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in _header_pairs(req.forward_headers)]
-            url = f"{self.primary.url}{req.target.decode('latin-1')}"
-            task = asyncio.get_running_loop().create_task(self._fetch(kind, path, url, headers, body))
+            headers = [(n.decode("latin-1"), v.decode("latin-1"))
+                       for n, v in forwardable(scope["headers"], REQUEST_DROP)]
+            target = scope["raw_path"].decode("latin-1")
+            if scope["query_string"]:
+                target += "?" + scope["query_string"].decode("latin-1")
+            task = asyncio.get_running_loop().create_task(
+                self._fetch(kind, path, URL(f"{self.primary.url}{target}", encoded=True), headers, body))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        conn.respond(202, ACCEPTED)
-        conn.done(req)
+        await respond(send, 202, ACCEPTED)
 
-    async def _fetch(self, kind: EndpointKind, path: str, url: str, headers: list[tuple[str, str]],
+    async def _fetch(self, kind: EndpointKind, path: str, url: URL, headers: list[tuple[str, str]],
                      body: bytes) -> None:
         """The baseline replica's answer to the mirrored request, then the shared comparison path."""
         ts = time.time()
@@ -119,13 +143,3 @@ def build_receiver(
 ) -> MirrorReceiver:
     """A collector wired from the `[shadow]` settings and the endpoints; registers the run."""
     return MirrorReceiver.wired(cfg, endpoints, mode="collect", rng=rng, max_in_flight=max_in_flight)
-
-
-def _header_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
-    """The header lines the relay keeps for forwarding (`Request.forward_headers`), as pairs."""
-    out = []
-    for line in lines.split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b": ")
-            out.append((name, value))
-    return out

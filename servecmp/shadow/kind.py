@@ -11,17 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from servecmp.shadow.report import ShadowSummary
+from servecmp.shadow.summary import DEFAULT_N_BOOT, DEFAULT_WORST, ShadowSummary
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from servecmp.gates import Gate, Verdict
-
-
-#: The shadow report's defaults, for every command that prints one: worst requests listed, bootstrap resamples.
-DEFAULT_WORST = 10
-DEFAULT_N_BOOT = 2000
 
 
 @dataclass(frozen=True)
@@ -34,7 +29,7 @@ class ShadowKind:
     name = "shadow"
 
     def load(self, target: Path | str, *, show: int | None, n_boot: int = DEFAULT_N_BOOT) -> ShadowView:
-        from servecmp.shadow.report import load_summary
+        from servecmp.shadow.summary import load_summary
 
         worst = DEFAULT_WORST if show is None else show
         return ShadowView(load_summary(target, worst_n=worst, n_boot=n_boot), target)
@@ -49,7 +44,7 @@ class ShadowKind:
 
     def render(self, result: ShadowView, console: Console, *, show: int | None,
                verdicts: Sequence[Verdict] | None) -> None:
-        from servecmp.shadow.report import render
+        from servecmp.shadow.render import render
 
         render(result.summary, console, result.db)
 

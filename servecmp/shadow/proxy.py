@@ -1,18 +1,20 @@
 """The shadow reverse proxy: answers every client from the primary, unchanged, and hands a copy of
 each exchange to the mirror after the response has been sent.
 
-Path of a request (the only work the client waits for): the request is parsed, sent with the
-client's headers (minus hop-by-hop ones) to the primary on a pooled keep-alive connection, and the
-primary's status, headers and body bytes are passed back as they arrive (content-encoding and bytes
-are the primary's); `relay` does the HTTP. While passing through, the body is also kept (up to a
-cap) for the comparison. Mirroring, parsing, measuring and storing all happen after the response,
-in the mirror (by default a separate lower-priority process, see `workers`); the proxy's only extra
-step is a non-blocking hand-off (batched for the process), and one histogram observation of the
-time it added (``/metrics``).
+Path of a request (the only work the client waits for): uvicorn reads it (`server`), the body is
+read whole (bounded: `Limits`), sent with the client's headers minus hop-by-hop ones to the primary
+by aiohttp's keep-alive pool, and the primary's status, headers (minus hop-by-hop) and body bytes
+are passed back as they arrive (content-encoding and bytes are the primary's). While passing
+through, the body is also kept (up to a cap) for the comparison. Mirroring, parsing, measuring and
+storing all happen after the response, in the mirror (by default a separate lower-priority process,
+see `workers`); the proxy's only extra step is a non-blocking hand-off, and one histogram
+observation of the time it added (``/metrics``). servecmp writes no HTTP here: no parsing, framing,
+keep-alive or pooling of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import random
@@ -20,26 +22,31 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Self, cast
+from typing import Any, Self
+
+import aiohttp
+from yarl import URL
 
 from servecmp.config import ShadowConfig
-from servecmp.shadow.metrics import Telemetry, build_registry, exposition
 from servecmp.shadow.mirror import MirrorJob
 from servecmp.shadow.payloads import PATH_KINDS, EndpointKind
-from servecmp.shadow.relay import (
-    CLIENT_LEFT,
-    COMPLETE,
-    DROPPED,
-    TIMEOUT,
-    ClientConnection,
-    Forward,
-    Request,
-    UpstreamPool,
+from servecmp.shadow.prom import Telemetry, build_registry, exposition
+from servecmp.shadow.server import (
+    REQUEST_DROP,
+    BodyRefused,
+    ClientGone,
+    Limits,
+    Receive,
+    Scope,
+    Send,
     answer_locally,
     error_body,
+    forwardable,
+    read_body,
+    respond,
 )
 from servecmp.shadow.store import Counters, RunInfo
-from servecmp.shadow.upstream import Upstream
+from servecmp.shadow.upstream import UPSTREAM_ERRORS, Upstream
 from servecmp.shadow.wiring import (
     ShadowEndpoints,
     build_comparison,
@@ -51,18 +58,9 @@ from servecmp.shadow.wiring import (
 from servecmp.shadow.workers import LocalMirror, MirrorSink, ProcessMirror
 
 #: The proxied routes and their methods (HEAD too where GET is allowed).
-PROXIED = {"/v1/chat/completions": b"POST", "/v1/completions": b"POST", "/v1/models": b"GET"}
+PROXIED = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
 
 SSE_DONE = b"data: [DONE]"
-
-
-class _Proxied(Forward):
-    """A `Forward` with what the proxy needs when it ends."""
-
-    __slots__ = ("kind", "t_entry", "ts")
-    kind: EndpointKind | None
-    t_entry: float
-    ts: float
 
 
 def _sse_done(chunks: list[bytes]) -> bool:
@@ -70,10 +68,16 @@ def _sse_done(chunks: list[bytes]) -> bool:
     return b"".join(chunks[-2:]).rstrip().endswith(SSE_DONE)
 
 
+async def refuse(send: Send, exc: BodyRefused) -> None:
+    """413 or 408 for a body the server will not read further (h11 then closes the connection)."""
+    kind = "request_too_large" if exc.status == 413 else "request_timeout"
+    await respond(send, exc.status, error_body(str(exc), kind, exc.status), headers=((b"connection", b"close"),))
+
+
 @dataclass
 class ShadowApp:
     """What `shadow serve`'s proxy and `shadow collect`'s receiver share: the primary (the
-    baseline), where comparisons go, counters, metrics, the run."""
+    baseline), where comparisons go, counters, metrics, the run, the server's bounds."""
 
     primary: Upstream
     mirror: MirrorSink | None
@@ -87,6 +91,7 @@ class ShadowApp:
     registry: Any = None
     #: The run this process records (servecmp_shadow_run_info's run_id).
     run_id: str = ""
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def wired(cls, cfg: ShadowConfig, endpoints: ShadowEndpoints, *, mode: str, rng: random.Random | None = None,
@@ -104,15 +109,15 @@ class ShadowApp:
             drain_timeout_s=cfg.drain_timeout_s,
             rng=rng or random.Random(),
             telemetry=telemetry,
-            registry=build_registry(metrics_collector(endpoints, run, counters, telemetry)),
+            registry=build_registry(metrics_collector(endpoints, run, counters, telemetry, cfg)),
             run_id=run.run_id,
+            limits=Limits.of(cfg),
             **extra,
         )
 
     def __post_init__(self) -> None:
         # Request ids: a random 64-bit prefix per process and a counter, 32 hex digits as a uuid4's,
-        # unique across replicas; a uuid4 each (a getrandom call and a UUID object) cost ~4% of the
-        # proxy's CPU per request.
+        # unique across replicas.
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count()
         #: GET /metrics (None: the route is not there).
@@ -123,11 +128,46 @@ class ShadowApp:
 
 
 @dataclass
+class _Exchange:
+    """What the proxy keeps of one mirrored exchange while the response is going out."""
+
+    kind: EndpointKind
+    path: str
+    body: bytes
+    t0: float
+    capture_limit: int
+    ts: float = field(default_factory=time.time)
+    status: int = 0
+    content_type: str | None = None
+    content_encoding: str | None = None
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    complete: bool = False
+    latency_s: float = 0.0
+
+    def keep(self, chunk: bytes) -> None:
+        if self.size <= self.capture_limit:
+            self.size += len(chunk)
+            if self.size > self.capture_limit:
+                self.chunks.clear()  # too large to compare; free it now rather than at the end
+            else:
+                self.chunks.append(chunk)
+
+
+class PrimaryDropped(Exception):
+    """The primary's connection broke mid-body: raised so uvicorn aborts the client's connection,
+    which is what the client would have seen talking to the primary directly."""
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    """Returns when the client disconnects (its request body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+@dataclass
 class ShadowProxy(ShadowApp):
     """Shared state of one proxy: the primary, where comparisons go, counters."""
-
-    #: Keep-alive connections to the primary (built from `primary` on first use).
-    pool: UpstreamPool | None = None
 
     def _sampled(self, kind: EndpointKind) -> bool:
         self.counters.inc("requests", route=kind)
@@ -138,77 +178,122 @@ class ShadowProxy(ShadowApp):
         self.counters.inc("sampled_out", route=kind)
         return False
 
-    def _pool(self) -> UpstreamPool:
-        if self.pool is None:
-            # No stricter connect limit than the client's own would be: on a stalled host a short
-            # connect timeout could fail through the proxy where the direct call would have waited.
-            self.pool = UpstreamPool(self.primary.url, connect_timeout_s=self.primary.connect_timeout_s,
-                                     read_timeout_s=self.primary.timeout_s)
-        return self.pool
-
-    def handle(self, conn: ClientConnection, req: Request) -> None:
-        """One request: proxied routes go to the primary; /metrics and errors are answered here."""
-        t_entry = time.perf_counter()
-        if answer_locally(conn, req, PROXIED, what="proxied", metrics=self.metrics):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request (ASGI): proxied routes go to the primary; /metrics and errors are answered here."""
+        if scope["type"] != "http":
             return
-        kind = PATH_KINDS.get(req.path)
-        sampled = kind is not None and self._sampled(kind)
-        fwd = _Proxied(self._pool(), conn, req, self.capture_limit if sampled else None, self._ended)
-        fwd.kind, fwd.t_entry, fwd.ts = kind, t_entry, time.time()
-        conn.current = fwd
-        fwd.start(t_entry)
+        if await answer_locally(scope, send, PROXIED, what="proxied", metrics=self.metrics):
+            return
+        try:
+            body = await read_body(scope, receive, self.limits)
+        except BodyRefused as exc:
+            await refuse(send, exc)
+            return
+        except ClientGone:
+            return
+        # From here to the upstream send, and from the primary's head to it going out, is the
+        # proxy's own time on the request path: the "added latency" histogram.
+        t_entry = time.perf_counter()
+        path = scope["path"]
+        kind = PATH_KINDS.get(path)
+        ex = _Exchange(kind, path, body, t_entry, self.capture_limit) if kind and self._sampled(kind) else None
+        # The client's target exactly as sent (never re-encoded).
+        target = scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        headers = [(n.decode("latin-1"), v.decode("latin-1"))
+                   for n, v in forwardable(scope["headers"], REQUEST_DROP)]
+        # One task listens for the client leaving, for both phases (waiting for the primary, then
+        # streaming): a client that hangs up aborts the primary's request, as it would directly.
+        task = asyncio.current_task()
+        assert task is not None
+        gone: list[bool] = []
 
-    def _ended(self, f: Forward, outcome: str) -> None:
-        """A forwarded request is over (called from the callback that ended it)."""
-        fwd = cast(_Proxied, f)
-        kind, conn = fwd.kind, fwd.client
-        if fwd.head_done:
-            # The proxy's own time on the request path: up to the request going out, and the handling
-            # of the packets up to the one that completed the answer's head.
-            self.telemetry.observe_latency(fwd.added_s, kind)
-        sampled = fwd.capture is not None
-        if outcome == COMPLETE:
-            if sampled:
-                self._after_response(fwd)
-        elif outcome == CLIENT_LEFT:
-            if sampled:
-                # The openai SDK stops reading at the SSE "data: [DONE]" event and closes the
-                # connection, often before the primary's final empty chunk arrives: the answer is
-                # whole then, so it is compared rather than counted as a client that left.
-                if fwd.head_done and _sse_done(cast(list[bytes], fwd.capture)):
-                    self._after_response(fwd)
+        def client_left(w: asyncio.Future[None]) -> None:
+            if not w.cancelled() and w.exception() is None:
+                gone.append(True)
+                task.cancel()
+
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        watcher.add_done_callback(client_left)
+        try:
+            await self._forward(scope, send, URL(self.primary.url + target, encoded=True), headers, body, ex,
+                                t_entry, kind)
+        except asyncio.CancelledError:
+            if not gone:
+                raise  # not the client's leaving: shutdown
+            task.uncancel()
+            if ex is not None:
+                if ex.status and _sse_done(ex.chunks):
+                    # The openai SDK stops reading at the SSE "data: [DONE]" event and closes the
+                    # connection, often before the primary's final empty chunk arrives: the answer
+                    # is whole then, so it is compared rather than counted as a client that left.
+                    ex.complete, ex.latency_s = True, time.perf_counter() - ex.t0
+                    self._after_response(ex)
                 else:
                     self.counters.inc("client_disconnected", route=kind)
-        elif outcome == DROPPED:
-            self.counters.inc("primary_dropped", route=kind)
-        else:
-            self.counters.inc("primary_unreachable", route=kind)
-            if outcome == TIMEOUT:
-                conn.respond(504, error_body("primary endpoint timed out", "gateway_timeout", 504))
-            else:
-                conn.respond(502, error_body("primary endpoint unreachable", "bad_gateway", 502))
-        conn.done(fwd.request)
+        finally:
+            watcher.remove_done_callback(client_left)
+            watcher.cancel()
 
-    def _after_response(self, fwd: _Proxied) -> None:
-        """Runs once the response has been sent: hand the exchange to the mirror, or count why not."""
-        assert fwd.capture is not None and fwd.kind is not None and self.mirror is not None
-        if fwd.size > self.capture_limit:
-            self.counters.inc("dropped_too_large", route=fwd.kind)
+    async def _forward(self, scope: Scope, send: Send, url: URL, headers: list[tuple[str, str]], body: bytes,
+                       ex: _Exchange | None, t_entry: float, kind: EndpointKind | None) -> None:
+        t_send = time.perf_counter()
+        try:
+            # aiohttp never re-sends a POST on its own (only idempotent methods, RFC 9110 §9.2.2).
+            upstream = await self.primary.session.request(scope["method"], url, headers=headers, data=body,
+                                                          allow_redirects=False)
+        except TimeoutError:
+            self.counters.inc("primary_unreachable", route=kind)
+            await respond(send, 504, error_body("primary endpoint timed out", "gateway_timeout", 504))
             return
-        self.mirror.submit(
-            MirrorJob(
-                request_id=self._request_id(),
-                ts=fwd.ts,
-                kind=fwd.kind,
-                path=fwd.request.path,
-                body=fwd.request.body,
-                primary_status=fwd.status,
-                primary_body=b"".join(fwd.capture),
-                primary_content_type=fwd.content_type.decode("latin-1") if fwd.content_type else None,
-                primary_content_encoding=fwd.content_encoding.decode("latin-1") if fwd.content_encoding else None,
-                primary_latency_s=fwd.t_end - fwd.t_entry,
-            )
-        )
+        except aiohttp.ClientError:
+            self.counters.inc("primary_unreachable", route=kind)
+            await respond(send, 502, error_body("primary endpoint unreachable", "bad_gateway", 502))
+            return
+        t_head = time.perf_counter()
+        try:
+            # The primary's headers exactly (repeated ones too) minus hop-by-hop and Connection-listed
+            # ones; the framing (Content-Length or chunked) is uvicorn's, from the bytes it is given.
+            status = upstream.status
+            if ex is not None:
+                ex.status = status
+                ex.content_type = upstream.headers.get("Content-Type")
+                ex.content_encoding = upstream.headers.get("Content-Encoding")
+            await send({"type": "http.response.start", "status": status,
+                        "headers": forwardable(upstream.raw_headers)})
+            self.telemetry.observe_latency((t_send - t_entry) + (time.perf_counter() - t_head), kind)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    if ex is not None:
+                        ex.keep(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UPSTREAM_ERRORS:
+                self.counters.inc("primary_dropped", route=kind)
+                raise PrimaryDropped("the primary closed the connection before the end of its answer") from None
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            # Finished: the connection goes back to the pool; otherwise closing it aborts the
+            # primary's request, and a half-read connection is never pooled.
+            if upstream.content.at_eof():
+                upstream.release()
+            else:
+                upstream.close()
+        if ex is not None:
+            ex.complete, ex.latency_s = True, time.perf_counter() - ex.t0
+            self._after_response(ex)
+
+    def _after_response(self, ex: _Exchange) -> None:
+        """Runs once the response has been sent: hand the exchange to the mirror, or count why not."""
+        assert self.mirror is not None
+        if ex.size > self.capture_limit:
+            self.counters.inc("dropped_too_large", route=ex.kind)
+            return
+        self.mirror.submit(MirrorJob(
+            request_id=self._request_id(), ts=ex.ts, kind=ex.kind, path=ex.path, body=ex.body,
+            primary_status=ex.status, primary_body=b"".join(ex.chunks), primary_content_type=ex.content_type,
+            primary_content_encoding=ex.content_encoding, primary_latency_s=ex.latency_s,
+        ))
 
     async def startup(self) -> None:
         if self.mirror is not None:
@@ -221,8 +306,6 @@ class ShadowProxy(ShadowApp):
     async def shutdown(self) -> None:
         if self.mirror is not None:
             await self.mirror.stop(self.drain_timeout_s)
-        if self.pool is not None:
-            self.pool.close()
         await self.primary.aclose()
 
 
@@ -243,6 +326,7 @@ def build_mirror(
         return process_mirror, process_mirror.counters, process_mirror.telemetry
     counters, telemetry = Counters(), Telemetry()
     parts = build_comparison(cfg, endpoints, run, counters, telemetry)
-    return LocalMirror(parts, counters, queue_size=cfg.queue_size, workers=cfg.mirror_concurrency), counters, telemetry
+    return LocalMirror(parts, counters, queue_size=cfg.queue_size, workers=cfg.mirror_concurrency,
+                       queue_bytes=int(cfg.queue_mb * 1024 * 1024)), counters, telemetry
 
 

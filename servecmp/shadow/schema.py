@@ -175,6 +175,18 @@ def is_postgres(target: str | Path) -> bool:
     return isinstance(target, str) and target.split("://", 1)[0].lower() in PG_SCHEMES and "://" in target
 
 
+def redact_url(url: str) -> str:
+    """An endpoint URL as labels, the database and logs show it: any ``user:password@`` replaced by
+    ``***@`` (the URL is still used as given to connect)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def redact_target(target: str | Path) -> str:
     """The database's name for messages and stored settings: a URL's password (in the userinfo or
     a ``password=`` query parameter) replaced by ``***``."""

@@ -5,7 +5,7 @@ The requests servecmp makes on its own (mirrored ones to the candidate and secon
 scoring, replay, collect's baseline replica) use the aiohttp client here: measured on this project's
 2-core machine against the loopback stub, one keep-alive request cost ~0.2 ms of CPU with aiohttp and
 ~0.9 ms with httpx. The proxy's own requests to the primary, on the user's path, go through
-`relay`'s pool instead, with the client's own headers (its Authorization included); the candidate and
+aiohttp's pool in `proxy` instead, with the client's own headers (its Authorization included); the candidate and
 the secondary only ever get the key named by their own ``api_key_env`` (``--candidate-key-env``,
 ...). Keys live in memory only: never in a record, a log line or an error message.
 """

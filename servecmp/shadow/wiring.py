@@ -9,9 +9,9 @@ from typing import Any
 
 from servecmp.config import ShadowConfig
 from servecmp.endpoints import EndpointSpec, api_key_from_env
-from servecmp.shadow.metrics import ShadowCollector, Telemetry
 from servecmp.shadow.mirror import Comparer
-from servecmp.shadow.store import Counters, PairWriter, RunInfo, redact_target, register_run
+from servecmp.shadow.prom import ShadowCollector, Telemetry
+from servecmp.shadow.store import Counters, PairWriter, RunInfo, redact_target, redact_url, register_run
 from servecmp.shadow.teacher_forcing import TeacherForcer
 from servecmp.shadow.upstream import Upstream
 
@@ -56,9 +56,10 @@ def new_run(cfg: ShadowConfig, endpoints: ShadowEndpoints, *, mode: str) -> RunI
     settings.update({f"{role}_model": spec.model for role, spec in endpoints.roles().items()})
     return RunInfo(
         mode=mode,
-        primary_url=endpoints.baseline.base_url,
-        candidate_url=endpoints.candidate.base_url,
-        secondary_url=endpoints.secondary.base_url if endpoints.secondary else None,
+        # A URL's user:password@ never reaches the database (nor the reports that read it).
+        primary_url=redact_url(endpoints.baseline.base_url),
+        candidate_url=redact_url(endpoints.candidate.base_url),
+        secondary_url=redact_url(endpoints.secondary.base_url) if endpoints.secondary else None,
         hash_only=cfg.hash_only,
         sample_rate=cfg.sample_rate,
         settings=settings,
@@ -77,6 +78,7 @@ def primary_upstream(cfg: ShadowConfig, endpoints: ShadowEndpoints) -> Upstream:
     # No stricter connect limit than the client's own would be: on a stalled host a 10 s connect
     # can fail through the proxy where the direct call would have waited and succeeded.
     up.connect_timeout_s = cfg.primary_timeout_s
+    up.max_connections = cfg.max_upstream_connections
     return up
 
 
@@ -126,10 +128,22 @@ def capture_bytes(cfg: ShadowConfig) -> int:
 
 def model_label(spec: EndpointSpec) -> str:
     """An endpoint's model for metric labels: the configured name, else its URL (no credentials)."""
-    return spec.model or spec.base_url
+    return spec.model or redact_url(spec.base_url)
+
+
+def limits_of(cfg: ShadowConfig) -> dict[str, float]:
+    """The bounds /metrics shows (servecmp_shadow_limit{limit=...}), in bytes, counts and seconds."""
+    mib = 1024 * 1024
+    return {
+        "max_body_bytes": cfg.max_body_mb * mib, "queue_bytes": cfg.queue_mb * mib, "queue_jobs": cfg.queue_size,
+        "max_connections": cfg.max_connections, "max_upstream_connections": cfg.max_upstream_connections,
+        "header_timeout_seconds": cfg.header_timeout_s, "body_timeout_seconds": cfg.body_timeout_s,
+        "keepalive_seconds": cfg.keepalive_s, "max_capture_bytes": cfg.max_capture_mb * mib,
+    }
 
 
 def metrics_collector(endpoints: ShadowEndpoints, run: RunInfo, counters: Counters,
-                      telemetry: Telemetry) -> ShadowCollector:
+                      telemetry: Telemetry, cfg: ShadowConfig | None = None) -> ShadowCollector:
     return ShadowCollector(counters, telemetry, baseline_model=model_label(endpoints.baseline),
-                           candidate_model=model_label(endpoints.candidate), run_id=run.run_id, mode=run.mode)
+                           candidate_model=model_label(endpoints.candidate), run_id=run.run_id, mode=run.mode,
+                           limits=limits_of(cfg) if cfg is not None else None)

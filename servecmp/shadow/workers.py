@@ -29,8 +29,8 @@ from typing import Any, Protocol
 
 from servecmp.config import ShadowConfig
 from servecmp.errors import UserError
-from servecmp.shadow.metrics import Telemetry
 from servecmp.shadow.mirror import MirrorJob
+from servecmp.shadow.prom import Telemetry
 from servecmp.shadow.store import Counters, RunInfo, StoreError, save_counters
 from servecmp.shadow.wiring import ComparisonParts, ShadowEndpoints, build_comparison
 
@@ -74,13 +74,21 @@ async def compare_and_store(parts: ComparisonParts, counters: Counters, job: Mir
     parts.writer.submit(records)
 
 
+def job_bytes(job: MirrorJob) -> int:
+    """What a waiting job holds: the request and the primary's answer (the backlog's byte bound)."""
+    return len(job.body) + len(job.primary_body)
+
+
 class LocalMirror:
     """Bounded asyncio queue + worker tasks in the current event loop (replay, tests, small setups)."""
 
     def __init__(self, parts: ComparisonParts, counters: Counters, *, queue_size: int = 1000,
-                 workers: int = 8) -> None:
+                 workers: int = 8, queue_bytes: int = 256 * 1024 * 1024) -> None:
         self.parts = parts
         self.counters = counters
+        #: Bytes of the jobs waiting (not yet taken by a worker), and their bound.
+        self.queued_bytes = 0
+        self.queue_bytes = queue_bytes
         self._queue: asyncio.Queue[MirrorJob] = asyncio.Queue(maxsize=max(1, queue_size))
         self._n_workers = max(1, workers)
         self._tasks: list[asyncio.Task[None]] = []
@@ -92,17 +100,23 @@ class LocalMirror:
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self._n_workers)]
 
     def submit(self, job: MirrorJob) -> bool:
+        size = job_bytes(job)
+        if self.queued_bytes + size > self.queue_bytes:
+            self.counters.inc("dropped_queue_full", route=job.kind)
+            return False
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             self.counters.inc("dropped_queue_full", route=job.kind)
             return False
+        self.queued_bytes += size
         self.pending += 1
         return True
 
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
+            self.queued_bytes -= job_bytes(job)
             try:
                 await compare_and_store(self.parts, self.counters, job)
             finally:
@@ -134,6 +148,11 @@ class ProcessMirror:
         self.telemetry = Telemetry.shared(ctx)
         #: Jobs the child has taken off the queue (written by the child only).
         self._taken = ctx.RawValue("q", 0)
+        #: Bytes of the jobs the child has taken (`job_bytes`), and of those accepted: the
+        #: difference is the backlog, bounded by ``queue_mb`` as the job count is by ``queue_size``.
+        self._taken_bytes = ctx.RawValue("q", 0)
+        self.accepted_bytes = 0
+        self._queue_bytes = int(cfg.queue_mb * 1024 * 1024)
         #: Jobs put on the queue (proxy side): at the end, accepted - taken were never compared.
         self.accepted = 0
         self._queue: Any = ctx.Queue(maxsize=max(1, cfg.queue_size))
@@ -147,7 +166,7 @@ class ProcessMirror:
         self._proc = ctx.Process(
             target=child_main,
             args=(cfg, endpoints, run, self._queue, self.shared, self.telemetry.ints, self.telemetry.floats,
-                  self._taken, self._stop_now),
+                  self._taken, self._stop_now, self._taken_bytes),
             name="servecmp-shadow-mirror",
             daemon=True,
         )
@@ -160,13 +179,16 @@ class ProcessMirror:
         # Jobs go over in batches, so the proxy pays one queue put (a wake-up of the queue's feeder
         # thread, a pickle, a pipe write) per batch rather than per job. The bound stays per job: the
         # child counts the jobs it takes, so accepted - taken is what waits, batched or not.
-        if self.accepted - self._taken.value >= self._queue_size:
+        size = job_bytes(job)
+        if (self.accepted - self._taken.value >= self._queue_size
+                or self.accepted_bytes - self._taken_bytes.value + size > self._queue_bytes):
             self.counters.inc("dropped_queue_full", route=job.kind)
             if not self._warned_dead and not self._proc.is_alive():
                 self._warned_dead = True
                 log.error("shadow: the mirror process has exited; comparisons are being dropped")
             return False
         self.accepted += 1
+        self.accepted_bytes += size
         self._batch.append(job)
         if len(self._batch) >= BATCH_MAX:
             self._flush()
@@ -188,6 +210,7 @@ class ProcessMirror:
             self._queue.put_nowait(batch)
         except queue.Full:  # cannot happen while batches <= jobs waiting <= queue size; counted if it does
             self.accepted -= len(batch)
+            self.accepted_bytes -= sum(job_bytes(j) for j in batch)
             for job in batch:
                 self.counters.inc("dropped_queue_full", route=job.kind)
 
@@ -226,7 +249,7 @@ class ProcessMirror:
 
 def child_main(
     cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo, jobs: Any, shared: Any, hist_ints: Any,
-    hist_floats: Any, taken: Any, stop_now: Any,
+    hist_floats: Any, taken: Any, stop_now: Any, taken_bytes: Any = None,
 ) -> None:
     """Entry point of the mirror process."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
@@ -238,12 +261,12 @@ def child_main(
         with contextlib.suppress(OSError):
             os.nice(cfg.mirror_nice)
     asyncio.run(_child(cfg, endpoints, run, jobs, Counters(shared), Telemetry(hist_ints, hist_floats), taken,
-                       stop_now, os.getppid()))
+                       stop_now, os.getppid(), taken_bytes))
 
 
 async def _child(
     cfg: ShadowConfig, endpoints: ShadowEndpoints, run: RunInfo, jobs: Any, counters: Counters,
-    telemetry: Telemetry, taken: Any, stop_now: Any, parent_pid: int,
+    telemetry: Telemetry, taken: Any, stop_now: Any, parent_pid: int, taken_bytes: Any = None,
 ) -> None:
     parts = build_comparison(cfg, endpoints, run, counters, telemetry)
     parts.writer.start()
@@ -293,6 +316,8 @@ async def _child(
             if job is None:
                 break
             taken.value += 1
+            if taken_bytes is not None:
+                taken_bytes.value += job_bytes(job)
             loop.call_soon_threadsafe(launch, job)
         loop.call_soon_threadsafe(finished.set)
 

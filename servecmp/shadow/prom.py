@@ -174,20 +174,32 @@ class ShadowCollector:
     """A prometheus_client collector reading `Counters` and `Telemetry` at scrape time."""
 
     def __init__(self, counters: Counters, telemetry: Telemetry, *, baseline_model: str, candidate_model: str,
-                 run_id: str, mode: str) -> None:
+                 run_id: str, mode: str, limits: dict[str, float] | None = None) -> None:
+        self.limits = limits or {}
         self.counters = counters
         self.telemetry = telemetry
         self.pair = {"baseline_model": baseline_model, "candidate_model": candidate_model}
         self.run = {"run_id": run_id, "mode": mode}
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, InfoMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+            InfoMetricFamily,
+        )
 
         pair_names, pair_values = list(self.pair), list(self.pair.values())
         info = InfoMetricFamily(f"{PREFIX}_run", "The run this process records (its run_id in the database)",
                                 labels=pair_names)
         info.add_metric(pair_values, self.run)
         yield info
+        if self.limits:
+            limit = GaugeMetricFamily(f"{PREFIX}_limit", "The server's configured bounds (bytes, counts, seconds)",
+                                      labels=[*pair_names, "limit"])
+            for name, value in self.limits.items():
+                limit.add_metric([*pair_values, name], value)
+            yield limit
 
         by_route = self.counters.by_route()
         dropped = CounterMetricFamily(f"{PREFIX}_dropped", "Requests or records not compared or not stored, by "

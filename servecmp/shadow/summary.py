@@ -1,4 +1,5 @@
-"""`servecmp shadow report` (and `servecmp report DB`): what the shadow database says about the candidate.
+"""The shadow summary: what a shadow database says about the candidate (`servecmp shadow report`,
+`servecmp report DB`), typed and versioned; `servecmp.shadow.render` prints it.
 
 For each measure: the candidate's rate or mean with a 95% interval, the same for the secondary (the
 baseline's second replica: the noise floor, how much the baseline disagrees with itself), and the
@@ -9,10 +10,12 @@ called significant only when its test gives p < 0.05; each line is tested on its
 for the number of lines). Without a secondary there is no floor and no test.
 
 `summarise` is pure (rows in, a `ShadowSummary` out); `load` reads the database; `load_summary` is
-both; `render` prints. ``--json`` is ``ShadowSummary.model_dump(mode="json")``, whose layout is
-(undefined numbers, e.g. a rate over no requests, are ``null``, never NaN)::
+both; `parse_summary` reads a ``--json`` dump back (an unknown layout: one line, exit 2).
+``--json`` is ``ShadowSummary.model_dump(mode="json")``, whose layout is (undefined numbers, e.g. a
+rate over no requests, are ``null``, never NaN)::
 
-    schema              "servecmp.shadow_summary"
+    schema              "servecmp.shadow_summary/3"   (before: "servecmp.shadow_summary" + version;
+                             read as "/<version>")
     version             3   (2: counters gained recorded and dropped_db_error; 3: the measures
                              kl_tight_mean, kl_cb_mean, js_mean and teacher_forced_tokens. A version 2
                              summary still validates, with teacher_forced_tokens null)
@@ -64,12 +67,10 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from servecmp.metrics.kl_report import DP_PERCENTILES, KLD_PERCENTILES, kl_report
+from servecmp.errors import UserError
+from servecmp.metrics.kl_report import kl_report
 from servecmp.metrics.stats import (
     DEFAULT_CONFIDENCE,
     bootstrap_mean_ci,
@@ -81,11 +82,15 @@ from servecmp.metrics.stats import (
 from servecmp.shadow.measures import TokenStats
 from servecmp.shadow.store import COUNTER_NAMES, load_all, redact_target
 
-SCHEMA: Final = "servecmp.shadow_summary"
 #: Bumped whenever the layout changes (readers refuse fields they do not know).
 VERSION: Final = 3
+SCHEMA: Final = "servecmp.shadow_summary/3"
 #: Layouts `ShadowSummary` validates (a version 2 summary has no version 3 fields).
 READABLE_VERSIONS: Final = (2, 3)
+#: The report's defaults, here only (`shadow report`, `servecmp report DB`, the HTML page): the
+#: worst requests shown, and the bootstrap resamples behind each mean's interval.
+DEFAULT_WORST: Final = 10
+DEFAULT_N_BOOT: Final = 2000
 ALPHA = 0.05
 Row = dict[str, Any]
 Indicator = Callable[[Row], bool | None]
@@ -350,8 +355,17 @@ class ShadowSummary(_Model):
     model_config = ConfigDict(extra="forbid", serialize_by_alias=True, validate_by_name=True,
                               validate_by_alias=True)
 
-    schema_: Literal["servecmp.shadow_summary"] = Field(default=SCHEMA, alias="schema")
+    schema_: Literal["servecmp.shadow_summary/2", "servecmp.shadow_summary/3"] = Field(default=SCHEMA,
+                                                                                       alias="schema")
     version: Literal[2, 3] = VERSION
+
+    @model_validator(mode="before")
+    @classmethod
+    def _versioned_schema(cls, data: Any) -> Any:
+        # Before the schema id carried its version, it was "servecmp.shadow_summary" + version.
+        if isinstance(data, dict) and data.get("schema") == "servecmp.shadow_summary":
+            data = {**data, "schema": f"servecmp.shadow_summary/{data.get('version', VERSION)}"}
+        return data
     database: str | None = None
     settings: ReportSettings
     runs: list[RunSummary]
@@ -500,8 +514,8 @@ def summarise(
     *,
     counters: dict[str, int] | None = None,
     runs: Sequence[Row] = (),
-    worst_n: int = 10,
-    n_boot: int = 2000,
+    worst_n: int = DEFAULT_WORST,
+    n_boot: int = DEFAULT_N_BOOT,
 ) -> ShadowSummary:
     """The report as a typed summary. ``rows`` are `PairRecord` columns (one dict per row), ``runs``
     rows of the database's ``runs`` table; means and paired differences get percentile bootstrap
@@ -600,7 +614,7 @@ def load(db: Path | str) -> tuple[list[Row], dict[str, int], list[Row]]:
     return load_all(db)
 
 
-def load_summary(db: Path | str, *, worst_n: int = 10, n_boot: int = 2000) -> ShadowSummary:
+def load_summary(db: Path | str, *, worst_n: int = DEFAULT_WORST, n_boot: int = DEFAULT_N_BOOT) -> ShadowSummary:
     """The summary of a shadow database (what `shadow report` and `servecmp report DB` print)."""
     rows, counters, runs = load(db)
     summary = summarise(rows, counters=counters, runs=runs, worst_n=worst_n, n_boot=n_boot)
@@ -608,167 +622,22 @@ def load_summary(db: Path | str, *, worst_n: int = 10, n_boot: int = 2000) -> Sh
     return summary
 
 
-# ---- rendering ---------------------------------------------------------------------------------
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x: float | None, digits: int = 3) -> str:
-    return "—" if x is None else f"{x:.{digits}f}"
-
-
-def _cell(d: Rate | Mean | Largest | None) -> str:
-    if d is None:
-        return "—"
-    if isinstance(d, Rate):
-        if d.n == 0:
-            return "— (n=0)"
-        return f"{_pct(d.rate)} [{_pct(d.low)}, {_pct(d.high)}] (n={d.n})"
-    if isinstance(d, Mean):
-        if d.n == 0:
-            return "— (n=0)"
-        return f"{_num(d.mean)} [{_num(d.low)}, {_num(d.high)}] (n={d.n})"
-    return f"{_num(d.max)} (n={d.n})"
-
-
-def _excess(e: RateExcess | MeanExcess | None) -> tuple[str, str]:
-    if e is None:
-        return "—", "—"
-    if e.n == 0:
-        return "— (no pairs)", "—"
-    fmt = _pct if isinstance(e, RateExcess) else _num
-    diff = f"{fmt(e.diff)} [{fmt(e.low)}, {fmt(e.high)}]"
-    p = e.p_value
-    test = e.test.split()[-1]  # "McNemar" / "signed-rank": the full name is in --json
-    if p is None:
-        verdict = "no differences to test"
-    elif e.significant:
-        verdict = f"[bold red]differs[/] (p={p:.2g}, {test})"
-    else:
-        verdict = f"not significant (p={p:.2g}, {test})"
-    return diff, verdict
-
-
-def _share(r: Rate | None) -> str:
-    if r is None:
-        return "—"
-    return "—" if r.n == 0 else f"{_pct(r.rate)} ({r.count}/{r.n})"
-
-
-def _counts(d: dict[str, int]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in d.items())
-
-
-def _distinct(values: Sequence[str | None]) -> str:
-    return ", ".join(dict.fromkeys(v for v in values if v)) or "—"
-
-
-def render(summary: ShadowSummary, console: Console, db: Path | str | None = None) -> None:
-    where = redact_target(db) if db is not None else summary.database
-    # escape(): a path or URL may hold brackets, which rich would read as markup.
-    head = Table(title=f"Shadow traffic{f' — {escape(str(where))}' if where else ''}", show_header=False)
-    head.add_column("what")
-    head.add_column("value")
-    head.add_row("runs", str(len(summary.runs)))
-    if summary.runs:
-        head.add_row("baseline (primary)", escape(_distinct([r.baseline_url for r in summary.runs])))
-        head.add_row("candidate", escape(_distinct([r.candidate_url for r in summary.runs])))
-        if any(r.secondary_url for r in summary.runs):
-            head.add_row("secondary", escape(_distinct([r.secondary_url for r in summary.runs])))
-    head.add_row("span", f"{summary.first or '—'} → {summary.last or '—'}")
-    head.add_row("requests compared", str(summary.compared_requests))
-    head.add_row("noise floor", "secondary replica" if summary.has_secondary else "none (no --secondary)")
-    for name in COUNTER_NAMES:
-        value = getattr(summary.counters, name)
-        if value:
-            head.add_row(name.replace("_", " "), str(value))
-    if summary.candidate_errors:
-        head.add_row("candidate errors", _counts(summary.candidate_errors))
-    if summary.teacher_forced_errors:
-        head.add_row("teacher-forced skipped", _counts(summary.teacher_forced_errors))
-    console.print(head)
-
-    t = Table(title="Candidate vs the primary, above the secondary's noise floor (95% intervals)")
-    for col in ("measure", "candidate", "noise floor (secondary)", "candidate − floor", "paired test, 5%"):
-        t.add_column(col)
-    for m in summary.measures:
-        diff, verdict = _excess(m.excess)
-        t.add_row(m.label, _cell(m.candidate), _cell(m.secondary), diff, verdict)
-    console.print(t)
-
-    if summary.worst:
-        w = Table(title="Worst-diverging requests (candidate, by edit distance then KL)")
-        for col in ("time", "request", "endpoint", "first diff", "edit dist.", "len. ratio", "KL", "top-1",
-                    "prompt"):
-            w.add_column(col)
-        for r in summary.worst:
-            w.add_row(
-                r.time, r.request_id[:8], r.endpoint + (" (stream)" if r.stream else ""),
-                str(r.first_diff) if r.first_diff is not None else "—", _num(r.edit_distance),
-                _num(r.length_ratio, 2), _num(r.kl_mean, 4), _num(r.top1_agree, 2), escape(r.prompt),
-            )
-        console.print(w)
-
-    if summary.teacher_forced_tokens is not None:
-        render_token_blocks(summary.teacher_forced_tokens, console)
-
-    if summary.hourly:
-        h = Table(title="Per hour (UTC)")
-        for col in ("hour", "requests", "cand. errors", "cand. differs", "floor differs", "cand. edit dist.",
-                    "cand. KL"):
-            h.add_column(col)
-        for hr in summary.hourly:
-            h.add_row(hr.hour, str(hr.requests), _share(hr.candidate_errors), _share(hr.candidate_mismatch),
-                      _share(hr.secondary_mismatch), _num(hr.candidate_edit_distance.mean),
-                      _num(hr.candidate_kl_mean.mean, 4))
-        console.print(h)
-
-
-def _pm(m: MeanError, scale: float, spec: str, unit: str = "") -> str:
-    """llama.cpp's "value ± error" (the numbers in its formats)."""
-    if m.value is None:
-        return "—"
-    err = "—" if m.error is None else format(scale * m.error, spec)
-    return f"{format(scale * m.value, spec)} ± {err}{unit}"
-
-
-def block_column(b: TokenBlock | None) -> list[str]:
-    """One target's values, in the order of `BLOCK_LABELS`."""
-    if b is None:
-        return ["—"] * len(BLOCK_LABELS)
-
-    def pct(x: float | None) -> str:
-        return "—" if x is None else f"{100 * x:.3f}%"
-
-    out = [f"{b.n} ({b.n_requests} requests)", _pm(b.kld_mean, 1.0, ".6f")]
-    out += ["—" if b.kld_percentiles.get(k) is None else f"{b.kld_percentiles[k]:.6f}" for k, _, _ in KLD_PERCENTILES]
-    out.append(_pm(b.dp_mean, 100.0, ".3f", " %"))
-    out += [pct(b.dp_percentiles.get(k)) for k, _, _ in DP_PERCENTILES]
-    out.append(_pm(b.dp_rms, 100.0, ".3f", " %"))
-    out.append(_pm(b.same_top, 100.0, ".3f", " %") + f" ({b.same_top_count}/{b.n})")
-    return out
-
-
-#: llama.cpp's labels, top to bottom, after a first row with the number of tokens.
-BLOCK_LABELS = ("tokens", "Mean    KLD", *(label for _, _, label in KLD_PERCENTILES), "Mean    Δp",
-                 *(label for _, _, label in DP_PERCENTILES), "RMS Δp", "Same top p")
-
-
-def render_token_blocks(t: TeacherForcedTokens, console: Console) -> None:
-    """llama.cpp's ``perplexity --kl-divergence`` block, with its labels, per target side by side:
-    the candidate's numbers beside the noise floor's say how much of them quantization explains."""
-    table = Table(title="Teacher-forced tokens, as llama.cpp's KL-divergence report (± one standard error)")
-    table.add_column("llama.cpp label")
-    table.add_column("candidate", justify="right")
-    columns = [block_column(t.candidate)]
-    if t.secondary is not None:
-        table.add_column("noise floor (secondary)", justify="right")
-        columns.append(block_column(t.secondary))
-    for i, label in enumerate(BLOCK_LABELS):
-        table.add_row(label, *(c[i] for c in columns))
-    skipped = sum(b.skipped_requests for b in (t.candidate, t.secondary) if b is not None)
-    table.caption = (f"KLD: {t.kld_source}. Δp: {t.dp_token}. Same top p: the two most likely tokens agree."
-                     + (f" {skipped} requests' per-token values unreadable (left out)." if skipped else ""))
-    console.print(table)
+def parse_summary(data: Any, source: str = "the summary") -> ShadowSummary:
+    """A shadow summary read back (``--json``'s dump, parsed): validated; a layout this servecmp does
+    not know (a newer one, or not a shadow summary) is one line (UserError, exit 2)."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source} is not a shadow summary (not a JSON object)")
+    schema = str(data.get("schema", ""))
+    name, _, version = schema.partition("/")
+    if name != "servecmp.shadow_summary":
+        raise UserError(f"{source} is not a shadow summary (schema {schema or 'missing'})")
+    known = {f"servecmp.shadow_summary/{v}" for v in READABLE_VERSIONS}
+    if version and schema not in known:
+        raise UserError(f"{source} is a shadow summary of layout {schema}, which this servecmp does not read "
+                        f"(it reads {', '.join(sorted(known))}); upgrade servecmp")
+    try:
+        return ShadowSummary.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise UserError(f"{source} is not a valid shadow summary ({where}: {first['msg']})") from None
