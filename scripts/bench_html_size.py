@@ -8,7 +8,7 @@ split) in MMLU's letter format: each item's question and options are a real MMLU
 vendored sample (cycled, with a fresh id), so texts have MMLU's lengths; the baseline's option
 logprobs are random, the candidate's are the baseline's plus noise tuned so that about
 ``--change-rate`` of the answers change (the embedded int8 pair changes 21%). Every item carries a
-top-20 list, as a vLLM run does. Then renders the report (`servecmp.html.run_html`, exactly what
+top-20 list, as a vLLM run does. Then renders the report (`servecmp.finish.run_html`, exactly what
 `servecmp report RUN --html` writes) and prints its size, how many items it lists and the time.
 """
 
@@ -85,7 +85,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="keep the run directory and report.html here")
     args = ap.parse_args()
-    from servecmp.html import run_html, write_html
+    from servecmp.finish import run_html
+    from servecmp.html import write_html
     from servecmp.mcq.compare import compare_run
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,7 +32,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from servecmp.errors import ServecmpError
-    from servecmp.html import run_html, write_html
+    from servecmp.finish import detect_kind, run_html
+    from servecmp.html import write_html
     from servecmp.verdicts import resolve_gates
     from tests._browser import chromium, screenshot
 
@@ -40,9 +41,7 @@ def main() -> int:
         print("chromium not found: install it (scripts/setup_system.sh) or set CHROMIUM", file=sys.stderr)
         return 2
     try:
-        from servecmp.html import _kind
-
-        kind = _kind(args.run)
+        kind = detect_kind(args.run)
         t0 = time.perf_counter()
         page = run_html(args.run, resolve_gates(kind, args.gate, None), kind=kind)
         t_render = time.perf_counter() - t0

@@ -143,6 +143,14 @@ def report(target: Path | str, gates: Sequence[str] | None, config: Path | None,
     return finish(kind, result, rules, out, console)
 
 
+def run_html(path: Path | str, gates: Sequence[Gate] = (), *, kind: str | None = None, show: int | None = None,
+             verdicts: Sequence[Verdict] | None = None) -> str:
+    """The HTML page of any stored run (``kind`` as `detect_kind` finds it, unless given). Reads only."""
+    a = adapter(kind or detect_kind(path))
+    result = a.load(path, show=show)
+    return a.html(result, a.verdicts(result, gates) if verdicts is None else verdicts)
+
+
 def _echo(text: str) -> None:
     import typer
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from servecmp.html import run_html, write_html
+from servecmp.finish import run_html
+from servecmp.html import write_html
 from tests._browser import chromium, dump_dom, print_pdf, screenshot
 from tests.test_html_page import parse
 from tests.test_mcq_multi import SOFT, WRONG, P, make_run

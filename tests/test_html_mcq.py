@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from servecmp.errors import UserError
-from servecmp.html import render_mcq, run_html
+from servecmp.finish import run_html
+from servecmp.html import render_mcq
 from servecmp.mcq.compare import compare_run, load_comparison
 from tests.stub_openai import StubServer, StubState
 from tests.test_html_page import assert_self_contained, fpct, parse

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from servecmp.html import run_html
+from servecmp.finish import run_html
 from tests.test_html_page import assert_self_contained, parse
 from tests.test_mtbench_cli import QUESTIONS, Stubs, invoke, ok, only_run, private_user_cache, running_stubs
 from tests.test_mtbench_multi import Multi, multi_stubs

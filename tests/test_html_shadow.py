@@ -14,7 +14,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from servecmp._cli.main import build_app
-from servecmp.html import run_html
+from servecmp.finish import run_html
 from servecmp.shadow.store import PairRecord
 from tests.test_html_page import assert_self_contained, fpct, parse
 from tests.test_shadow_report import _write_db, scenario

@@ -104,7 +104,7 @@ def test_an_old_flag_name_still_works_with_one_deprecation_line() -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert lines[0] == "servecmp: --scheme is deprecated and goes in the next release: use --candidate-scheme"
+    assert lines[0] == "servecmp: --scheme is deprecated; use --candidate-scheme"
     assert "unknown candidate scheme 'w2a2'" in err
     help_proc = servecmp("models", "build", "--help")
     out, _ = help_proc.communicate(timeout=60)

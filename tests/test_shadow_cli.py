@@ -270,9 +270,9 @@ def test_serve_bounds_and_renamed_flags(tmp_path: Path, stubs: Stubs, monkeypatc
     assert new.exit_code == old.exit_code == 0, (new.output, old.output)
     assert new.stderr.count("deprecated") == 0
     assert [line for line in old.stderr.splitlines() if "deprecated" in line] == [
-        "servecmp shadow: --primary is deprecated; use --baseline",
-        "servecmp shadow: --queue-size is deprecated; use --max-queued",
-        "servecmp shadow: --mirror-concurrency is deprecated; use --concurrency",
+        "servecmp: --primary is deprecated; use --baseline",
+        "servecmp: --queue-size is deprecated; use --max-queued",
+        "servecmp: --mirror-concurrency is deprecated; use --concurrency",
     ]
     (proxy_new, kw_new), (proxy_old, _) = served
     try:

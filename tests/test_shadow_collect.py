@@ -138,7 +138,7 @@ def test_collect_command_builds_the_receiver(tmp_path: Path, stubs: Stubs, monke
     p, _, c, _, _, _ = stubs
     served: list[Any] = []
     monkeypatch.setattr(servecmp.shadow.server, "run_app", lambda app, **kw: served.append((app, kw)))
-    for flag, note in (("--max-pending", ""), ("--max-in-flight", "servecmp shadow: --max-in-flight is deprecated; "
+    for flag, note in (("--max-pending", ""), ("--max-in-flight", "servecmp: --max-in-flight is deprecated; "
                                                                   "use --max-pending\n")):
         res = CliRunner().invoke(build_app(), ["shadow", "collect", "--baseline", p.url, "--candidate", c.url,
                                                "--db", str(tmp_path / "c.db"), "--in-process", "--port", "8777",

@@ -320,9 +320,9 @@ def test_report_takes_the_database_as_db_and_the_old_forms_with_a_note(tmp_path:
     assert new.exit_code == old.exit_code == 0
     assert json.loads(new.stdout) == json.loads(old.stdout)
     assert new.stderr == ""
-    assert old.stderr == "servecmp shadow: the database as an argument (shadow report DB) is deprecated; use --db DB\n"
+    assert old.stderr == "servecmp: the database as an argument (shadow report DB) is deprecated; use --db DB\n"
     worst = runner.invoke(app, ["shadow", "report", "--db", str(db), "--json", "--n-boot", "200", "--worst", "2"])
-    assert worst.stderr == "servecmp shadow: --worst is deprecated; use --show\n"
+    assert worst.stderr == "servecmp: --worst is deprecated; use --show\n"
     none = runner.invoke(app, ["shadow", "report"])
     assert isinstance(none.exception, UserError)
     helped = runner.invoke(app, ["shadow", "report", "--help"])

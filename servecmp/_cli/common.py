@@ -13,8 +13,8 @@ Meaning, across commands:
   random sample of N items.
 - `--show N`: how many rows of a report's worst list it shows (MCQ subjects by flips, MT-Bench
   questions by drop, shadow requests by divergence).
-- Old flag names (`legacy_option`) work for one release: hidden from --help, one deprecation line
-  on stderr when used.
+- Old flag names (`legacy_option`, read through `renamed`) work for one release: hidden from
+  --help, one deprecation line on stderr when used.
 - `--html FILE`: the report as one self-contained HTML file (servecmp.html), beside the terminal report.
 - `--json`: the summary as one JSON object on stdout (progress goes to stderr).
 - `-c/--config`: servecmp.toml (default ./servecmp.toml when it exists).
@@ -77,23 +77,26 @@ NoiseFloor = Annotated[int | None, typer.Option(
 
 
 def legacy_option(old: str, new: str) -> Any:
-    """A flag's old name, kept for one release: hidden from --help, and when given it prints one
-    deprecation line on stderr. Combine it with the new name's value through `one_of`."""
-    def note(value: Any) -> Any:
-        if value is not None:
-            typer.echo(f"servecmp: {old} is deprecated and goes in the next release: use {new}", err=True)
-        return value
-
-    return typer.Option(old, hidden=True, callback=note, help=f"Old name of {new}.")
+    """A flag's old name, kept for one release and hidden from --help; read it through `renamed`."""
+    return typer.Option(old, hidden=True, help=f"Old name of {new}.")
 
 
-def one_of(new: str, new_value: Any, old: str, old_value: Any) -> Any:
-    """The value of a flag given by its new or its old name (UserError when both differ)."""
-    if new_value is not None and old_value is not None and new_value != old_value:
+def deprecated(old: str, new: str) -> None:
+    """The one-line note an old flag or form gets (it still works, for one release)."""
+    typer.echo(f"servecmp: {old} is deprecated; use {new}", err=True)
+
+
+def renamed(old_name: str, old: Any, new_name: str, new: Any) -> Any:
+    """The value of a renamed flag: the new one's, else the old one's (with the note); both and
+    different is one line, exit 2."""
+    if old is None:
+        return new
+    deprecated(old_name, new_name)
+    if new is not None and new != old:
         from servecmp.errors import UserError
 
-        raise UserError(f"{old} is the old name of {new}; pass one of them")
-    return new_value if new_value is not None else old_value
+        raise UserError(f"{new_name} {new} and {old_name} {old} disagree ({old_name} is the old name of {new_name})")
+    return old
 
 
 def parse_concurrency(value: str | int) -> int | str:

@@ -35,7 +35,7 @@ from servecmp._cli.common import (
     SummaryMd,
     Timeout,
     legacy_option,
-    one_of,
+    renamed,
 )
 from servecmp.errors import UserError
 
@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
             retries=retries,
             judge_url=judge_url,
             judge_model=judge_model,
-            judge_key_env=one_of("--judge-key-env", judge_key_env, "--judge-api-key-env", judge_api_key_env),
+            judge_key_env=renamed("--judge-api-key-env", judge_api_key_env, "--judge-key-env", judge_key_env),
             judge_force_format=judge_force_format,
             mode=mode.value if mode is not None else None,
             resume=resume,

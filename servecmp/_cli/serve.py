@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from servecmp._cli.common import legacy_option, one_of
+from servecmp._cli.common import legacy_option, renamed
 from servecmp.errors import UserError
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def register(app: typer.Typer) -> None:
         from servecmp.serving.cpu import describe_cpu, parse_scheme, read_cpu_flags, scheme_support
         from servecmp.serving.modelpair import ensure_embedded_pair
 
-        parsed = parse_scheme(one_of("--candidate-scheme", candidate_scheme, "--scheme", scheme) or "w8a8")
+        parsed = parse_scheme(renamed("--scheme", scheme, "--candidate-scheme", candidate_scheme) or "w8a8")
         pair = ensure_embedded_pair(candidate_scheme=parsed, log=_say)
         flags = read_cpu_flags()
         ok, why = scheme_support(parsed, flags)

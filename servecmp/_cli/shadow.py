@@ -35,6 +35,8 @@ from servecmp._cli.common import (
     Show,
     SummaryMd,
     TopK,
+    deprecated,
+    renamed,
 )
 from servecmp.errors import UserError, first_error
 
@@ -97,20 +99,6 @@ InProcess = Annotated[
 AccessLog = Annotated[bool, typer.Option("--access-log", help="Log each request line (no bodies).")]
 
 
-def _deprecated(old: str, new: str) -> None:
-    """The one-line note an old flag or form gets (it still works, for one release)."""
-    typer.echo(f"servecmp shadow: {old} is deprecated; use {new}", err=True)
-
-
-def _renamed(old_name: str, old: Any, new_name: str, new: Any) -> Any:
-    """The value of a renamed flag: the new one's, else the old one's (with a note); both and
-    different is one line, exit 2."""
-    if old is None:
-        return new
-    _deprecated(old_name, new_name)
-    if new is not None and new != old:
-        raise UserError(f"{new_name} {new} and {old_name} {old} disagree ({old_name} is the old name of {new_name})")
-    return old
 
 
 def register(app: typer.Typer) -> None:
@@ -237,15 +225,15 @@ def serve(
         config, exposed="shadow: listening on {host}, not a loopback address: every client that can reach it "
                         "uses the primary through this proxy",
         mirror_process=False if in_process else None, endpoint_flags=dict(
-            baseline=_renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
+            baseline=renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
             secondary=secondary, baseline_model=baseline_model,
             candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
             candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env),
         settings_flags=dict(host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only,
                             max_db_mb=max_db_mb, teacher_forced=teacher_forced, top_k=top_k,
-                            queue_size=_renamed("--queue-size", queue_size, "--max-queued", max_queued),
+                            queue_size=renamed("--queue-size", queue_size, "--max-queued", max_queued),
                             queue_mb=max_queued_mb,
-                            mirror_concurrency=_renamed("--mirror-concurrency", mirror_concurrency, "--concurrency",
+                            mirror_concurrency=renamed("--mirror-concurrency", mirror_concurrency, "--concurrency",
                                                         concurrency),
                             max_body_mb=max_body_mb, max_connections=max_connections,
                             max_upstream_connections=max_upstream_connections, header_timeout_s=header_timeout,
@@ -318,21 +306,21 @@ def collect(
         config, exposed="shadow collect: listening on {host}, not a loopback address: whoever can reach it can "
                         "make servecmp send requests to the baseline and the candidate",
         mirror_process=False if in_process else None, endpoint_flags=dict(
-            baseline=_renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
+            baseline=renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
             secondary=secondary, baseline_model=baseline_model,
             candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
             candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env),
         settings_flags=dict(host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only,
                             max_db_mb=max_db_mb, teacher_forced=teacher_forced, top_k=top_k,
-                            queue_size=_renamed("--queue-size", queue_size, "--max-queued", max_queued),
+                            queue_size=renamed("--queue-size", queue_size, "--max-queued", max_queued),
                             queue_mb=max_queued_mb,
-                            mirror_concurrency=_renamed("--mirror-concurrency", mirror_concurrency, "--concurrency",
+                            mirror_concurrency=renamed("--mirror-concurrency", mirror_concurrency, "--concurrency",
                                                         concurrency),
                             max_body_mb=max_body_mb, max_connections=max_connections,
                             max_upstream_connections=max_upstream_connections, header_timeout_s=header_timeout,
                             body_timeout_s=body_timeout, keepalive_s=keepalive),
     )
-    pending = _renamed("--max-in-flight", max_in_flight, "--max-pending", max_pending)
+    pending = renamed("--max-in-flight", max_in_flight, "--max-pending", max_pending)
     receiver = build_receiver(cfg, endpoints, max_in_flight=64 if pending is None else pending)
     floor = f", secondary {redact_url(endpoints.secondary.base_url)}" if endpoints.secondary else ""
     err_console.print(
@@ -374,13 +362,13 @@ def report(
     from servecmp.verdicts import resolve_gates
 
     if old_db is not None:
-        _deprecated("the database as an argument (shadow report DB)", "--db DB")
+        deprecated("the database as an argument (shadow report DB)", "--db DB")
         if db is not None and db != old_db:
             raise UserError(f"shadow report: two databases given ({old_db} and --db {db})")
         db = old_db
     if db is None:
         raise UserError("shadow report: give the database with --db (an SQLite file or a postgresql:// URL)")
-    shown = _renamed("--worst", worst, "--show", show)
+    shown = renamed("--worst", worst, "--show", show)
     gates = resolve_gates("shadow", gate, config)
     out = Output(as_json=as_json, show=DEFAULT_WORST if shown is None else shown, html=html,
                  summary_md=summary_md, title=f"servecmp gates: shadow database {_db_name(db)}")
@@ -452,7 +440,7 @@ def replay_cmd(
     err_console = Console(stderr=True)
     file_cfg = load_config(config)
     endpoints = _endpoints(
-        file_cfg, baseline=_renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
+        file_cfg, baseline=renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
         secondary=secondary, baseline_model=baseline_model,
         candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
         candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env,
@@ -462,7 +450,7 @@ def replay_cmd(
     requests = load_requests(file, limit)
     err_console.print(f"shadow replay: {len(requests)} requests at {send_rps:g}/s → {redact_target(cfg.db)}",
                       highlight=False, markup=False)
-    in_flight = _renamed("--max-in-flight", max_in_flight, "--concurrency", concurrency)
+    in_flight = renamed("--max-in-flight", max_in_flight, "--concurrency", concurrency)
     outcome = asyncio.run(replay(cfg, endpoints, requests, send_rps=send_rps,
                                  max_in_flight=8 if in_flight is None else in_flight))
     err_console.print(

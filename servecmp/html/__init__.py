@@ -22,7 +22,7 @@ the kind's tables and plots:
   flips-vs-KL scatter plots.
 
 The commands reach these pages through the finish step (`servecmp.finish`: each run kind's adapter
-renders its result); `run_html(path, gates)` renders any stored run, `write_html(file, text)` writes a
+renders its result; `servecmp.finish.run_html(path, gates)` renders any stored run); `write_html(file, text)` writes a
 page (UserError, one line, when the file cannot be written) and `check_writable(file)` lets a command
 refuse a bad ``--html`` before a long run. Renderers compute nothing: they show what the kind's
 result holds. Every text from a run is escaped.
@@ -31,17 +31,12 @@ result holds. Every text from a run is escaped.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from servecmp.errors import UserError
 
-if TYPE_CHECKING:
-    from servecmp.gates import Gate, Verdict
-
-__all__ = ["check_writable", "render_correlate", "render_mcq", "render_mtbench", "render_shadow", "run_html",
-           "write_html"]
+__all__ = ["check_writable", "render_correlate", "render_mcq", "render_mtbench", "render_shadow", "write_html"]
 
 
 def check_writable(path: Path) -> None:
@@ -92,14 +87,3 @@ def render_correlate(*args: Any, **kwargs: Any) -> str:
     from servecmp.html.correlate import render_correlate as impl
 
     return impl(*args, **kwargs)
-
-
-def run_html(path: Path | str, gates: Sequence[Gate] = (), *, kind: str | None = None, show: int | None = None,
-             verdicts: Sequence[Verdict] | None = None) -> str:
-    """The page of any stored run: a run directory or a shadow database (``kind`` as
-    `servecmp.finish.detect_kind` finds it; given here to avoid detecting twice). Reads only."""
-    from servecmp.finish import adapter, detect_kind
-
-    a = adapter(kind or detect_kind(path))
-    result = a.load(path, show=show)
-    return a.html(result, a.verdicts(result, gates) if verdicts is None else verdicts)
