@@ -151,12 +151,29 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _prepare(config: Path | None, *, exposed: str, mirror_process: bool | None,
-             endpoint_flags: dict[str, Any], settings_flags: dict[str, Any]
-             ) -> tuple[Console, ShadowEndpoints, ShadowConfig]:
-    """What `shadow serve` and `shadow collect` share before their app is built: the stderr console,
-    the endpoints and the settings (servecmp.toml overridden by flags), a warning when listening
-    beyond loopback (`exposed` says what that exposes), and logging to stderr."""
+#: Flags `shadow serve` and `shadow collect` share: endpoint flags by name, and settings flags with the
+#: `ShadowConfig` field each sets.
+_ENDPOINT_FLAGS = ("candidate", "secondary", "baseline_model", "candidate_model", "secondary_model",
+                   "baseline_key_env", "candidate_key_env", "secondary_key_env")
+_SETTINGS_FLAGS = {"host": "host", "port": "port", "db": "db", "sample_rate": "sample_rate", "hash_only": "hash_only",
+                   "max_db_mb": "max_db_mb", "teacher_forced": "teacher_forced", "top_k": "top_k",
+                   "max_queued_mb": "queue_mb", "max_body_mb": "max_body_mb", "max_connections": "max_connections",
+                   "max_upstream_connections": "max_upstream_connections", "header_timeout": "header_timeout_s",
+                   "body_timeout": "body_timeout_s", "keepalive": "keepalive_s"}
+
+
+def _prepare(flags: dict[str, Any], *, exposed: str) -> tuple[Console, ShadowEndpoints, ShadowConfig]:
+    """What `shadow serve` and `shadow collect` share before their app is built, from the command's
+    flags (its ``locals()``): the stderr console, the endpoints and the settings (servecmp.toml
+    overridden by flags; old flag names read with their note), a warning when listening beyond
+    loopback (`exposed` says what that exposes), and logging to stderr."""
+    endpoint_flags = {k: flags[k] for k in _ENDPOINT_FLAGS}
+    endpoint_flags["baseline"] = renamed("--primary", flags["primary"], "--baseline", flags["baseline"])
+    settings_flags = {field: flags[flag] for flag, field in _SETTINGS_FLAGS.items()}
+    settings_flags["queue_size"] = renamed("--queue-size", flags["queue_size"], "--max-queued", flags["max_queued"])
+    settings_flags["mirror_concurrency"] = renamed("--mirror-concurrency", flags["mirror_concurrency"],
+                                                   "--concurrency", flags["concurrency"])
+    mirror_process = False if flags["in_process"] else None
     import logging
     import sys
 
@@ -165,7 +182,7 @@ def _prepare(config: Path | None, *, exposed: str, mirror_process: bool | None,
     from servecmp.config import load_config
 
     err_console = Console(stderr=True)
-    file_cfg = load_config(config)
+    file_cfg = load_config(flags["config"])
     endpoints = _endpoints(file_cfg, **endpoint_flags)
     cfg = _shadow_settings(file_cfg, mirror_process=mirror_process, **settings_flags)
     if not _is_loopback(cfg.host):
@@ -222,23 +239,8 @@ def serve(
     from servecmp.shadow.store import redact_target, redact_url
 
     err_console, endpoints, cfg = _prepare(
-        config, exposed="shadow: listening on {host}, not a loopback address: every client that can reach it "
-                        "uses the primary through this proxy",
-        mirror_process=False if in_process else None, endpoint_flags=dict(
-            baseline=renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
-            secondary=secondary, baseline_model=baseline_model,
-            candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
-            candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env),
-        settings_flags=dict(host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only,
-                            max_db_mb=max_db_mb, teacher_forced=teacher_forced, top_k=top_k,
-                            queue_size=renamed("--queue-size", queue_size, "--max-queued", max_queued),
-                            queue_mb=max_queued_mb,
-                            mirror_concurrency=renamed("--mirror-concurrency", mirror_concurrency, "--concurrency",
-                                                        concurrency),
-                            max_body_mb=max_body_mb, max_connections=max_connections,
-                            max_upstream_connections=max_upstream_connections, header_timeout_s=header_timeout,
-                            body_timeout_s=body_timeout, keepalive_s=keepalive),
-    )
+        locals(), exposed="shadow: listening on {host}, not a loopback address: every client that can reach it "
+                          "uses the primary through this proxy")
     proxy = build_proxy(cfg, endpoints)
     floor = f", secondary {redact_url(endpoints.secondary.base_url)}" if endpoints.secondary else ""
     err_console.print(
@@ -303,23 +305,8 @@ def collect(
     from servecmp.shadow.store import redact_target, redact_url
 
     err_console, endpoints, cfg = _prepare(
-        config, exposed="shadow collect: listening on {host}, not a loopback address: whoever can reach it can "
-                        "make servecmp send requests to the baseline and the candidate",
-        mirror_process=False if in_process else None, endpoint_flags=dict(
-            baseline=renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
-            secondary=secondary, baseline_model=baseline_model,
-            candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
-            candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env),
-        settings_flags=dict(host=host, port=port, db=db, sample_rate=sample_rate, hash_only=hash_only,
-                            max_db_mb=max_db_mb, teacher_forced=teacher_forced, top_k=top_k,
-                            queue_size=renamed("--queue-size", queue_size, "--max-queued", max_queued),
-                            queue_mb=max_queued_mb,
-                            mirror_concurrency=renamed("--mirror-concurrency", mirror_concurrency, "--concurrency",
-                                                        concurrency),
-                            max_body_mb=max_body_mb, max_connections=max_connections,
-                            max_upstream_connections=max_upstream_connections, header_timeout_s=header_timeout,
-                            body_timeout_s=body_timeout, keepalive_s=keepalive),
-    )
+        locals(), exposed="shadow collect: listening on {host}, not a loopback address: whoever can reach it can "
+                          "make servecmp send requests to the baseline and the candidate")
     pending = renamed("--max-in-flight", max_in_flight, "--max-pending", max_pending)
     receiver = build_receiver(cfg, endpoints, max_in_flight=64 if pending is None else pending)
     floor = f", secondary {redact_url(endpoints.secondary.base_url)}" if endpoints.secondary else ""
