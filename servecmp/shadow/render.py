@@ -10,12 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from servecmp.metrics.kl_report import DP_PERCENTILES, KLD_PERCENTILES
+from servecmp.metrics.kl_report import DP_PERCENTILES, KLD_PERCENTILES, MeanError
 from servecmp.shadow.store import COUNTER_NAMES, redact_target
 from servecmp.shadow.summary import (
     Largest,
     Mean,
-    MeanError,
     MeanExcess,
     Rate,
     RateExcess,

@@ -62,6 +62,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -70,7 +71,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from servecmp.errors import UserError
-from servecmp.metrics.kl_report import kl_report
+from servecmp.metrics.kl_report import KlReport, kl_report
 from servecmp.metrics.stats import (
     DEFAULT_CONFIDENCE,
     bootstrap_mean_ci,
@@ -261,33 +262,15 @@ class HourRow(_Model):
     candidate_kl_mean: PlainMean
 
 
-class MeanError(_Model):
-    """A mean and its standard error, as llama.cpp prints "value ± error"; null when undefined."""
-
-    value: float | None
-    error: float | None
-
-
-class TokenBlock(_Model):
+@dataclass(frozen=True)
+class TokenBlock(KlReport):
     """llama.cpp's KL-divergence statistics over one target's teacher-forced tokens, pooled across
-    requests (`servecmp.metrics.kl_report.kl_report`). Δp values are fractions; errors are one
-    standard error."""
+    requests: the metrics' `KlReport` (its n is the tokens pooled) and the requests they came from.
+    Δp values are fractions; errors are one standard error."""
 
-    #: Tokens pooled (llama.cpp's n), and the requests they came from.
-    n: int
-    n_requests: int
+    n_requests: int = 0
     #: Requests whose stored per-token values could not be read (another layout): left out.
     skipped_requests: int = 0
-    #: "Mean    KLD"
-    kld_mean: MeanError
-    #: Keys max, p99_9, p99, p95, p90, median, p10, p5, p1, p0_1, min.
-    kld_percentiles: dict[str, float | None]
-    dp_mean: MeanError
-    #: Keys as KLD's plus p75 and p25.
-    dp_percentiles: dict[str, float | None]
-    dp_rms: MeanError
-    same_top_count: int
-    same_top: MeanError
 
 
 #: What `TeacherForcedTokens`' KLD and Δp are.
@@ -490,8 +473,8 @@ def token_block(rows: Sequence[Row]) -> TokenBlock | None:
         return None
     rep = kl_report(np.concatenate([t.kl for t in parts]), np.concatenate([t.p_primary for t in parts]),
                     np.concatenate([t.p_other for t in parts]), np.concatenate([t.same_top for t in parts]))
-    return TokenBlock.model_validate({**dataclasses.asdict(rep), "n_requests": len(parts),
-                                      "skipped_requests": skipped})
+    return TokenBlock(**{f.name: getattr(rep, f.name) for f in dataclasses.fields(rep)}, n_requests=len(parts),
+                      skipped_requests=skipped)
 
 
 def _run(r: Row) -> RunSummary:
