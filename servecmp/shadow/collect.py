@@ -26,17 +26,13 @@ from yarl import URL
 from servecmp.config import ShadowConfig
 from servecmp.shadow.mirror import MirrorJob
 from servecmp.shadow.payloads import PATH_KINDS, EndpointKind
-from servecmp.shadow.proxy import ShadowApp, refuse
+from servecmp.shadow.proxy import ShadowApp
 from servecmp.shadow.server import (
     REQUEST_DROP,
-    BodyRefused,
-    ClientGone,
     Receive,
     Scope,
     Send,
-    answer_locally,
     forwardable,
-    read_body,
     respond,
 )
 from servecmp.shadow.upstream import UPSTREAM_ERRORS
@@ -59,16 +55,8 @@ class MirrorReceiver(ShadowApp):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer at once (ASGI): 202 for a mirrored request (then fetched and compared off the
         response path), /metrics, or an error."""
-        if scope["type"] != "http":
-            return
-        if await answer_locally(scope, send, COLLECTED, what="collected", metrics=self.metrics):
-            return
-        try:
-            body = await read_body(scope, receive, self.limits)
-        except BodyRefused as exc:
-            await refuse(send, exc)
-            return
-        except ClientGone:
+        body = await self.accept(scope, receive, send, COLLECTED, "collected")
+        if body is None:
             return
         path = scope["path"]
         kind = PATH_KINDS[path]

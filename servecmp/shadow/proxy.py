@@ -126,6 +126,22 @@ class ShadowApp:
     def _request_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):016x}"
 
+    async def accept(self, scope: Scope, receive: Receive, send: Send, routes: dict[str, str],
+                     what: str) -> bytes | None:
+        """The body of a request the app passes on; None when it was answered here (/metrics, 404,
+        405, a refused body) or the client left."""
+        if scope["type"] != "http":
+            return None
+        if await answer_locally(scope, send, routes, what=what, metrics=self.metrics):
+            return None
+        try:
+            return await read_body(scope, receive, self.limits)
+        except BodyRefused as exc:
+            await refuse(send, exc)
+        except ClientGone:
+            pass
+        return None
+
 
 @dataclass
 class _Exchange:
@@ -180,16 +196,8 @@ class ShadowProxy(ShadowApp):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One request (ASGI): proxied routes go to the primary; /metrics and errors are answered here."""
-        if scope["type"] != "http":
-            return
-        if await answer_locally(scope, send, PROXIED, what="proxied", metrics=self.metrics):
-            return
-        try:
-            body = await read_body(scope, receive, self.limits)
-        except BodyRefused as exc:
-            await refuse(send, exc)
-            return
-        except ClientGone:
+        body = await self.accept(scope, receive, send, PROXIED, "proxied")
+        if body is None:
             return
         # From here to the upstream send, and from the primary's head to it going out, is the
         # proxy's own time on the request path: the "added latency" histogram.
