@@ -94,11 +94,13 @@ class Drop(BaseModel):
 SUMMARY_SCHEMA: Literal["servecmp.mtbench_summary/1"] = "servecmp.mtbench_summary/1"
 
 
-class MtBenchSummary(BaseModel):
+class _MtBenchHead(BaseModel):
+    """What a one-candidate summary and a comparison both start with: layout, judge, mode, size."""
+
     # `schema` is the JSON key; the attribute has another name because BaseModel.schema exists.
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
-    summary_schema: Literal["servecmp.mtbench_summary/1"] = Field(default=SUMMARY_SCHEMA, alias="schema")
+    schema_id: str = Field(alias="schema")
     kind: str = "mtbench"
     judge_model: str
     judge_url: str
@@ -107,6 +109,10 @@ class MtBenchSummary(BaseModel):
     mode: str
     n_questions: int
     complete: bool
+
+
+class MtBenchSummary(_MtBenchHead):
+    schema_id: Literal["servecmp.mtbench_summary/1"] = Field(default=SUMMARY_SCHEMA, alias="schema")
     endpoints: dict[str, EndpointScores]
     delta: Delta
     delta_by_turn: dict[str, Delta] = Field(default_factory=dict)
@@ -364,19 +370,10 @@ class MtLeaderboardRow(BaseModel):
     loss_share: float | None = None
 
 
-class MtBenchComparison(BaseModel):
+class MtBenchComparison(_MtBenchHead):
     """Several candidates against one baseline whose answers were generated once."""
 
-    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
-
-    comparison_schema: Literal["servecmp.mtbench_comparison/1"] = Field(default=COMPARISON_SCHEMA, alias="schema")
-    kind: str = "mtbench"
-    judge_model: str
-    judge_url: str
-    judge_is_baseline: bool = False
-    mode: str
-    n_questions: int
-    complete: bool
+    schema_id: Literal["servecmp.mtbench_comparison/1"] = Field(default=COMPARISON_SCHEMA, alias="schema")
     baseline: MtComparedEndpoint
     candidates: list[MtCandidateResult]
     #: Best ΔMT-Bench first (candidates without a Δ last, in run order).
