@@ -101,8 +101,8 @@ def lmeval_exact_match(answer: str | None, reference: str) -> bool:
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 #: "answer is (B)", "Answer: B", "answer: (b)" -> the letter (case-sensitive letter, see ChoiceGrader).
 _CHOICE_STATED = re.compile(r"(?i:answer)\s*(?:(?i:is)\s*)?[:\-]?\s*\(?([A-Z])\)?(?![A-Za-z])")
-#: A reply that starts with the letter: "B", "(B)", "B) 42", "B. because ...".
-_CHOICE_LEADING = re.compile(r"^\s*\(?([A-Z])(?:\)|\.|:|,|\s|$)")
+#: A reply that starts with the letter: "B", "(B)", "B) 42", "B. because ..." (not "I think").
+_CHOICE_LEADING = re.compile(r"^\s*\(?([A-Z])(?:[).:,]|\s*$)")
 
 
 def _number_value(s: str) -> Decimal | None:
