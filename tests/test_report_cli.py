@@ -119,7 +119,7 @@ def test_bad_paths_are_one_line(tmp_path: Path) -> None:
                           "is neither a run directory nor a shadow database")
     assert_one_line_error(servecmp("report", str(tmp_path / "absent")), f"{tmp_path / 'absent'} not found")
     assert_one_line_error(servecmp("report", str(tmp_path / "odd")),
-                          "unknown run kind 'training' (servecmp report reads mcq and mtbench runs)")
+                          "unknown run kind 'training' (servecmp report reads mcq, mtbench and gen runs)")
 
 
 class _Dumpable:

@@ -1,6 +1,7 @@
 """`servecmp report PATH`: print any stored run from disk, with no endpoint and no key.
 
-PATH is an MCQ run directory (manifest kind "mcq": every metric recomputed from its records), an
+PATH is an MCQ run directory (manifest kind "mcq": every metric recomputed from its records), a gen
+run directory (kind "gen": recomputed from its records by `servecmp.gen.summary.load_result`), an
 MT-Bench run directory (kind "mtbench") or a shadow database (an SQLite file, or a ``postgresql://``
 or ``postgres://`` URL, read as `servecmp shadow report URL` reads it). `--json` prints the kind's
 typed summary as one JSON object; `--show N` sets how many worst items/questions/requests the
@@ -52,8 +53,9 @@ def run_kind(path: Path | str) -> str:
     from servecmp.runstore import MANIFEST, manifest_kind
 
     kind = manifest_kind(path)
-    if kind not in ("mcq", "mtbench"):
-        raise UserError(f"{path / MANIFEST}: unknown run kind {kind!r} (servecmp report reads mcq and mtbench runs)")
+    if kind not in ("mcq", "mtbench", "gen"):
+        raise UserError(f"{path / MANIFEST}: unknown run kind {kind!r} (servecmp report reads mcq, mtbench and gen "
+                        "runs)")
     return str(kind)
 
 
@@ -83,6 +85,11 @@ def print_report(path: Path | str, *, as_json: bool, show: int | None, console: 
         # (seeded: the numbers summary.json holds), each candidate decided with its floor's excesses.
         return report_run(Path(path), as_json=as_json, show=show, console=console, gates=gate_list,
                           summary_md=summary_md, title=f"servecmp gates: mcq run {name}", html=html)
+    if kind == "gen":
+        from servecmp._cli.gen import report_run as report_gen
+
+        return report_gen(Path(path), as_json=as_json, show=show, console=console, gates=gate_list,
+                          summary_md=summary_md, html=html, title=f"servecmp gates: gen run {name}")
     if kind == "mtbench":
         from servecmp._cli.mtbench import print_mtbench
         from servecmp.mtbench.run import DEFAULT_SHOW, load_result

@@ -1,0 +1,86 @@
+"""Tasks with generated, verifiable answers (`servecmp gen`): task names → `GenItem`s.
+
+gsm8k          lm-eval's `gsm8k` layout, 5-shot (servecmp.tasks.gsm8k): --data-dir DIR with
+               train.jsonl/test.jsonl (or a local copy of the hub dataset), else the vendored sample;
+               source "hf" reads openai/gsm8k from the hub
+jsonl:PATH     the user's own tasks, one object a line (servecmp.tasks.gen_jsonl)
+
+A `GenItem` carries both prompt layouts (a completions prompt and chat messages) so one item list
+serves every endpoint, and the grader that decides its correctness. The run writes the items to
+its directory (items.jsonl), so a report never loads the task again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from servecmp.errors import UserError
+
+JSONL_PREFIX = "jsonl:"
+GEN_TASKS: tuple[str, ...] = ("gsm8k", f"{JSONL_PREFIX}PATH")
+#: The grader name of lm-eval's gsm8k scoring: strict ("#### N") and flexible (last number) extraction.
+GSM8K_GRADER = "gsm8k"
+
+
+class GenItem(BaseModel):
+    """One item of a generation task, as written to a run's items.jsonl."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str
+    #: What the report shows as the question (the last user turn, without exemplars).
+    question: str
+    #: The reference answer the grader compares with (GSM8K: the number after "#### ").
+    gold: str
+    #: The reference's worked solution when the task has one (GSM8K), for the report.
+    solution: str | None = None
+    #: The completions prompt; None when the item only exists as chat messages.
+    prompt: str | None
+    #: The chat layout: exemplars as prior turns, the question last.
+    messages: list[dict[str, str]]
+    #: Stop strings sent with every request.
+    stop: list[str] = Field(default_factory=list)
+    #: "gsm8k" or a grader spec of servecmp.tasks.extract.parse_grader (number, exact, regex:..., choice).
+    grader: str
+
+
+@dataclass(frozen=True)
+class GenTask:
+    name: str
+    items: list[GenItem]
+    #: Where the items came from, for the manifest and the report.
+    source: str
+    #: Exemplars in every prompt.
+    fewshot: int
+    #: Items the task holds before --limit / --sample.
+    n_available: int
+
+
+def fingerprint(items: Sequence[GenItem]) -> str:
+    """Identifies the item set and its rendering; order-independent."""
+    rows = sorted(json.dumps(i.model_dump(mode="json"), sort_keys=True) for i in items)
+    return hashlib.sha256("\n".join(rows).encode("utf-8")).hexdigest()[:16]
+
+
+def load_gen_task(task: str, *, data_dir: Path | None = None, source: str | None = None,
+                  fewshot: int | None = None) -> GenTask:
+    """The task's items; UserError (one line) on an unknown task or bad data."""
+    if task == "gsm8k":
+        from servecmp.tasks.gsm8k import load_gsm8k
+
+        return load_gsm8k(data_dir=data_dir, source=source, fewshot=5 if fewshot is None else fewshot)
+    if task.startswith(JSONL_PREFIX):
+        from servecmp.tasks.gen_jsonl import load_gen_jsonl
+
+        if source not in (None, "jsonl"):
+            raise UserError(f"--source {source} does not apply to a jsonl: task")
+        path = Path(task[len(JSONL_PREFIX):])
+        items = load_gen_jsonl(path)
+        return GenTask(name=task, items=items, source=str(path), fewshot=0, n_available=len(items))
+    raise UserError(f"unknown gen task {task!r}; expected one of: {', '.join(GEN_TASKS)}")
