@@ -453,11 +453,12 @@ async def execute(manifest: GenManifest, items: Sequence[GenItem] | None, consol
     from servecmp.gen.summary import load_result
 
     summary = load_result(run_dir, show=show)
-    write_json_atomic(run_dir / SUMMARY, summary.model_dump(mode="json", by_alias=True))
-    if summary.run.complete and manifest.finished_at is None:
-        on_disk = read_manifest(run_dir)  # the stored pacing, not this invocation's flags
+    on_disk = read_manifest(run_dir)  # the stored pacing, not this invocation's flags
+    if summary.run.complete and on_disk.finished_at is None:
         on_disk.finished_at = utcnow()
         write_manifest(run_dir, on_disk)
+        summary.run.finished_at = on_disk.finished_at
+    write_json_atomic(run_dir / SUMMARY, summary.model_dump(mode="json", by_alias=True))
     return GenResult(run_dir=run_dir, manifest=manifest, stats=stats, summary=summary)
 
 
