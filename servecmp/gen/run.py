@@ -259,9 +259,11 @@ async def _generate(manifest: GenManifest, items: Sequence[GenItem], clients: Ma
             stats.generated[e.name] = 0
 
             async def one(item: GenItem) -> None:
-                records = await generate_one(client, tok, manifest, e, item)
-                for r in records:
-                    out.append(r)
+                # The seat is held until the item's records are written (tokenizing included), so the
+                # work a kill can lose is at most one item per seat.
+                async with client.slot():
+                    for r in await generate_one(client, tok, manifest, e, item):
+                        out.append(r)
                 stats.generated[e.name] += 1
                 progress.advance(bar)
 
