@@ -56,7 +56,7 @@ def _comparison(c: Comparison, s: GenSummary, console: Console, show: int) -> No
     if c.identical is not None:
         t.add_row("identical output", pct(c.identical))
         t.add_row(f"first divergence ({s.run.divergence_unit})", dist(c.first_divergence, 1))
-    t.add_row("length ratio (tokens)", est(c.length_ratio))
+    t.add_row(f"length ratio ({s.run.length_unit})", est(c.length_ratio))
     tf = c.teacher_forcing
     if tf is not None:
         if tf.unavailable:
@@ -92,7 +92,7 @@ def render(s: GenSummary, console: Console, *, show: int = 10) -> None:
     mode = "greedy" if r.samples == 1 and r.temperature == 0 else f"{r.samples} samples at T={r.temperature}"
     console.print(f"[bold]servecmp gen[/bold]: {r.task} ({r.source}), {r.n_items} of {r.n_items_planned} items"
                   + ("" if r.complete else " [yellow](unfinished)[/yellow]")
-                  + f", api {r.api}, max {r.max_tokens} tokens, "
+                  + (f", api {r.api}, max {r.max_tokens} tokens, " if r.api else ", ")
                   + mode)
     t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     t.add_column("endpoint")

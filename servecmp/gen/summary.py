@@ -73,6 +73,9 @@ class GenRunInfo(_Model):
     extractions: list[str]
     #: How first divergences are counted: "tokens" (the endpoints' /tokenize) or "characters".
     divergence_unit: Literal["tokens", "characters"]
+    #: What completion lengths count: "tokens" (usage or /tokenize), or "characters" when a record has
+    #: neither (lm-eval sample logs).
+    length_unit: Literal["tokens", "characters"] = "tokens"
     started_at: str
     finished_at: str | None
 
@@ -239,10 +242,12 @@ def _answer(r: GenRecord, extraction: str) -> str | None:
     return r.answer_flexible if extraction == "flexible" else r.answer
 
 
-def _tokens(r: GenRecord) -> float:
+def _tokens(r: GenRecord, unit: str) -> float:
+    if unit == "characters":
+        return float(len(r.text))
     if r.completion_tokens is not None:
         return float(r.completion_tokens)
-    return float(len(r.token_ids)) if r.token_ids is not None else float(len(r.text))
+    return float(len(r.token_ids or []))
 
 
 def _endpoint_block(e: GenEndpoint, recs: Sequence[GenRecord], extractions: Sequence[str]) -> EndpointBlock:
@@ -324,7 +329,7 @@ def _tf_reason(errors: Counter[str]) -> str | None:
 
 def _compare(manifest: GenManifest, e: GenEndpoint, base: dict[str, list[GenRecord]],
              other: dict[str, list[GenRecord]], extractions: Sequence[str], tf: dict[tuple[str, str], TfRecord],
-             unit: str, show_all: bool = True) -> Comparison:
+             unit: str, length_unit: str) -> Comparison:
     from servecmp.metrics.gen import first_divergence, length_ratio, majority_correct, paired_pass_at_1
 
     ids = [iid for iid in base if iid in other]
@@ -375,8 +380,8 @@ def _compare(manifest: GenManifest, e: GenEndpoint, base: dict[str, list[GenReco
 
         div = divergence_summary(positions, seed=BOOT_SEED)
         identical, first_div = _pyd(Proportion, div.identical), _pyd(Distribution, div.position)
-    ratio = length_ratio([float(np.mean([_tokens(r) for r in base[i]])) for i in ids],
-                         [float(np.mean([_tokens(r) for r in other[i]])) for i in ids], seed=BOOT_SEED)
+    ratio = length_ratio([float(np.mean([_tokens(r, length_unit) for r in base[i]])) for i in ids],
+                         [float(np.mean([_tokens(r, length_unit) for r in other[i]])) for i in ids], seed=BOOT_SEED)
     teacher = None
     if manifest.teacher_forcing and greedy and e.role in ("candidate", "secondary"):
         teacher = _teacher_forcing(e.name, ids, tf, rows, unit)
@@ -428,11 +433,14 @@ def build_summary(manifest: GenManifest, items: Sequence[GenItem], records: Sequ
             by_ep[r.endpoint].setdefault(r.item_id, []).append(r)
     tokenized = all(r.token_ids is not None for r in records if r.text)
     unit: Literal["tokens", "characters"] = "tokens" if tokenized and records else "characters"
+    counted = all(r.completion_tokens is not None or r.token_ids is not None for r in records)
+    length_unit: Literal["tokens", "characters"] = "tokens" if counted else "characters"
     endpoints = [_endpoint_block(e, [r for rs in by_ep[e.name].values() for r in rs], extractions)
                  for e in manifest.endpoints]
     base = by_ep[BASELINE]
-    candidates = [_compare(manifest, e, base, by_ep[e.name], extractions, tf, unit) for e in manifest.candidates]
-    floors = [_compare(manifest, e, base, by_ep[e.name], extractions, tf, unit) for e in manifest.floors]
+    candidates = [_compare(manifest, e, base, by_ep[e.name], extractions, tf, unit, length_unit)
+                  for e in manifest.candidates]
+    floors = [_compare(manifest, e, base, by_ep[e.name], extractions, tf, unit, length_unit) for e in manifest.floors]
     floor_set = set(manifest.floor_items)
     complete = all(
         len(by_ep[e.name]) == (len(floor_set) if e.role == "floor" else len(items)) for e in manifest.endpoints)
@@ -443,7 +451,8 @@ def build_summary(manifest: GenManifest, items: Sequence[GenItem], records: Sequ
     run = GenRunInfo(task=manifest.task, source=manifest.source, n_items_planned=manifest.n_items,
                      n_items=len(base), complete=complete, api=manifest.baseline.api, max_tokens=manifest.max_tokens,
                      samples=manifest.samples, temperature=manifest.temperature, extractions=extractions,
-                     divergence_unit=unit, started_at=manifest.started_at, finished_at=manifest.finished_at)
+                     divergence_unit=unit, length_unit=length_unit, started_at=manifest.started_at,
+                     finished_at=manifest.finished_at)
     return GenSummary(run=run, endpoints=endpoints, candidates=candidates, floors=floors,
                       notes=_notes(manifest, endpoints, candidates, floors))
 
