@@ -39,15 +39,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from servecmp.concurrency import fetch_metrics  # noqa: E402
 from servecmp.endpoints import EndpointClient, EndpointSpec, root_url  # noqa: E402
 
 YAML = ROOT / "tests" / "fixtures" / "lmeval_gsm8k" / "gsm8k_local.yaml"
 
 
 def requests_done(url: str) -> float:
-    m = asyncio.run(fetch_metrics(root_url(url))) or {}
-    return sum(v for k, v in m.items() if k.startswith("vllm:request_success_total"))
+    """Requests the server finished so far (every finish reason, every engine)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(root_url(url) + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "vllm:request_success_total")
 
 
 def run_lmeval(args: argparse.Namespace, nc: int, out: Path) -> tuple[float, float, Path]:
