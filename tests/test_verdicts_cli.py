@@ -238,7 +238,8 @@ def test_bad_gate_in_the_table_names_the_file_and_key(mcq_run: tuple[Path, dict[
     cfg.write_text('[gate]\nmcq = ["flips<=5%", "tf_kl<=1"]\n')
     res = report(str(run_dir), "-c", str(cfg))
     assert isinstance(res.exception, UserError)
-    assert str(res.exception).startswith(f"{cfg}: gate.mcq[1]: gate 'tf_kl<=1': tf_kl is a metric of shadow and gen runs")
+    assert str(res.exception).startswith(
+        f"{cfg}: gate.mcq[1]: gate 'tf_kl<=1': tf_kl is a metric of shadow and gen runs")
     cfg.write_text('[gate]\nmcqq = ["flips<=5%"]\n')
     res = report(str(run_dir), "-c", str(cfg))
     assert isinstance(res.exception, UserError) and "gate.mcqq" in str(res.exception)
