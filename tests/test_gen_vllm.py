@@ -71,10 +71,10 @@ def test_gen_gsm8k_against_real_pair(vllm_pair: VllmPair, tmp_path: Path) -> Non
     tf = c["teacher_forcing"]
     answered = sum(1 for r in recs if r["endpoint"] == "baseline" and r["text"])
     assert tf["n"] == answered
-    for row in c["items"]:
-        if row["tf_kl"] is not None:
-            assert len(row["tf_kl"]) == len(by[("baseline", row["item_id"])]["token_ids"])
-            assert all(v >= -1e-9 for v in row["tf_kl"])
+    for t in map(json.loads, (run_dir / "teacher_forcing.jsonl").read_text().splitlines()):
+        if t["error"] is None:
+            assert len(t["kl"]) == t["n_positions"] == len(by[("baseline", t["item_id"])]["token_ids"])
+            assert all(v >= -1e-9 for v in t["kl"])
     assert s["verdict"]["gates"][0]["metric"] == "tf_kl"
     rep = _servecmp("report", str(run_dir), "--json")
     assert rep.returncode == 0, rep.stderr

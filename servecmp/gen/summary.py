@@ -146,8 +146,9 @@ class ItemRow(_Model):
     tf_kl_max: float | None = None
     tf_kl_max_pos: int | None = None
     tf_kl_at_divergence: float | None = None
-    #: The per-token KL along the baseline's answer (for the HTML strip).
-    tf_kl: list[float] | None = None
+    #: The per-token KL along the baseline's answer (for the HTML strip); not written to summary.json
+    #: or --json (teacher_forcing.jsonl holds it), so the summary stays small on thousands of items.
+    tf_kl: list[float] | None = Field(default=None, exclude=True)
 
 
 class Comparison(_Model):
