@@ -287,3 +287,25 @@ def test_resume_refuses_result_flags(tmp_path: Path, pair: Any) -> None:
     run_dir = only_run_dir(tmp_path / "runs")
     assert_one_line_error(servecmp("gen", "--resume", str(run_dir), "--max-tokens", "9", "--limit", "2"),
                           "cannot resume")
+
+
+def test_secondary_replica_is_a_noise_floor(tmp_path: Path, pair: Any) -> None:
+    b, c = pair
+    task = write_task(tmp_path / "task.jsonl")
+    (tmp_path / "servecmp.toml").write_text("[gen]\nshow = 1\n")
+    with GenStub(GenStubState(model="base", answers=dict(BASE))) as s2:
+        code, out, _ = run_gen("--baseline", b.url, "--candidate", c.url, "--secondary", s2.url,
+                               "--task", f"jsonl:{task}", "--runs-dir", str(tmp_path / "runs"), "--top-k", "5",
+                               "--json", "-c", str(tmp_path / "servecmp.toml"))
+        scored = [r for r in s2.state.requests if isinstance(r["body"].get("prompt"), list)]
+    s = json.loads(out)
+    (floor,) = s["floors"]
+    # The replica answers as the baseline does: every output identical, no flip, and a teacher-forced
+    # KL of 0 (the same model's distributions on both sides).
+    assert code == 0 and floor["name"] == "secondary" and floor["identical"]["count"] == 4
+    tf = floor["teacher_forcing"]
+    assert tf["n"] == 4 and tf["kl_mean"]["max"] == pytest.approx(0, abs=1e-9)
+    assert len(scored) == 4
+    # The candidate's 2 flips of 4 against the floor's 0: Wilson [15.0%, 85.0%] vs [0%, 49.0%] overlap.
+    assert ("candidate: flips 50.0% [15.0%, 85.0%] against the noise floor (secondary) 0.0% [0.0%, 49.0%]: "
+            "within the floor") in " ".join(s["notes"])

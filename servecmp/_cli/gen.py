@@ -210,6 +210,7 @@ def register(app: typer.Typer) -> None:
                 manifest, items = new_manifest(opts, cfg)
                 root = runs_dir if runs_dir is not None else Path(cfg.gen.runs_dir)
                 result = run_blocking(manifest, items, console, runs_root=root, is_tty=console.is_terminal)
+                show = cfg.gen.show if show is None else show
             summary, run_dir = result.summary, result.run_dir
             show_n = 10 if show is None else show
         code = finish(summary, gates, as_json=as_json, show=show_n, console=console, summary_md=summary_md,
