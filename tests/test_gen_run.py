@@ -309,3 +309,36 @@ def test_secondary_replica_is_a_noise_floor(tmp_path: Path, pair: Any) -> None:
     # The candidate's 2 flips of 4 against the floor's 0: Wilson [15.0%, 85.0%] vs [0%, 49.0%] overlap.
     assert ("candidate: flips 50.0% [15.0%, 85.0%] against the noise floor (secondary) 0.0% [0.0%, 49.0%]: "
             "within the floor") in " ".join(s["notes"])
+
+
+def test_incomplete_items_are_left_out_until_resumed(tmp_path: Path) -> None:
+    """A kill between two sample lines leaves an item with some samples: the summary ignores it and
+    the resume asks it again; a sample stored twice counts once (the last line)."""
+    from servecmp.gen.run import done_keys
+    from servecmp.gen.summary import load_records
+
+    def rec(item: str, sample: int, text: str) -> str:
+        return json.dumps({"item_id": item, "endpoint": "baseline", "sample": sample, "text": text, "answer": None,
+                           "gold": "1", "correct": False, "finish_reason": "stop", "completion_tokens": 1})
+
+    lines = [rec("a", 0, "x"), rec("a", 1, "y"), rec("b", 0, "z"), rec("a", 1, "y2")]
+    (tmp_path / "records.jsonl").write_text("\n".join(lines) + "\n" + rec("c", 0, "torn")[:30])
+    got = load_records(tmp_path, 2)
+    assert [(r.item_id, r.sample, r.text) for r in got] == [("a", 0, "x"), ("a", 1, "y2")]
+    assert done_keys(tmp_path, 2) == {("baseline", "a")}
+    assert done_keys(tmp_path, 1) == {("baseline", "a"), ("baseline", "b")}
+
+
+def test_no_answer_gate(tmp_path: Path, pair: Any) -> None:
+    b, c = pair
+    task = write_task(tmp_path / "task.jsonl")
+    code, out, _ = run_gen("--baseline", b.url, "--candidate", c.url, "--task", f"jsonl:{task}",
+                           "--runs-dir", str(tmp_path / "runs"), "--json", "--no-teacher-forcing",
+                           "--gate", "no_answer<=80%", "--gate", "delta_acc>=-10%", "--gate", "tf_kl<=1")
+    by = {g["metric"]: g for g in json.loads(out)["verdict"]["gates"]}
+    # The candidate extracts nothing on 1 of 4: Wilson high 69.9% <= 80%. delta_acc: flips 1 each way, the
+    # paired bootstrap interval spans 0 and -10%. tf_kl: turned off, so unavailable.
+    assert by["no_answer"]["status"] == "pass" and by["no_answer"]["estimate"] == 0.25
+    assert by["delta_acc"]["status"] == "inconclusive"
+    assert by["tf_kl"]["status"] == "unavailable" and "turned off" in by["tf_kl"]["reason"]
+    assert code == 4
