@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from servecmp.gates import Verdict
     from servecmp.gen.summary import GenSummary
 
-Task = Annotated[str | None, typer.Option("--task", help="gsm8k (lm-eval's 5-shot layout) or jsonl:PATH (your own "
+Task = Annotated[str | None, typer.Option("--task", help="gsm8k (lm-eval's 5-shot layout), humaneval (needs "
+                                                         "--allow-code-execution) or jsonl:PATH (your own "
                                                          "verifiable tasks; see the README).")]
 DataDir = Annotated[str | None, typer.Option(
     "--data-dir", help="GSM8K's train.jsonl/test.jsonl (or a local copy of the hub dataset); default: the "
@@ -71,6 +72,10 @@ TeacherForcing = Annotated[bool | None, typer.Option(
 Resume = Annotated[Path | None, typer.Option(
     "--resume", help="Finish an interrupted run (its RUN_DIR); only pacing (--concurrency, --max-concurrency, "
                      "--rps, --timeout, --retries) and presentation flags apply.")]
+AllowCode = Annotated[bool, typer.Option(
+    "--allow-code-execution",
+    help="Let code tasks (humaneval) run model-written programs, each in its own process with CPU, memory, "
+         "time and process limits (see the README for what that does not protect against).")]
 FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
     "--from-lm-eval", help="Compare two lm-eval gsm8k --log_samples JSONL files (baseline, candidate); no "
                            "endpoint is called.")]
@@ -152,6 +157,7 @@ def register(app: typer.Typer) -> None:
         runs_dir: RunsDir = None,
         resume: Resume = None,
         from_lm_eval: FromLmEval = None,
+        allow_code_execution: AllowCode = False,
         gate: Gate = None,
         summary_md: SummaryMd = None,
         html: Html = None,
@@ -177,6 +183,7 @@ def register(app: typer.Typer) -> None:
             sample=sample, seed=seed, api=api, max_tokens=max_tokens, samples=samples, temperature=temperature,
             top_k=top_k, teacher_forcing=teacher_forcing, concurrency=concurrency, max_concurrency=max_concurrency,
             rps=rps, timeout=timeout, retries=retries, runs_dir=runs_dir, resume=resume, config=config,
+            allow_code_execution=allow_code_execution or None,
         )
         console = Console(stderr=as_json)
         if html is not None:
@@ -200,7 +207,8 @@ def register(app: typer.Typer) -> None:
 
                 manifest = resumed_manifest(opts)
                 gates = resolve_gates("gen", gate, None)
-                result = run_blocking(manifest, None, console, resume=resume, is_tty=console.is_terminal)
+                result = run_blocking(manifest, None, console, resume=resume, is_tty=console.is_terminal,
+                                      allow_code=allow_code_execution)
             else:
                 from servecmp.config import load_config
                 from servecmp.gen.settings import new_manifest
@@ -209,7 +217,8 @@ def register(app: typer.Typer) -> None:
                 gates = resolve_gates("gen", gate, cfg)
                 manifest, items = new_manifest(opts, cfg)
                 root = runs_dir if runs_dir is not None else Path(cfg.gen.runs_dir)
-                result = run_blocking(manifest, items, console, runs_root=root, is_tty=console.is_terminal)
+                result = run_blocking(manifest, items, console, runs_root=root, is_tty=console.is_terminal,
+                                      allow_code=allow_code_execution)
                 show = cfg.gen.show if show is None else show
             summary, run_dir = result.summary, result.run_dir
             show_n = 10 if show is None else show

@@ -30,7 +30,8 @@ ACCEPTED = ("--json", "--show", "--gate", "--summary-md", "--html")
 
 
 def refuse_flags(opts: GenOptions) -> None:
-    given = [f"--{f.name.replace('_', '-')}" for f in fields(opts) if getattr(opts, f.name) not in (None, [])]
+    given = [f"--{f.name.replace('_', '-')}" for f in fields(opts)
+             if getattr(opts, f.name) not in (None, []) and f.name != "allow_code_execution"]
     if given:
         raise UserError(f"--from-lm-eval reads two sample logs and calls no endpoint; {', '.join(given)} do not "
                         f"apply to it (only {', '.join(ACCEPTED)} do)")

