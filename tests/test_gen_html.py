@@ -43,3 +43,23 @@ def test_page_lists_changed_items_side_by_side(tmp_path: Path) -> None:
     run_dir = only_run_dir(tmp_path / "runs")
     again = render_gen(load_result(run_dir), run_dir=run_dir)
     assert re.findall(r'data-item="([^"]+)"', again) == re.findall(r'data-item="([^"]+)"', page)
+
+
+def test_report_html_and_gates_on_a_stored_run(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from servecmp._cli.main import build_app
+
+    task = tmp_path / "task.jsonl"
+    task.write_text(json.dumps({"id": "b", "prompt": "Q2 2+2?", "reference": "4"}) + "\n")
+    with (GenStub(GenStubState(model="base", answers=dict(BASE))) as b,
+          GenStub(GenStubState(model="cand", answers=dict(CAND))) as c):
+        run_gen("--baseline", b.url, "--candidate", c.url, "--task", f"jsonl:{task}", "--no-teacher-forcing",
+                "--runs-dir", str(tmp_path / "runs"))
+    run_dir = only_run_dir(tmp_path / "runs")
+    html, md = tmp_path / "r.html", tmp_path / "s.md"
+    res = CliRunner().invoke(build_app(), ["report", str(run_dir), "--html", str(html), "--gate", "c2w<=0.1",
+                                           "--summary-md", str(md)])
+    # One item, flipped correct→wrong: c2w 1/1, Wilson [20.7%, 100%] lies above 10%: FAIL, exit 1.
+    assert isinstance(res.exception, SystemExit) and res.exception.code == 1
+    assert 'data-item="b"' in html.read_text() and "c2w" in md.read_text()
