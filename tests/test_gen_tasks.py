@@ -113,3 +113,12 @@ def test_unknown_task_and_missing_file(tmp_path: Path) -> None:
         load_gen_task("mmlu")
     with pytest.raises(UserError, match="not found"):
         load_gen_task(f"jsonl:{tmp_path / 'none.jsonl'}")
+
+
+@pytest.mark.parametrize("rel", ["servecmp/tasks/gen_task.py", "servecmp/tasks/gsm8k.py",
+                                 "servecmp/tasks/gen_jsonl.py"])
+def test_gen_tasks_import_no_feature_package(rel: str) -> None:
+    from tests.test_gen_layers import FEATURES, REPO, imported_modules
+
+    bad = sorted(m for m in imported_modules(REPO / rel) if m.startswith("servecmp.") and m.split(".")[1] in FEATURES)
+    assert bad == [], f"{rel} imports feature packages: {bad}"
