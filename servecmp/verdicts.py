@@ -45,6 +45,18 @@ MT-Bench (`servecmp.mtbench.report.MtBenchSummary`):
   Missing when ``pairwise`` is None (mode "single").
 - Note when ``complete`` is False.
 
+gen (`servecmp.gen.summary.Comparison`, one per candidate; n = items both endpoints finished;
+the primary extraction, GSM8K's strict-match, is ``correctness[0]``):
+
+- ``flips``, ``c2w``: ``correctness[0].flips.rate`` and ``.correct_to_wrong`` (Wilson); sampled runs:
+  the majority-vote answers'. ``delta_acc``: ``correctness[0].delta_acc`` (paired bootstrap).
+- ``length_ratio``: ``length_ratio`` (mean candidate / mean baseline tokens, paired bootstrap).
+- ``no_answer``: ``no_answer`` (the candidate's generations with nothing extracted, Wilson).
+- ``identical``: ``identical`` (Wilson); missing in sampled runs.
+- ``tf_kl``: ``teacher_forcing.kl_mean.mean_ci`` (mean over items of the per-item mean per-token
+  KL, bootstrap); missing, with the reason, when nothing was teacher-forced.
+- Note when both endpoints solve no item (flips cannot show at 0%).
+
 Shadow (`servecmp.shadow.summary.ShadowSummary`; n = requests):
 
 - ``answer_differs``: measure ``"mismatch"`` (answer differs, exact text). With a secondary
@@ -238,12 +250,44 @@ def shadow_estimates(summary: ShadowSummary) -> tuple[Estimates, Missing]:
     return est, missing
 
 
+def gen_estimates(comparison: Any) -> tuple[Estimates, Missing]:
+    """The gen metrics of one candidate's `servecmp.gen.summary.Comparison` (fields in the module
+    docstring). Sampled runs read flips and delta_acc from the majority-vote answers."""
+    primary = comparison.correctness[0]
+    est: Estimates = {
+        "flips": _proportion(primary.flips.rate),
+        "c2w": _proportion(primary.correct_to_wrong),
+        "delta_acc": _boot(primary.delta_acc.point, primary.delta_acc.low, primary.delta_acc.high,
+                           primary.delta_acc.n),
+    }
+    missing: Missing = {}
+    r = comparison.length_ratio
+    est["length_ratio"] = _boot(r.point, r.low, r.high, r.n)
+    if comparison.no_answer is not None:
+        est["no_answer"] = _proportion(comparison.no_answer)
+    if comparison.identical is not None:
+        est["identical"] = _proportion(comparison.identical)
+    else:
+        missing["identical"] = "a sampled run (identical outputs are measured on greedy runs)"
+    tf = comparison.teacher_forcing
+    if tf is not None and tf.kl_mean is not None and tf.n > 0:
+        ci = tf.kl_mean.mean_ci
+        est["tf_kl"] = _boot(ci.point, ci.low, ci.high, ci.n)
+    else:
+        missing["tf_kl"] = f"teacher-forced KL unavailable: {tf.unavailable}" if tf is not None and tf.unavailable \
+            else "no teacher-forced scoring in this run"
+    return est, missing
+
+
 def estimates_for(kind: str, summary: Any, *, extra: Mapping[str, MetricEstimate] | None = None
                   ) -> tuple[Estimates, Missing]:
-    """Dispatch on the run kind ("mcq", "mtbench", "shadow"); ``extra`` overrides/adds estimates."""
+    """Dispatch on the run kind ("mcq", "mtbench", "shadow", "gen"; for gen ``summary`` is one
+    candidate's Comparison); ``extra`` overrides/adds estimates."""
     if kind == "mcq":
         return mcq_estimates(summary, extra=extra)
-    if kind == "mtbench":
+    if kind == "gen":
+        est, missing = gen_estimates(summary)
+    elif kind == "mtbench":
         est, missing = mtbench_estimates(summary)
     elif kind == "shadow":
         est, missing = shadow_estimates(summary)
@@ -268,6 +312,10 @@ def notes_for(kind: str, summary: Any) -> list[str]:
             notes.append(f"the run is unfinished: decided on the {summary.n_items:,} items{of} answered so far")
     elif kind == "mtbench" and not summary.complete:
         notes.append("the run is unfinished (judgments missing): decided on what has been judged so far")
+    elif kind == "gen":
+        p = summary.correctness[0]
+        if p.n and p.baseline_accuracy.count == 0 and p.candidate_accuracy.count == 0:
+            notes.append(f"both endpoints solve 0 of {p.n} items: accuracy flips cannot show on a model at 0%")
     return notes
 
 

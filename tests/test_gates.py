@@ -88,7 +88,7 @@ def test_parse_gate_other_kinds_and_rules() -> None:
 @pytest.mark.parametrize(("expr", "kind", "problem"), [
     ("flip<=0.05", "mcq", "unknown metric 'flip'"),
     ("delta_mtbench>=0", "mcq", "delta_mtbench is a metric of mtbench runs, not of mcq runs"),
-    ("flips<=0.05", "shadow", "flips is a metric of mcq runs, not of shadow runs"),
+    ("flips<=0.05", "shadow", "flips is a metric of mcq and gen runs, not of shadow runs"),
     ("flips<0.05", "mcq", "'<' is not a comparison servecmp knows: use <= or >="),
     ("flips>0.05", "mcq", "'>' is not a comparison"),
     ("flips=<0.05", "mcq", "'=<' is not a comparison"),
@@ -149,7 +149,7 @@ def test_gate_table_layout() -> None:
 def test_gate_table_errors_are_one_line_with_location() -> None:
     with pytest.raises(UserError) as exc:
         gates_from_table({"mqc": ["flips<=5%"]}, "mcq", origin="ci.toml")
-    assert str(exc.value) == "ci.toml: gate.mqc: unknown run kind; the [gate] table takes mcq, mtbench, shadow"
+    assert str(exc.value) == "ci.toml: gate.mqc: unknown run kind; the [gate] table takes mcq, mtbench, shadow, gen"
     with pytest.raises(UserError) as exc:
         gates_from_table({"mcq": ["flips<=5%", "kl<0.01"]}, "mcq")
     msg = str(exc.value)

@@ -89,12 +89,14 @@ def test_demo_on_a_tiny_item_count(vllm_pair: VllmPair, tmp_path: Path) -> None:
     import psutil
 
     proc = _servecmp("demo", "--sample", "4", "--mtbench-questions", "1", "--max-tokens", "24",
+                     "--gsm8k-items", "2", "--gsm8k-tokens", "24",
                      "--runs-dir", str(tmp_path / "runs"), "--baseline-port", str(free_port()),
                      "--candidate-port", str(free_port()), timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "Accuracy and flips" in out and "KL(baseline" in out
     assert "only exercise the pipeline" in out
+    assert "first divergence" in out and "GSM8K run directory" in out
     assert "total" in out
     servers = json.loads(next((tmp_path / "runs").glob("demo-servers-*/servers.json")).read_text())
     pids = [s["pid"] for s in servers.values() if isinstance(s, dict) and s.get("pid")]

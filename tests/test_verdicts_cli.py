@@ -238,7 +238,8 @@ def test_bad_gate_in_the_table_names_the_file_and_key(mcq_run: tuple[Path, dict[
     cfg.write_text('[gate]\nmcq = ["flips<=5%", "tf_kl<=1"]\n')
     res = report(str(run_dir), "-c", str(cfg))
     assert isinstance(res.exception, UserError)
-    assert str(res.exception).startswith(f"{cfg}: gate.mcq[1]: gate 'tf_kl<=1': tf_kl is a metric of shadow runs")
+    assert str(res.exception).startswith(
+        f"{cfg}: gate.mcq[1]: gate 'tf_kl<=1': tf_kl is a metric of shadow and gen runs")
     cfg.write_text('[gate]\nmcqq = ["flips<=5%"]\n')
     res = report(str(run_dir), "-c", str(cfg))
     assert isinstance(res.exception, UserError) and "gate.mcqq" in str(res.exception)
@@ -246,7 +247,7 @@ def test_bad_gate_in_the_table_names_the_file_and_key(mcq_run: tuple[Path, dict[
 
 @pytest.mark.parametrize(("expr", "message"), [
     ("foo<=1", "gate 'foo<=1': unknown metric 'foo'; valid metrics for mcq: flips, c2w, changes"),
-    ("tf_kl<=1", "gate 'tf_kl<=1': tf_kl is a metric of shadow runs, not of mcq runs"),
+    ("tf_kl<=1", "gate 'tf_kl<=1': tf_kl is a metric of shadow and gen runs, not of mcq runs"),
     ("flips<5%", "gate 'flips<5%': '<' is not a comparison servecmp knows"),
     ("flips<=5", "write 5% for a percentage"),
 ])
@@ -260,7 +261,7 @@ def test_bad_expressions_are_one_line_errors(mcq_run: tuple[Path, dict[str, Any]
 def test_bad_expression_from_the_real_cli(mcq_run: tuple[Path, dict[str, Any]]) -> None:
     run_dir, _ = mcq_run
     proc = servecmp("report", str(run_dir), "--gate", "tf_kl<=0.1", "--json")
-    assert_one_line_error(proc, "tf_kl is a metric of shadow runs, not of mcq runs")
+    assert_one_line_error(proc, "tf_kl is a metric of shadow and gen runs, not of mcq runs")
     assert proc.stdout == ""
 
 
@@ -322,7 +323,7 @@ def test_shadow_gate_of_another_kind_is_exit_2(tmp_path: Path) -> None:
     _write_db(db, scenario(8))
     res = run_cli("shadow", "report", str(db), "--gate", "flips<=5%")
     assert isinstance(res.exception, UserError)
-    assert "flips is a metric of mcq runs, not of shadow runs" in str(res.exception)
+    assert "flips is a metric of mcq and gen runs, not of shadow runs" in str(res.exception)
 
 
 # ---- mtbench ------------------------------------------------------------------------------------

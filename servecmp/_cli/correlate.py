@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def correlate(
         run_dirs: Annotated[
-            list[Path], typer.Argument(help="MCQ and MT-Bench run directories, one baseline.")
+            list[Path], typer.Argument(help="MCQ, MT-Bench and gen run directories, one baseline.")
         ],
         plot: Annotated[
             Path, typer.Option(help="Where to write the flips vs ΔMT-Bench scatter plot (PNG).")
@@ -62,7 +62,8 @@ def register(app: typer.Typer) -> None:
             return
         out = Console()
         table = Table(title="Candidates against one baseline", title_justify="left")
-        for col in ("candidate", "Δaccuracy", "flips", "KL", "ΔMT-Bench"):
+        gen = any(r.gen_run is not None for r in rows)
+        for col in ("candidate", "Δaccuracy", "flips", "KL", "ΔMT-Bench", *(("gen flips", "gen TF KL") if gen else ())):
             table.add_column(col, justify="left" if col == "candidate" else "right")
         for r in rows:
             flips = (
@@ -70,8 +71,9 @@ def register(app: typer.Typer) -> None:
                 if r.flip_rate is None
                 else f"{r.flip_rate:.1%} ({_fmt(r.flips, 'd')}/{_fmt(r.n_items, 'd')})"
             )
+            extra = (_fmt(r.gen_flip_rate, ".1%"), _fmt(r.gen_tf_kl, ".4f")) if gen else ()
             table.add_row(str(r.candidate), _fmt(r.delta_accuracy, "+.3f"), flips, _fmt(r.kl, ".4f"),
-                          _fmt(r.delta_mtbench, "+.2f"))  # fmt: skip
+                          _fmt(r.delta_mtbench, "+.2f"), *extra)  # fmt: skip
         out.print(table)
         ctable = Table(title="Correlation across candidates", title_justify="left")
         for col in ("x vs y", "n", "Spearman ρ", "p", "Pearson r", "p"):

@@ -1,8 +1,9 @@
 """`servecmp demo`: the whole method on this machine, with no GPU, key or model hub.
 
 Serves the embedded pair (SmolLM2-135M-Instruct baseline and its int8 W8A8 quantization), compares
-them on the vendored MMLU sample and on a few MT-Bench questions judged by the local baseline, prints
-both reports, and stops the servers. Every step is timed.
+them on the vendored MMLU sample, on a short GSM8K slice (generated answers: where the two models'
+answers part, teacher-forced KL) and on a few MT-Bench questions judged by the local baseline, prints
+the reports, and stops the servers. Every step is timed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from servecmp.errors import UserError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from servecmp.gen.run import GenResult
     from servecmp.mtbench.run import MtBenchResult
 
 #: The embedded pair's ports (servecmp.serving.modelpair.DEFAULT_PORTS), spelled out here so that
@@ -48,7 +50,10 @@ def register(app: typer.Typer) -> None:
             "--sample", min=1, help="A seeded sample of N MMLU items (default: all 228 of the vendored sample).",
         )] = None,
         mtbench_questions: Annotated[int, typer.Option(
-            help="MT-Bench questions to answer and judge (0 skips MT-Bench).")] = 4,
+            help="MT-Bench questions to answer and judge (0 skips MT-Bench).")] = 3,
+        gsm8k_items: Annotated[int, typer.Option(
+            help="GSM8K items of the generated-answers slice (0 skips it).")] = 10,
+        gsm8k_tokens: Annotated[int, typer.Option(help="New tokens per GSM8K answer.")] = 128,
         max_tokens: Annotated[int, typer.Option(help="New tokens per MT-Bench answer turn.")] = 128,
         runs_dir: RunsDir = None,
         baseline_port: Annotated[int, typer.Option()] = BASELINE_PORT,
@@ -68,11 +73,11 @@ def register(app: typer.Typer) -> None:
         console = Console()
         timings: list[tuple[str, float]] = []
         t_start = time.monotonic()
-        if mtbench_questions < 0:
-            raise UserError("--mtbench-questions must be 0 or more")
+        if mtbench_questions < 0 or gsm8k_items < 0:
+            raise UserError("--mtbench-questions and --gsm8k-items must be 0 or more")
         runs = runs_dir if runs_dir is not None else Path("runs")
 
-        with _step(console, "1/4 embedded model pair", timings), console.status(
+        with _step(console, "1/5 embedded model pair", timings), console.status(
             "building the pair on first use (GGUF → checkpoint → int8), then cached"
         ):
             pair = ensure_embedded_pair(log=lambda m: console.print(f"  {m}", highlight=False))
@@ -80,7 +85,7 @@ def register(app: typer.Typer) -> None:
 
         servers = embedded_servers(pair, baseline_port=baseline_port, candidate_port=candidate_port)
         server_dir = new_run_dir(runs, "demo-servers")
-        with _step(console, "2/4 start both vLLM servers", timings):
+        with _step(console, "2/5 start both vLLM servers", timings):
             pair_ctx = ServerPair(servers, run_dir=server_dir, console=console)
             pair_ctx.__enter__()
         try:
@@ -90,7 +95,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"  {role:>9}: {names[role]} at {urls[role]} "
                               f"({servers[role].dtype}, log {pair_ctx.handles[role].log_path})", highlight=False)
 
-            with _step(console, "3/4 MMLU 5-shot: accuracy, flips, KL, top margin", timings):
+            with _step(console, "3/5 MMLU 5-shot: accuracy, flips, KL, top margin", timings):
                 settings = McqSettings(
                     baseline=EndpointSpec(base_url=urls["baseline"], model=names["baseline"]),
                     candidates=[NamedEndpoint(base_url=urls["candidate"], model=names["candidate"])],
@@ -98,9 +103,15 @@ def register(app: typer.Typer) -> None:
                 )
                 mcq = run_mcq(settings, console)
 
+            gen_result = None
+            if gsm8k_items:
+                with _step(console, "4/5 GSM8K 5-shot, greedy: flips, where the answers part, teacher-forced KL",
+                           timings):
+                    gen_result = _run_gen(urls, names, gsm8k_items, gsm8k_tokens, runs, console)
+
             mt_result = None
             if mtbench_questions:
-                with _step(console, "4/4 MT-Bench (answers + local judge)", timings):
+                with _step(console, "5/5 MT-Bench (answers + local judge)", timings):
                     mt_result = _run_mtbench(urls, names, mtbench_questions, max_tokens, runs, console)
         finally:
             pair_ctx.__exit__(None, None, None)
@@ -108,6 +119,13 @@ def register(app: typer.Typer) -> None:
         console.rule("[bold]Results")
         render_mcq_report(mcq.summary, console)
         console.print(f"MCQ run directory: {mcq.run_dir}", highlight=False)
+        if gen_result is not None:
+            from servecmp.gen.render import render as render_gen
+
+            console.print()
+            # The summary's notes say it when both models solve nothing (flips cannot show at 0%).
+            render_gen(gen_result.summary, console, show=3)
+            console.print(f"GSM8K run directory: {gen_result.run_dir}", highlight=False)
         if mt_result is not None:
             from servecmp.mtbench.render import render_any
 
@@ -117,6 +135,19 @@ def register(app: typer.Typer) -> None:
         total = time.monotonic() - t_start
         console.print("timings: " + ", ".join(f"{n.split(' ', 1)[1]} {t:.0f} s" for n, t in timings)
                       + f"; total {total / 60:.1f} min", highlight=False)
+
+
+def _run_gen(urls: dict[str, str], names: dict[str, str], n: int, max_tokens: int, runs_dir: Path,
+             console: Console) -> GenResult:
+    from servecmp.config import Config
+    from servecmp.gen.run import run_blocking
+    from servecmp.gen.settings import GenOptions, new_manifest
+
+    opts = GenOptions(baseline=urls["baseline"], baseline_model=names["baseline"], candidate=[urls["candidate"]],
+                      candidate_model=[names["candidate"]], task="gsm8k", limit=n, max_tokens=max_tokens,
+                      concurrency=8)
+    manifest, items = new_manifest(opts, Config())
+    return run_blocking(manifest, items, console, runs_root=runs_dir, is_tty=sys.stdout.isatty())
 
 
 def _run_mtbench(urls: dict[str, str], names: dict[str, str], n: int, max_tokens: int, runs_dir: Path,

@@ -20,7 +20,7 @@ err_console = Console(stderr=True)
 
 
 #: One module per command (or command group), each with a `register(app)`.
-COMMANDS = ("mcq", "report", "mtbench", "correlate", "serve", "demo", "shadow")
+COMMANDS = ("mcq", "report", "mtbench", "correlate", "serve", "demo", "shadow", "gen")
 
 
 def build_app() -> typer.Typer:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from servecmp.errors import UserError
 from servecmp.mcq.records import McqRecord
 from servecmp.metrics.kl_report import NextTokenReport
-from servecmp.metrics.mcq import GroupRow
+from servecmp.metrics.mcq import Flips, GroupRow
 from servecmp.metrics.stats import Correlation, Distribution, Estimate, Proportion
 from servecmp.records import EndpointRole
 from servecmp.runstore import SUMMARY, check_schema, read_json, validate_as, write_json_atomic
@@ -108,15 +108,6 @@ class Accuracy(_Model):
     candidate: Estimate
     #: candidate − baseline
     diff: Estimate
-
-
-class Flips(_Model):
-    n: int
-    flips: int
-    correct_to_wrong: int
-    wrong_to_correct: int
-    rate: Proportion
-    mcnemar_p: float | None
 
 
 class AccNorm(_Model):

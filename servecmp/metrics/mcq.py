@@ -163,7 +163,8 @@ class Flips:
     correct_to_wrong: int
     wrong_to_correct: int
     rate: Proportion
-    mcnemar_p: float
+    #: None where a stored summary has no p (JSON has no NaN).
+    mcnemar_p: float | None
 
 
 def flips(base_correct: npt.ArrayLike, cand_correct: npt.ArrayLike, *,

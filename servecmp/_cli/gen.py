@@ -1,0 +1,185 @@
+"""`servecmp gen`: generated answers compared item by item (a thin wrapper of `servecmp.gen`).
+
+Only stdlib, typer and the shared option types are imported at module level, so `servecmp --help`
+stays fast; the service layer loads inside the command.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from servecmp._cli.common import (
+    Baseline,
+    BaselineKeyEnv,
+    BaselineModel,
+    CandidateKeyEnvs,
+    CandidateModels,
+    CandidateNames,
+    Candidates,
+    Concurrency,
+    ConfigFile,
+    Gate,
+    Html,
+    Json,
+    Limit,
+    MaxConcurrency,
+    NoiseFloor,
+    Retries,
+    Rps,
+    RunsDir,
+    Secondary,
+    SecondaryKeyEnv,
+    SecondaryModel,
+    Show,
+    SummaryMd,
+    Timeout,
+    TopK,
+)
+
+if TYPE_CHECKING:
+
+    pass
+
+Task = Annotated[str | None, typer.Option("--task", help="gsm8k (lm-eval's 5-shot layout), humaneval (needs "
+                                                         "--allow-code-execution) or jsonl:PATH (your own "
+                                                         "verifiable tasks; see the README).")]
+DataDir = Annotated[str | None, typer.Option(
+    "--data-dir", help="GSM8K's train.jsonl/test.jsonl (or a local copy of the hub dataset); default: the "
+                       "vendored 100-item sample.")]
+Source = Annotated[str | None, typer.Option("--source", help="gsm8k: sample, dir or hf (openai/gsm8k from the hub).")]
+Fewshot = Annotated[int | None, typer.Option("--fewshot", min=0, help="GSM8K exemplars per prompt (default 5).")]
+Sample = Annotated[int | None, typer.Option("--sample", min=1, help="A seeded random sample of N items (see --seed).")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Seed of --sample, --noise-floor and of sampled requests.")]
+ApiOpt = Annotated[str | None, typer.Option(
+    "--api", metavar="auto|completions|chat",
+    help="How items are asked: completions (lm-eval's prompt), chat (exemplars as prior turns; for chat-only "
+         "endpoints), or auto (completions where every endpoint has it, else chat).")]
+MaxTokens = Annotated[int | None, typer.Option("--max-tokens", min=1, help="New tokens per answer (default 256).")]
+Samples = Annotated[int | None, typer.Option(
+    "--samples", min=1, help="Completions per item and endpoint, in one request (n); needs --temperature > 0.")]
+Temperature = Annotated[float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature (default 0).")]
+TeacherForcing = Annotated[bool | None, typer.Option(
+    "--teacher-forcing/--no-teacher-forcing",
+    help="Score each candidate along the baseline's greedy answer (vLLM prompt_logprobs; default on).")]
+Resume = Annotated[Path | None, typer.Option(
+    "--resume", help="Finish an interrupted run (its RUN_DIR); only pacing (--concurrency, --max-concurrency, "
+                     "--rps, --timeout, --retries) and presentation flags apply.")]
+AllowCode = Annotated[bool, typer.Option(
+    "--allow-code-execution",
+    help="Let code tasks (humaneval) run model-written programs, each in its own process with CPU, memory, "
+         "time and process limits (see the README for what that does not protect against).")]
+FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
+    "--from-lm-eval", help="Compare two lm-eval gsm8k --log_samples JSONL files (baseline, candidate); no "
+                           "endpoint is called.")]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def gen(
+        baseline: Baseline = None,
+        candidate: Candidates = None,
+        baseline_model: BaselineModel = None,
+        candidate_model: CandidateModels = None,
+        baseline_key_env: BaselineKeyEnv = None,
+        candidate_key_env: CandidateKeyEnvs = None,
+        candidate_name: CandidateNames = None,
+        secondary: Secondary = None,
+        secondary_model: SecondaryModel = None,
+        secondary_key_env: SecondaryKeyEnv = None,
+        noise_floor: NoiseFloor = None,
+        task: Task = None,
+        data_dir: DataDir = None,
+        source: Source = None,
+        fewshot: Fewshot = None,
+        limit: Limit = None,
+        sample: Sample = None,
+        seed: Seed = None,
+        api: ApiOpt = None,
+        max_tokens: MaxTokens = None,
+        samples: Samples = None,
+        temperature: Temperature = None,
+        top_k: TopK = None,
+        teacher_forcing: TeacherForcing = None,
+        concurrency: Concurrency = None,
+        max_concurrency: MaxConcurrency = None,
+        rps: Rps = None,
+        timeout: Timeout = None,
+        retries: Retries = None,
+        runs_dir: RunsDir = None,
+        resume: Resume = None,
+        from_lm_eval: FromLmEval = None,
+        allow_code_execution: AllowCode = False,
+        gate: Gate = None,
+        summary_md: SummaryMd = None,
+        html: Html = None,
+        as_json: Json = False,
+        show: Show = None,
+        config: ConfigFile = None,
+    ) -> None:
+        """Compare generated answers (GSM8K, your own verifiable tasks): accuracy under lm-eval's extractions,
+        flips with McNemar, where the outputs part, length ratio and teacher-forced KL."""
+        import sys
+
+        from rich.console import Console
+
+        from servecmp.gen.settings import GenOptions
+        from servecmp.verdicts import resolve_gates
+
+        opts = GenOptions(
+            baseline=baseline, candidate=candidate or None, baseline_model=baseline_model,
+            candidate_model=candidate_model or None, baseline_key_env=baseline_key_env,
+            candidate_key_env=candidate_key_env or None, candidate_name=candidate_name or None,
+            secondary=secondary, secondary_model=secondary_model, secondary_key_env=secondary_key_env,
+            noise_floor=noise_floor, task=task, data_dir=data_dir, source=source, fewshot=fewshot, limit=limit,
+            sample=sample, seed=seed, api=api, max_tokens=max_tokens, samples=samples, temperature=temperature,
+            top_k=top_k, teacher_forcing=teacher_forcing, concurrency=concurrency, max_concurrency=max_concurrency,
+            rps=rps, timeout=timeout, retries=retries, runs_dir=runs_dir, resume=resume, config=config,
+            allow_code_execution=allow_code_execution or None,
+        )
+        console = Console(stderr=as_json)
+        from servecmp.finish import Output, check_outputs, finish
+
+        out = Output(as_json=as_json, show=show, html=html, summary_md=summary_md, title="servecmp gen gates")
+        check_outputs(out)  # before the run, not after it
+        run_dir: Path | None
+        if from_lm_eval is not None:
+            from servecmp.gen.lmeval import refuse_flags, summary_from_lmeval
+
+            refuse_flags(opts)
+            gates = resolve_gates("gen", gate, None)
+            summary = summary_from_lmeval(from_lm_eval[0], from_lm_eval[1])
+            run_dir = None
+            show_n = 10 if show is None else show
+        else:
+            from servecmp.gen.run import run_blocking
+
+            if resume is not None:
+                from servecmp.gen.settings import resumed_manifest
+
+                manifest = resumed_manifest(opts)
+                gates = resolve_gates("gen", gate, None)
+                result = run_blocking(manifest, None, console, resume=resume, is_tty=console.is_terminal,
+                                      allow_code=allow_code_execution)
+            else:
+                from servecmp.config import load_config
+                from servecmp.gen.settings import new_manifest
+
+                cfg = load_config(config)
+                gates = resolve_gates("gen", gate, cfg)
+                manifest, items = new_manifest(opts, cfg)
+                root = runs_dir if runs_dir is not None else Path(cfg.gen.runs_dir)
+                result = run_blocking(manifest, items, console, runs_root=root, is_tty=console.is_terminal,
+                                      allow_code=allow_code_execution)
+                show = cfg.gen.show if show is None else show
+            summary, run_dir = result.summary, result.run_dir
+            show_n = 10 if show is None else show
+        from servecmp.gen.kind import GenView
+
+        code = finish("gen", GenView(summary, run_dir), gates, replace(out, show=show_n), console)
+        sys.stdout.flush()
+        if code:
+            raise SystemExit(code)
