@@ -52,8 +52,8 @@ def register(app: typer.Typer) -> None:
         mtbench_questions: Annotated[int, typer.Option(
             help="MT-Bench questions to answer and judge (0 skips MT-Bench).")] = 3,
         gsm8k_items: Annotated[int, typer.Option(
-            help="GSM8K items of the generated-answers slice (0 skips it).")] = 10,
-        gsm8k_tokens: Annotated[int, typer.Option(help="New tokens per GSM8K answer.")] = 128,
+            help="GSM8K items of the generated-answers slice (0 skips it).")] = 8,
+        gsm8k_tokens: Annotated[int, typer.Option(help="New tokens per GSM8K answer.")] = 96,
         max_tokens: Annotated[int, typer.Option(help="New tokens per MT-Bench answer turn.")] = 128,
         runs_dir: RunsDir = None,
         baseline_port: Annotated[int, typer.Option()] = BASELINE_PORT,
