@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from servecmp.gates import Gate as GateRule
     from servecmp.gates import MetricEstimate, Verdict
     from servecmp.mcq.compare import CandidateResult, McqComparison
+    from servecmp.mcq.sequential import SequentialPlan
+    from servecmp.mcq.settings import McqOptions
     from servecmp.mcq.summary import McqSummary
 
 #: Kept in step with servecmp.mcq.settings.ACCEPTED_ON_RESUME (a test compares them); written out
@@ -79,6 +81,14 @@ Seed = Annotated[int | None, typer.Option("--seed", help="Seed of --sample and o
 FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
     "--from-lm-eval", help="Compare two lm-eval --log_samples JSONL files (baseline, candidate); "
                            "no endpoint is called.")]
+
+UntilDecided = Annotated[bool | None, typer.Option(
+    "--until-decided", help="Score items in a seeded random order, a batch at a time, and stop once every gate of "
+                            "every candidate is decided on anytime-valid intervals (needs --gate).")]
+Batch = Annotated[int | None, typer.Option(
+    "--batch", min=1, help="--until-decided: items per look (default 20).")]
+Budget = Annotated[int | None, typer.Option(
+    "--budget", min=1, help="--until-decided: at most N requests per candidate.")]
 
 #: With --from-lm-eval only these change anything; other flags are refused rather than ignored.
 _LMEVAL_FLAGS = ("--seed", "--json", "--show", "--gate", "--summary-md")
@@ -135,9 +145,18 @@ def floor_estimates(candidate: CandidateResult) -> dict[str, MetricEstimate]:
             "kl_excess": MetricEstimate.bootstrap(candidate.floor.kl_excess.model_dump())}
 
 
-def decide_candidates(comparison: McqComparison, gates: Sequence[GateRule]) -> list[Verdict]:
-    """Every candidate's verdict (`servecmp.verdicts.verdict_for`), the floor's excesses included."""
+def decide_candidates(comparison: McqComparison, gates: Sequence[GateRule], run_dir: Path | None = None
+                      ) -> list[Verdict]:
+    """Every candidate's verdict (`servecmp.verdicts.verdict_for`), the floor's excesses included;
+    a sequential run's (--until-decided) on its anytime-valid intervals."""
     from servecmp.verdicts import verdict_for
+
+    if run_dir is not None:
+        from servecmp.mcq.sequential import sequential_verdicts
+
+        seq = sequential_verdicts(run_dir, comparison, gates)
+        if seq is not None:
+            return seq[0]
 
     out = []
     several = len(comparison.candidates) > 1
@@ -146,6 +165,34 @@ def decide_candidates(comparison: McqComparison, gates: Sequence[GateRule]) -> l
         label = c.name if several else (c.endpoint.model or c.name)
         out.append(verdict_for("mcq", c.summary, gates, extra=floor_estimates(c), candidate=label))
     return out
+
+
+def sequential_plan(opts: McqOptions, gates: Sequence[GateRule], secondary: bool) -> SequentialPlan:
+    """The --until-decided plan of a new run; UserError (one line) for flags that do not go with it."""
+    from servecmp.mcq.sequential import DEFAULT_BATCH, SequentialPlan, check_gates
+
+    if not opts.until_decided:
+        raise UserError("--batch and --budget apply to --until-decided only")
+    if secondary or opts.noise_floor:
+        raise UserError("--until-decided does not run a noise floor (--secondary, --noise-floor): measure it in a "
+                        "fixed-n run")
+    check_gates(gates)
+    return SequentialPlan(gates=[g.expr for g in gates], batch=opts.batch or DEFAULT_BATCH, budget=opts.budget)
+
+
+def print_sequential(run_dir: Path, comparison: McqComparison, gates: Sequence[GateRule], *, as_json: bool,
+                     console: Console) -> None:
+    """A sequential run's block (items used, both intervals, requests saved): on the terminal, or with
+    --json on stderr as one JSON object, so stdout keeps the summary's layout."""
+    from servecmp.mcq.sequential import render_sequential, sequential_verdicts
+
+    seq = sequential_verdicts(run_dir, comparison, gates)
+    if seq is None:
+        return
+    if as_json:
+        console.print_json(seq[1].model_dump_json())
+    else:
+        render_sequential(seq[1], console)
 
 
 def register(app: typer.Typer) -> None:
@@ -186,6 +233,9 @@ def register(app: typer.Typer) -> None:
         as_json: Json = False,
         show: Show = None,
         config: ConfigFile = None,
+        until_decided: UntilDecided = None,
+        batch: Batch = None,
+        budget: Budget = None,
     ) -> None:
         """Compare a baseline with one or several candidates on a multiple-choice task: accuracy, flips,
         KL divergence, top margin; with --secondary / --noise-floor, each endpoint against itself."""
@@ -202,7 +252,7 @@ def register(app: typer.Typer) -> None:
             fewshot_file=fewshot_file, limit=limit, sample=sample, seed=seed, top_k=top_k, api=api,
             concurrency=concurrency, max_concurrency=max_concurrency, rps=rps, timeout=timeout, retries=retries,
             runs_dir=runs_dir,
-            resume=resume, config=config,
+            resume=resume, config=config, until_decided=until_decided or None, batch=batch, budget=budget,
         )
         # Progress and messages go to stderr with --json, so stdout is only the JSON object.
         console = Console(stderr=as_json)
@@ -232,16 +282,24 @@ def register(app: typer.Typer) -> None:
             if resume is not None:
                 settings, manifest = resumed_settings(opts)
                 gates = resolve_gates("mcq", gate, None)
+                if not gates and manifest.until_decided is not None:
+                    gates = manifest.until_decided.parsed()  # the gates that stop the run decide it too
                 result = run_mcq(settings, console, resume=(resume, manifest))
             else:
                 from servecmp.config import load_config
 
                 cfg = load_config(config)
                 gates = resolve_gates("mcq", gate, cfg)
-                result = run_mcq(new_settings(opts, cfg), console)
+                settings = new_settings(opts, cfg)
+                if until_decided or batch is not None or budget is not None:
+                    settings.until_decided = sequential_plan(opts, gates, settings.secondary is not None)
+                result = run_mcq(settings, console)
             comparison = result.comparison
-        verdicts = decide_candidates(comparison, gates) if wants_verdict(gates, summary_md) else None
+        run_dir = Path(comparison.run_dir) if from_lm_eval is None and comparison.run_dir else None
+        verdicts = decide_candidates(comparison, gates, run_dir) if wants_verdict(gates, summary_md) else None
         print_comparison(comparison, as_json=as_json, show=show, console=console, verdicts=verdicts)
+        if run_dir is not None:
+            print_sequential(run_dir, comparison, gates, as_json=as_json, console=console)
         if html is not None:
             from servecmp.html import mcq_html
 
@@ -273,8 +331,9 @@ def report_run(path: Path, *, as_json: bool, show: int | None, console: Console,
     from servecmp.verdicts import emit_verdict, wants_verdict
 
     comparison = compare_run(path)
-    verdicts = decide_candidates(comparison, gates) if wants_verdict(gates, summary_md) else None
+    verdicts = decide_candidates(comparison, gates, path) if wants_verdict(gates, summary_md) else None
     print_comparison(comparison, as_json=as_json, show=show, console=console, verdicts=verdicts)
+    print_sequential(path, comparison, gates, as_json=as_json, console=console)
     if html is not None:
         from servecmp.html import mcq_html
 

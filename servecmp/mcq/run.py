@@ -158,8 +158,15 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
             watch = await RunWatch.start(clients, run_dir)
             with make_progress(console) as progress:
                 try:
-                    outcome = await run_items(data.items, clients, run_dir, top_k=settings.top_k,
-                                              progress=progress)
+                    if settings.until_decided is not None:
+                        from servecmp.mcq.sequential import run_until_decided
+
+                        outcome = await run_until_decided(data.items, clients, run_dir, plan=settings.until_decided,
+                                                          seed=settings.seed, top_k=settings.top_k, progress=None,
+                                                          console=console)
+                    else:
+                        outcome = await run_items(data.items, clients, run_dir, top_k=settings.top_k,
+                                                  progress=progress)
                     if settings.noise_floor and not outcome.failed:
                         sample = floor_items(data.items, settings.noise_floor, settings.seed)
                         again = {name: c for name, c in clients.items() if name != "secondary"}

@@ -46,6 +46,7 @@ from servecmp import __version__
 from servecmp.capabilities import EndpointCapabilities
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
+from servecmp.mcq.sequential import SequentialPlan
 from servecmp.records import ROLES, EndpointRole, RunManifest
 from servecmp.runstore import MANIFEST, read_json, utcnow, write_json_atomic
 
@@ -115,6 +116,10 @@ class McqOptions:
     runs_dir: Path | None = None
     resume: Path | None = None
     config: Path | None = None
+    #: --until-decided, --batch, --budget (servecmp.mcq.sequential).
+    until_decided: bool | None = None
+    batch: int | None = None
+    budget: int | None = None
 
 
 class NamedEndpoint(EndpointSpec):
@@ -153,6 +158,8 @@ class McqSettings(BaseModel):
     #: chat), "completions" or "chat" (servecmp.capabilities.choose_api).
     api: Literal["auto", "completions", "chat"] = "auto"
     runs_dir: Path = Path("runs")
+    #: --until-decided: the gates that stop the run, the batch and the budget (None: fixed-n).
+    until_decided: SequentialPlan | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -219,7 +226,8 @@ class SecondaryEndpoint(EndpointSpec):
 
 #: The settings a manifest records as given, under the same names (`new_manifest`) and gives back
 #: to a resumed run (`McqManifest.settings`); source and fewshot it records as the task resolved them.
-RECORDED_AS_GIVEN = {"task", "data_dir", "fewshot_file", "limit", "sample", "seed", "top_k", "noise_floor", "api"}
+RECORDED_AS_GIVEN = {"task", "data_dir", "fewshot_file", "limit", "sample", "seed", "top_k", "noise_floor", "api",
+                     "until_decided"}
 
 
 class McqManifest(BaseModel):
@@ -262,6 +270,8 @@ class McqManifest(BaseModel):
     endpoint_apis: dict[str, Literal["completions", "chat"]] | None = None
     #: What the capability probe found at each endpoint, by endpoint name.
     capabilities: dict[str, EndpointCapabilities] | None = None
+    #: --until-decided (None: a fixed-n run, and every manifest from before it).
+    until_decided: SequentialPlan | None = None
     started_at: str
     finished_at: str | None = None
 
@@ -513,7 +523,7 @@ FIXED_ON_RESUME: dict[str, str] = {
     "data_dir": "--data-dir", "source": "--source", "fewshot": "--fewshot", "fewshot_file": "--fewshot-file",
     "limit": "--limit", "sample": "--sample", "seed": "--seed", "top_k": "--top-k", "api": "--api",
     "runs_dir": "--runs-dir",
-    "config": "-c/--config",
+    "config": "-c/--config", "until_decided": "--until-decided", "batch": "--batch", "budget": "--budget",
 }  # fmt: skip
 
 
