@@ -85,6 +85,16 @@ FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
 UntilDecided = Annotated[bool | None, typer.Option(
     "--until-decided", help="Score items in a seeded random order, a batch at a time, and stop once every gate of "
                             "every candidate is decided on anytime-valid intervals (needs --gate).")]
+BaselineRun = Annotated[Path | None, typer.Option(
+    "--baseline-run", metavar="RUN_DIR",
+    help="Join a finished run's stored baseline records instead of asking the baseline: only the candidates "
+         "are asked. Refused when items, prompt format, few-shot, top-k or API differ.")]
+BaselineCheck = Annotated[int | None, typer.Option(
+    "--baseline-check", min=1, metavar="N",
+    help="With --baseline-run and --baseline URL: re-ask N seeded stored items of the live baseline and refuse "
+         "when it no longer reproduces them (default 20).")]
+BaselineOnly = Annotated[bool | None, typer.Option(
+    "--baseline-only", help="Ask only the baseline: a profile for later --baseline-run.")]
 Batch = Annotated[int | None, typer.Option(
     "--batch", min=1, help="--until-decided: items per look (default 20).")]
 Budget = Annotated[int | None, typer.Option(
@@ -180,12 +190,54 @@ def sequential_plan(opts: McqOptions, gates: Sequence[GateRule], secondary: bool
     return SequentialPlan(gates=[g.expr for g in gates], batch=opts.batch or DEFAULT_BATCH, budget=opts.budget)
 
 
+def stored_opts(opts: McqOptions) -> tuple[McqOptions, bool]:
+    """The flags of a new run with --baseline-run / --baseline-only (UserError, one line, for flags
+    that do not go together), and whether a live baseline is given to re-check."""
+    live = opts.baseline is not None
+    if opts.baseline_only and (opts.candidate or opts.baseline_run is not None or opts.until_decided):
+        raise UserError("--baseline-only asks the baseline alone: drop --candidate, --baseline-run and "
+                        "--until-decided")
+    if opts.baseline_run is None:
+        if opts.baseline_check is not None:
+            raise UserError("--baseline-check re-checks a stored baseline: it needs --baseline-run RUN_DIR")
+        return opts, live
+    if opts.baseline_check is not None and not live:
+        raise UserError("--baseline-check needs the live baseline to ask: give --baseline URL as well")
+    if opts.secondary is not None or opts.noise_floor:
+        raise UserError("--baseline-run joins stored baseline records: a noise floor (--secondary, --noise-floor) "
+                        "needs the live baseline in a joint run")
+    from dataclasses import replace
+
+    from servecmp.mcq.stored import read_stored, stored_options
+
+    manifest, _ = read_stored(opts.baseline_run)
+    opts = stored_options(opts, manifest)
+    base = manifest.endpoint("baseline")
+    if not live:
+        opts = replace(opts, baseline=base.base_url, baseline_model=base.model)
+    return opts, live
+
+
 def print_sequential(run_dir: Path, comparison: McqComparison, gates: Sequence[GateRule], *, as_json: bool,
                      console: Console) -> None:
     """A sequential run's block (items used, both intervals, requests saved): on the terminal, or with
     --json on stderr as one JSON object, so stdout keeps the summary's layout."""
     from servecmp.mcq.sequential import render_sequential, sequential_verdicts
+    from servecmp.mcq.settings import read_manifest
 
+    stored = read_manifest(run_dir).stored_baseline
+    if stored is not None:
+        check = stored.check
+        checked = (f"; drift check: {check.items} items re-asked, {check.answer_changes} answers changed, largest "
+                   f"option KL {check.max_option_kl:.3g} <= {check.tolerance:.3g}" if check is not None else "")
+        line = (f"baseline: stored run {stored.run_dir} ({stored.model} at {stored.base_url}, made "
+                f"{stored.finished_at or stored.started_at}){checked}")
+        if as_json:
+            console.print_json(json.dumps({"stored_baseline": stored.model_dump(mode="json")}))
+        else:
+            from rich.markup import escape
+
+            console.print(escape(line), highlight=False)
     seq = sequential_verdicts(run_dir, comparison, gates)
     if seq is None:
         return
@@ -236,6 +288,9 @@ def register(app: typer.Typer) -> None:
         until_decided: UntilDecided = None,
         batch: Batch = None,
         budget: Budget = None,
+        baseline_run: BaselineRun = None,
+        baseline_check: BaselineCheck = None,
+        baseline_only: BaselineOnly = None,
     ) -> None:
         """Compare a baseline with one or several candidates on a multiple-choice task: accuracy, flips,
         KL divergence, top margin; with --secondary / --noise-floor, each endpoint against itself."""
@@ -253,6 +308,7 @@ def register(app: typer.Typer) -> None:
             concurrency=concurrency, max_concurrency=max_concurrency, rps=rps, timeout=timeout, retries=retries,
             runs_dir=runs_dir,
             resume=resume, config=config, until_decided=until_decided or None, batch=batch, budget=budget,
+            baseline_run=baseline_run, baseline_check=baseline_check, baseline_only=baseline_only or None,
         )
         # Progress and messages go to stderr with --json, so stdout is only the JSON object.
         console = Console(stderr=as_json)
@@ -290,10 +346,19 @@ def register(app: typer.Typer) -> None:
 
                 cfg = load_config(config)
                 gates = resolve_gates("mcq", gate, cfg)
+                opts, live = stored_opts(opts)
                 settings = new_settings(opts, cfg)
+                if baseline_run is not None:
+                    settings.baseline_run, settings.live_baseline = baseline_run, live
+                    settings.baseline_check = baseline_check or settings.baseline_check
+                settings.baseline_only = bool(baseline_only)
                 if until_decided or batch is not None or budget is not None:
                     settings.until_decided = sequential_plan(opts, gates, settings.secondary is not None)
                 result = run_mcq(settings, console)
+            if result.comparison is None:
+                console.print(f"baseline profile: {result.run_dir}; compare candidates with it: servecmp mcq "
+                              f"--baseline-run {result.run_dir} --candidate URL", highlight=False)
+                return
             comparison = result.comparison
         run_dir = Path(comparison.run_dir) if from_lm_eval is None and comparison.run_dir else None
         verdicts = decide_candidates(comparison, gates, run_dir) if wants_verdict(gates, summary_md) else None

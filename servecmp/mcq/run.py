@@ -53,11 +53,13 @@ __all__ = ["ITEM_ERRORS", "RECORDS", "McqResult", "RunOutcome", "make_progress",
 @dataclass(frozen=True)
 class McqResult:
     run_dir: Path
-    comparison: McqComparison
+    #: None for a baseline profile (--baseline-only): there is nothing to compare.
+    comparison: McqComparison | None
 
     @property
     def summary(self) -> McqSummary:
         """The first candidate's summary (the only one of a two-endpoint run)."""
+        assert self.comparison is not None
         return self.comparison.candidates[0].summary
 
 
@@ -122,10 +124,23 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
             "(data or prompt format changed); start a new run"
         )
     run_dir: Path | None = resume[0] if resume is not None else None
+    stored = None
+    if settings.baseline_run is not None:
+        from servecmp.mcq import stored as st
+
+        stored = st.read_stored(settings.baseline_run)
+        if resume is None:
+            st.check_compatible(settings.baseline_run, stored[0], data, top_k=settings.top_k, api=settings.api)
+        # Every candidate is asked through the API the stored baseline was (choose_api refuses otherwise).
+        settings.api = st.stored_api(stored[0])  # type: ignore[assignment]
+    # With a stored baseline the live one (if any) is asked only the drift check, and only in a new run.
+    ask_live = stored is None or (settings.live_baseline and resume is None)
 
     async def go() -> tuple[Path, RunOutcome]:
         nonlocal run_dir
         specs = {"baseline": settings.baseline, **{f"#{i}": c for i, c in enumerate(settings.candidates)}}
+        if not ask_live:
+            del specs["baseline"]
         if settings.secondary is not None:
             specs["secondary"] = settings.secondary
         clients = {key: EndpointClient(spec) for key, spec in specs.items()}
@@ -135,14 +150,27 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
             for key, spec in specs.items():
                 spec.model = models[key]
             settings.resolve_names()
-            named = settings.named_endpoints()
+            named = {n: e for n, e in settings.named_endpoints().items() if n != "baseline" or ask_live}
             clients = {name: clients[key] for name, key in zip(named, specs, strict=True)}
             found = probe_findings(clients)
+            stored_info = None
+            check_lines: list[dict[str, object]] = []
+            if stored is not None:
+                from servecmp.mcq import stored as st
+
+                found = st.with_stored_findings(found, stored[0])
+                if resume is None:
+                    stored_info, check_lines = await st.stored_info(settings, stored, data.items, clients, console)
+                # The main pass never asks a live baseline: the stored records are its answers.
+                clients = {n: c for n, c in clients.items() if n != "baseline"}
             if resume is not None:
                 check_resumed_apis(resume[1], clients)
             if resume is None:
                 run_dir = new_run_dir(settings.runs_dir, f"mcq-{run_dir_label(settings.task)}")
-                write_manifest(run_dir, new_manifest(settings, data).model_copy(update=found))
+                write_manifest(run_dir, new_manifest(settings, data).model_copy(
+                    update={**found, "stored_baseline": stored_info}))
+                if stored_info is not None:
+                    st.write_check(run_dir, check_lines)
             elif not resume[1].pacing_recorded:
                 # A version-1 manifest: rewrite it in today's layout, now recording the pacing in use.
                 upgraded = new_manifest(settings, data).model_copy(
@@ -151,6 +179,11 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
             assert run_dir is not None
             console.print(f"run directory: {run_dir}  ({len(data.items)} items, {escape(data.source)})",
                           highlight=False)
+            if stored is not None:
+                from servecmp.mcq import stored as st
+
+                joined = st.join_records(stored[1], data.items, run_dir)
+                console.print(escape(st.stored_line(settings.baseline_run, stored[0], joined)), highlight=False)
             for name, spec in named.items():
                 console.print(describe_endpoint(name, spec), highlight=False)
             for line in capability_lines(clients):
@@ -163,7 +196,7 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
 
                         outcome = await run_until_decided(data.items, clients, run_dir, plan=settings.until_decided,
                                                           seed=settings.seed, top_k=settings.top_k, progress=None,
-                                                          console=console)
+                                                          console=console, ask_baseline=stored is None)
                     else:
                         outcome = await run_items(data.items, clients, run_dir, top_k=settings.top_k,
                                                   progress=progress)
@@ -200,6 +233,8 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
         raise RunFailed(failure_message(outcome, done_dir))
     manifest = read_manifest(done_dir)
     write_manifest(done_dir, manifest.model_copy(update={"finished_at": utcnow()}))
+    if settings.baseline_only:
+        return McqResult(done_dir, None)
     return McqResult(done_dir, compare_run(done_dir))
 
 

@@ -47,6 +47,7 @@ from servecmp.capabilities import EndpointCapabilities
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
 from servecmp.mcq.sequential import SequentialPlan
+from servecmp.mcq.stored import StoredBaseline
 from servecmp.records import ROLES, EndpointRole, RunManifest
 from servecmp.runstore import MANIFEST, read_json, utcnow, write_json_atomic
 
@@ -120,6 +121,10 @@ class McqOptions:
     until_decided: bool | None = None
     batch: int | None = None
     budget: int | None = None
+    #: --baseline-run, --baseline-check, --baseline-only (servecmp.mcq.stored).
+    baseline_run: Path | None = None
+    baseline_check: int | None = None
+    baseline_only: bool | None = None
 
 
 class NamedEndpoint(EndpointSpec):
@@ -160,6 +165,14 @@ class McqSettings(BaseModel):
     runs_dir: Path = Path("runs")
     #: --until-decided: the gates that stop the run, the batch and the budget (None: fixed-n).
     until_decided: SequentialPlan | None = None
+    #: --baseline-run: the stored run whose baseline records stand in for the baseline endpoint.
+    baseline_run: Path | None = None
+    #: With a stored baseline: whether `baseline` is a live endpoint to re-check (--baseline given),
+    #: and how many stored items to re-ask it.
+    live_baseline: bool = True
+    baseline_check: int = 20
+    #: --baseline-only: a baseline profile, no candidate.
+    baseline_only: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -272,6 +285,9 @@ class McqManifest(BaseModel):
     capabilities: dict[str, EndpointCapabilities] | None = None
     #: --until-decided (None: a fixed-n run, and every manifest from before it).
     until_decided: SequentialPlan | None = None
+    #: The stored baseline this run joined (--baseline-run), and --baseline-only.
+    stored_baseline: StoredBaseline | None = None
+    baseline_only: bool = False
     started_at: str
     finished_at: str | None = None
 
@@ -300,6 +316,9 @@ class McqManifest(BaseModel):
             source=self.source,
             fewshot=self.fewshot,
             runs_dir=runs_dir,
+            baseline_run=Path(self.stored_baseline.run_dir) if self.stored_baseline is not None else None,
+            live_baseline=self.stored_baseline is None,
+            baseline_only=self.baseline_only,
             **self.model_dump(include=RECORDED_AS_GIVEN),
         )
 
@@ -319,6 +338,7 @@ def new_manifest(settings: McqSettings, data: TaskData) -> McqManifest:
         secondary=(SecondaryEndpoint(**settings.secondary.model_dump())
                    if settings.secondary is not None else None),
         started_at=utcnow(),
+        baseline_only=settings.baseline_only,
         **settings.model_dump(include=RECORDED_AS_GIVEN),
     )
 
@@ -495,7 +515,7 @@ def new_settings(opts: McqOptions, cfg: Config) -> McqSettings:
     return McqSettings(
         baseline=endpoint_from("baseline", cfg.baseline, opts.baseline, model=opts.baseline_model,
                                api_key_env=opts.baseline_key_env, **_mcq_pacing(pacing, cfg.baseline)),
-        candidates=_candidates(opts, cfg, pacing, auto_default=True),
+        candidates=[] if opts.baseline_only else _candidates(opts, cfg, pacing, auto_default=True),
         secondary=secondary,
         noise_floor=opts.noise_floor if opts.noise_floor is not None else mc.noise_floor,
         task=opts.task or mc.task,
@@ -524,6 +544,7 @@ FIXED_ON_RESUME: dict[str, str] = {
     "limit": "--limit", "sample": "--sample", "seed": "--seed", "top_k": "--top-k", "api": "--api",
     "runs_dir": "--runs-dir",
     "config": "-c/--config", "until_decided": "--until-decided", "batch": "--batch", "budget": "--budget",
+    "baseline_run": "--baseline-run", "baseline_check": "--baseline-check", "baseline_only": "--baseline-only",
 }  # fmt: skip
 
 
