@@ -220,8 +220,9 @@ def stored_opts(opts: McqOptions) -> tuple[McqOptions, bool]:
 
 def print_sequential(run_dir: Path, comparison: McqComparison, gates: Sequence[GateRule], *, as_json: bool,
                      console: Console) -> None:
-    """A sequential run's block (items used, both intervals, requests saved): on the terminal, or with
-    --json on stderr as one JSON object, so stdout keeps the summary's layout."""
+    """What a run adds below its report: the stored baseline it joined, its cost per endpoint and, for a
+    sequential run, items used, both intervals and requests saved. With --json each is a JSON object on
+    stderr, so stdout keeps the summary's layout."""
     from servecmp.mcq.sequential import render_sequential, sequential_verdicts
     from servecmp.mcq.settings import read_manifest
 
@@ -238,6 +239,18 @@ def print_sequential(run_dir: Path, comparison: McqComparison, gates: Sequence[G
             from rich.markup import escape
 
             console.print(escape(line), highlight=False)
+    from servecmp.mcq.cost import cost_lines, run_cost
+
+    costs = run_cost(run_dir, stored_baseline=stored is not None)
+    if as_json:
+        console.print_json(json.dumps({"cost": [c.model_dump() for c in costs]}))
+    elif costs:
+        from rich.markup import escape
+
+        console.print("cost (requests sent, retries and probes included; tokens the servers reported):",
+                      highlight=False)
+        for ln in cost_lines(costs):
+            console.print(escape(ln), highlight=False)
     seq = sequential_verdicts(run_dir, comparison, gates)
     if seq is None:
         return

@@ -144,6 +144,7 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
         if settings.secondary is not None:
             specs["secondary"] = settings.secondary
         clients = {key: EndpointClient(spec) for key, spec in specs.items()}
+        spent: dict[str, EndpointClient] = {}  # by endpoint name, once named: what the run's cost counts
         try:
             models = await prepare_clients(clients, settings.top_k, letter, api=settings.api,
                                            probe=probe_item(data.items))
@@ -152,6 +153,7 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
             settings.resolve_names()
             named = {n: e for n, e in settings.named_endpoints().items() if n != "baseline" or ask_live}
             clients = {name: clients[key] for name, key in zip(named, specs, strict=True)}
+            spent.update(clients)
             found = probe_findings(clients)
             stored_info = None
             check_lines: list[dict[str, object]] = []
@@ -219,6 +221,10 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
                 console.print(escape(line), highlight=False)
             return run_dir, outcome
         finally:
+            if run_dir is not None:
+                from servecmp.mcq.cost import append_cost
+
+                append_cost(run_dir, spent)  # on Ctrl-C and failures too: those requests were spent
             for c in clients.values():
                 await c.aclose()
 
