@@ -46,7 +46,10 @@ class EndpointCost(BaseModel):
 
 
 def run_cost(run_dir: Path, stored_baseline: bool = False) -> list[EndpointCost]:
-    """Every endpoint's requests and tokens over the run's invocations, baseline first."""
+    """Every endpoint's requests and tokens over the run's invocations, baseline first; empty for a
+    run from before the cost was recorded (its request counts are unknown)."""
+    if not (run_dir / COST).exists():
+        return []
     req: dict[str, list[int]] = {}
     for line in iter_jsonl(run_dir / COST):
         r = req.setdefault(str(line["endpoint"]), [0, 0])
