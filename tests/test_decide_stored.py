@@ -146,6 +146,13 @@ def test_until_decided_on_a_stored_baseline_asks_only_the_candidate(tmp_path: Pa
         asked = [r for r in a.state.requests if r["path"] == "/v1/completions" and not r["body"].get("echo")
                  and "user" not in r["body"]]
     assert len(asked) == 40  # the hand-worked stop of tests/test_decide_sequential.py
+    # Used: the candidate's requests only; the full fixed run: both endpoints on all 60 items.
+    recs = records(only_run_dir(tmp_path / "seq"))
+    cand = [int(r["n_requests"]) for r in recs if r["endpoint"] == "candidate"]  # type: ignore[call-overload]
+    base = [int(r["n_requests"]) for r in recs if r["endpoint"] == "baseline"]  # type: ignore[call-overload]
+    assert len(base) == 60 and len(cand) == 40
+    full = round(60 * (sum(base) / 60 + sum(cand) / 40))
+    assert f"requests: {sum(cand):,} against {full:,}" in " ".join(proc.stdout.split())
 
 
 def test_stored_flag_refusals(tmp_path: Path) -> None:

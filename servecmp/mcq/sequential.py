@@ -343,13 +343,15 @@ class SequentialReport(BaseModel):
     note: str = ANYTIME_NOTE
 
 
-def sequential_report(run_dir: Path, gates: Sequence[Gate], fixed: Mapping[str, Mapping[str, MetricEstimate]],
-                      *, baseline_asked: bool = True) -> SequentialReport | None:
+def sequential_report(run_dir: Path, gates: Sequence[Gate], fixed: Mapping[str, Mapping[str, MetricEstimate]]
+                      ) -> SequentialReport | None:
     """The report of a sequential run from its directory (None for a fixed-n run); ``fixed`` is
-    each candidate's fixed-n estimates (`servecmp.verdicts.mcq_estimates`), shown beside."""
+    each candidate's fixed-n estimates (`servecmp.verdicts.mcq_estimates`), shown beside. A stored
+    baseline's records cost this run nothing: only the candidates' requests count as used."""
     from servecmp.mcq.settings import read_manifest
 
     manifest = read_manifest(run_dir)
+    baseline_asked = manifest.stored_baseline is None
     plan = manifest.until_decided
     looks = read_looks(run_dir)
     if plan is None or looks is None:
