@@ -165,3 +165,31 @@ def test_stored_flag_refusals(tmp_path: Path) -> None:
                           "not a run directory")
     assert_one_line_error(servecmp(*base, "--baseline", "http://127.0.0.1:9/v1", "--baseline-only", "--candidate",
                                    "http://127.0.0.1:9/v1"), "--baseline-only asks the baseline alone")
+
+
+def test_resume_of_a_stored_baseline_run_copies_and_asks_nothing_twice(tmp_path: Path) -> None:
+    data = tmp_path / "items.jsonl"
+    write_items(data, 20)
+    with StubServer(StubState(model="base")) as b, StubServer(StubState(model="cand")) as c:
+        profile = _profile(tmp_path / "profile", data, b.url)
+        first = servecmp("mcq", "--baseline-run", str(profile), "--candidate", c.url, "--runs-dir", str(tmp_path / "s"))
+        assert first.returncode == 0, first.stderr
+        run_dir = only_run_dir(tmp_path / "s")
+        lines = (run_dir / "records.jsonl").read_text().splitlines(keepends=True)
+        # Interrupted: the stored records joined, 5 candidate answers written.
+        kept = [x for x in lines if json.loads(x)["endpoint"] == "baseline"]
+        kept += [x for x in lines if json.loads(x)["endpoint"] == "candidate"][:5]
+        (run_dir / "records.jsonl").write_text("".join(kept))
+        m = json.loads((run_dir / "manifest.json").read_text())
+        m["finished_at"] = None
+        (run_dir / "manifest.json").write_text(json.dumps(m))
+        b.state.requests.clear()
+        c.state.requests.clear()
+        again = servecmp("mcq", "--resume", str(run_dir))
+        assert again.returncode == 0, again.stderr
+        assert b.state.requests == []
+        asked = [r for r in c.state.requests if r["path"] == "/v1/completions" and not r["body"].get("echo")
+                 and "user" not in r["body"]]
+        assert len(asked) == 15
+    keys = [(r["item_id"], r["endpoint"]) for r in records(run_dir)]
+    assert len(keys) == len(set(keys)) == 40
