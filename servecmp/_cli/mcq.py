@@ -406,8 +406,12 @@ def report_run(path: Path, *, as_json: bool, show: int | None, console: Console,
     floor): recompute from the records, print, decide the gates on every candidate. Returns the
     exit code (0 without gates)."""
     from servecmp.mcq.compare import compare_run
+    from servecmp.mcq.settings import read_manifest
     from servecmp.verdicts import emit_verdict, wants_verdict
 
+    if read_manifest(path).baseline_only:
+        raise UserError(f"{path} is a baseline profile (--baseline-only): nothing to compare; use it with "
+                        f"servecmp mcq --baseline-run {path} --candidate URL")
     comparison = compare_run(path)
     verdicts = decide_candidates(comparison, gates, path) if wants_verdict(gates, summary_md) else None
     print_comparison(comparison, as_json=as_json, show=show, console=console, verdicts=verdicts)
