@@ -114,3 +114,19 @@ def test_without_replacement_is_exact_at_the_end_and_bounded_before() -> None:
     seq = confidence_sequence(x[:2], 0.0, 1.0, n_population=4)
     assert seq.low == pytest.approx(0.5)
     assert seq.high == pytest.approx(1.0)
+
+
+def test_kl_cap_and_a_pass_withheld_above_it() -> None:
+    from servecmp.gates import parse_gates
+    from servecmp.mcq.sequential import anytime_estimates, kl_cap
+
+    assert kl_cap(parse_gates(["kl<=0.02"], "mcq")) == pytest.approx(0.2)
+    assert kl_cap(parse_gates(["kl<=0.5", "kl<=0.02"], "mcq")) == 1.0
+    assert kl_cap(parse_gates(["flips<=5%"], "mcq")) == 1.0
+    gates = parse_gates(["kl<=0.02"], "mcq")
+    calm = {"kl": np.full(400, 0.001)}
+    est = anytime_estimates(calm, gates)["kl"]
+    assert est.high is not None and est.high < 0.02  # decided PASS on calm items
+    one_wild = {"kl": np.append(np.full(400, 0.001), 0.5)}  # one item above the 0.2 cap
+    est = anytime_estimates(one_wild, gates)["kl"]
+    assert est.high is not None and est.high >= 0.2  # no PASS any more

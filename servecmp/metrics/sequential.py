@@ -42,11 +42,12 @@ are the outermost grid points inside the CS (within one grid step, 0.1% of the r
 exact ends).
 
 Bounded metrics (`BOUNDS`): shares (flips, c2w, changes, top1_disagree) in [0, 1]; delta_acc, a
-per-item difference of correctness, in [-1, 1]; per-item option KL clipped at `KL_CAP` (1 nat)
-and Jensen-Shannon in [0, ln 2]. The KL cap is a modelling choice stated in every report: a lower
-end (a FAIL of ``kl<=t``) holds for the uncapped mean too, since capping only lowers values; an
-upper end (a PASS) bounds the mean of min(KL, 1 nat), which equals the mean KL unless some item's
-KL exceeds 1 nat (the report counts the items seen above the cap).
+per-item difference of correctness, in [-1, 1]; per-item option KL clipped at a cap (at most
+`KL_CAP`, 1 nat; `servecmp.mcq.sequential.kl_cap` uses 10x the gate's threshold) and Jensen-Shannon
+in [0, ln 2]. The KL cap is a modelling choice stated in every report: a lower end (a FAIL of
+``kl<=t``) holds for the uncapped mean too, since capping only lowers values; an upper end (a PASS)
+bounds the mean of min(KL, cap), which is the mean KL unless some item's KL exceeds the cap (a PASS
+is withheld once one such item is seen).
 """
 
 from __future__ import annotations
