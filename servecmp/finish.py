@@ -8,7 +8,8 @@ detection (`detect_kind`), the defaults and the verdict computation therefore ex
 run kind implements one adapter (docs/adding-a-run-kind.md) and registers its name in `KINDS`.
 
 Order of output, the same for every kind: the JSON object on stdout (``--json``, with a ``verdict``
-key when gates apply) or the terminal report; the HTML file; the verdict block and the Markdown.
+key when gates apply) or the terminal report; the kind's epilogue (MCQ: stored baseline, cost,
+sequential looks); the HTML file; the verdict block and the Markdown.
 Exit code: the verdict's (0 pass, 1 fail, 4 inconclusive), 0 without gates and ``--summary-md``.
 """
 
@@ -51,6 +52,9 @@ class RunKind(Protocol):
     def render(self, result: Any, console: Console, *, show: int | None,
                verdicts: Sequence[Verdict] | None) -> None:
         """The terminal report."""
+
+    def epilogue(self, result: Any, console: Console, *, as_json: bool, gates: Sequence[Gate]) -> None:
+        """What the kind adds after its report (on ``console``; stderr with --json), or nothing."""
 
     def html(self, result: Any, verdicts: Sequence[Verdict]) -> str:
         """The self-contained HTML page."""
@@ -121,6 +125,7 @@ def finish(kind: str, result: Any, gates: Sequence[Gate], out: Output, console: 
         _echo(json.dumps(with_verdict(a.to_json(result), one), indent=2, ensure_ascii=False))
     else:
         a.render(result, console, show=out.show, verdicts=verdicts)
+    a.epilogue(result, console, as_json=out.as_json, gates=gates)
     if out.html is not None:
         from servecmp.html import write_html
 

@@ -130,7 +130,7 @@ from servecmp.errors import EXIT_GATE_FAILED, EXIT_INCONCLUSIVE, EXIT_OK, UserEr
 Kind = Literal["mcq", "mtbench", "shadow", "gen"]
 Op = Literal["<=", ">="]
 Unit = Literal["fraction", "nats", "points", "ratio"]
-Method = Literal["wilson", "bootstrap"]
+Method = Literal["wilson", "bootstrap", "anytime"]
 GateStatus = Literal["pass", "fail", "inconclusive", "unavailable"]
 OverallStatus = Literal["pass", "fail", "inconclusive"]
 
@@ -488,6 +488,9 @@ def items_to_decide(op: str, threshold: float, est: MetricEstimate) -> int | Non
     was observed, or beyond `MAX_ITEMS`. See the module docstring for both methods."""
     if est.point is None or est.n == 0 or est.point == threshold:
         return None
+    if est.method == "anytime":
+        # A confidence sequence does not shrink as sqrt(n); no forecast is offered for it.
+        return None
     if est.method == "wilson":
         return _wilson_items(op, threshold, est.point, est.n)
     if est.low is None or est.high is None:
@@ -639,6 +642,8 @@ def decide(gates: Sequence[Gate], estimates: Mapping[str, MetricEstimate | None]
             items = items_to_decide(g.op, g.threshold, est)
             if est.point == g.threshold:
                 reason += "; never: estimate equals threshold"
+            elif est.method == "anytime":
+                reason += " (anytime-valid interval)"
             elif items is None:
                 reason += f"; more than {MAX_ITEMS:,} items would be needed"
             else:

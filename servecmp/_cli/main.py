@@ -61,7 +61,9 @@ def main() -> None:
             err_console.print(f"[bold red]servecmp: error:[/] {escape(' '.join(exc.format_message().split()))}{hint}",
                               highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
-        if isinstance(exc, ex.Abort):
+        # Abort is click's (typer re-exports it); not every vendored copy has it in `exceptions`.
+        abort = getattr(ex, "Abort", None)
+        if abort is not None and isinstance(exc, abort):
             err_console.print("servecmp: aborted")
             sys.exit(130)
         raise

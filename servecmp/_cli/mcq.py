@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from servecmp.gates import Gate as GateRule
+    from servecmp.mcq.settings import McqOptions, SequentialPlan
 
 #: Kept in step with servecmp.mcq.settings.ACCEPTED_ON_RESUME (a test compares them); written out
 #: here so --help needs no import of the settings module.
@@ -76,8 +77,68 @@ FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
     "--from-lm-eval", help="Compare two lm-eval --log_samples JSONL files (baseline, candidate); "
                            "no endpoint is called.")]
 
+UntilDecided = Annotated[bool | None, typer.Option(
+    "--until-decided", help="Score items in a seeded random order, a batch at a time, and stop once every gate of "
+                            "every candidate is decided on anytime-valid intervals (needs --gate).")]
+BaselineRun = Annotated[Path | None, typer.Option(
+    "--baseline-run", metavar="RUN_DIR",
+    help="Join a finished run's stored baseline records instead of asking the baseline: only the candidates "
+         "are asked. Refused when items, prompt format, few-shot, top-k or API differ.")]
+BaselineCheck = Annotated[int | None, typer.Option(
+    "--baseline-check", min=1, metavar="N",
+    help="With --baseline-run and --baseline URL: re-ask N seeded stored items of the live baseline and refuse "
+         "when it no longer reproduces them (default 20).")]
+BaselineOnly = Annotated[bool | None, typer.Option(
+    "--baseline-only", help="Ask only the baseline: a profile for later --baseline-run.")]
+Batch = Annotated[int | None, typer.Option(
+    "--batch", min=1, help="--until-decided: items per look (default 20).")]
+Budget = Annotated[int | None, typer.Option(
+    "--budget", min=1, help="--until-decided: at most N requests per candidate.")]
+
 #: With --from-lm-eval only these change anything; other flags are refused rather than ignored.
 _LMEVAL_FLAGS = ("--seed", "--json", "--show", "--gate", "--summary-md")
+
+
+def sequential_plan(opts: McqOptions, gates: Sequence[GateRule], secondary: bool) -> SequentialPlan:
+    """The --until-decided plan of a new run; UserError (one line) for flags that do not go with it."""
+    from servecmp.mcq.sequential import check_gates
+    from servecmp.mcq.settings import DEFAULT_BATCH, SequentialPlan
+
+    if not opts.until_decided:
+        raise UserError("--batch and --budget apply to --until-decided only")
+    if secondary or opts.noise_floor:
+        raise UserError("--until-decided does not run a noise floor (--secondary, --noise-floor): measure it in a "
+                        "fixed-n run")
+    check_gates(gates)
+    return SequentialPlan(gates=[g.expr for g in gates], batch=opts.batch or DEFAULT_BATCH, budget=opts.budget)
+
+
+def stored_opts(opts: McqOptions) -> tuple[McqOptions, bool]:
+    """The flags of a new run with --baseline-run / --baseline-only (UserError, one line, for flags
+    that do not go together), and whether a live baseline is given to re-check."""
+    live = opts.baseline is not None
+    if opts.baseline_only and (opts.candidate or opts.baseline_run is not None or opts.until_decided):
+        raise UserError("--baseline-only asks the baseline alone: drop --candidate, --baseline-run and "
+                        "--until-decided")
+    if opts.baseline_run is None:
+        if opts.baseline_check is not None:
+            raise UserError("--baseline-check re-checks a stored baseline: it needs --baseline-run RUN_DIR")
+        return opts, live
+    if opts.baseline_check is not None and not live:
+        raise UserError("--baseline-check needs the live baseline to ask: give --baseline URL as well")
+    if opts.secondary is not None or opts.noise_floor:
+        raise UserError("--baseline-run joins stored baseline records: a noise floor (--secondary, --noise-floor) "
+                        "needs the live baseline in a joint run")
+    from dataclasses import replace
+
+    from servecmp.mcq.stored import read_stored, stored_options
+
+    manifest, _ = read_stored(opts.baseline_run)
+    opts = stored_options(opts, manifest)
+    base = manifest.endpoint("baseline")
+    if not live:
+        opts = replace(opts, baseline=base.base_url, baseline_model=base.model)
+    return opts, live
 
 
 def register(app: typer.Typer) -> None:
@@ -118,6 +179,12 @@ def register(app: typer.Typer) -> None:
         as_json: Json = False,
         show: Show = None,
         config: ConfigFile = None,
+        until_decided: UntilDecided = None,
+        batch: Batch = None,
+        budget: Budget = None,
+        baseline_run: BaselineRun = None,
+        baseline_check: BaselineCheck = None,
+        baseline_only: BaselineOnly = None,
     ) -> None:
         """Compare a baseline with one or several candidates on a multiple-choice task: accuracy, flips,
         KL divergence, top margin; with --secondary / --noise-floor, each endpoint against itself."""
@@ -134,7 +201,8 @@ def register(app: typer.Typer) -> None:
             fewshot_file=fewshot_file, limit=limit, sample=sample, seed=seed, top_k=top_k, api=api,
             concurrency=concurrency, max_concurrency=max_concurrency, rps=rps, timeout=timeout, retries=retries,
             runs_dir=runs_dir,
-            resume=resume, config=config,
+            resume=resume, config=config, until_decided=until_decided or None, batch=batch, budget=budget,
+            baseline_run=baseline_run, baseline_check=baseline_check, baseline_only=baseline_only or None,
         )
         # Progress and messages go to stderr with --json, so stdout is only the JSON object.
         console = Console(stderr=as_json)
@@ -175,13 +243,27 @@ def register(app: typer.Typer) -> None:
             if resume is not None:
                 settings, manifest = resumed_settings(opts)
                 gates = resolve_gates("mcq", gate, None)
+                if not gates and manifest.until_decided is not None:
+                    gates = manifest.until_decided.parsed()  # the gates that stop the run decide it too
                 result = run_mcq(settings, console, resume=(resume, manifest))
             else:
                 from servecmp.config import load_config
 
                 cfg = load_config(config)
                 gates = resolve_gates("mcq", gate, cfg)
-                result = run_mcq(new_settings(opts, cfg), console)
+                opts, live = stored_opts(opts)
+                settings = new_settings(opts, cfg)
+                if baseline_run is not None:
+                    settings.baseline_run, settings.live_baseline = baseline_run, live
+                    settings.baseline_check = baseline_check or settings.baseline_check
+                settings.baseline_only = bool(baseline_only)
+                if until_decided or batch is not None or budget is not None:
+                    settings.until_decided = sequential_plan(opts, gates, settings.secondary is not None)
+                result = run_mcq(settings, console)
+            if result.comparison is None:
+                console.print(f"baseline profile: {result.run_dir}; compare candidates with it: servecmp mcq "
+                              f"--baseline-run {result.run_dir} --candidate URL", highlight=False)
+                return
             view = load_view(result.run_dir, result.comparison)
         code = finish("mcq", view, gates, out, console)
         if code:
@@ -192,8 +274,8 @@ def register(app: typer.Typer) -> None:
 def report_run(path: Path, *, as_json: bool, show: int | None, console: Console, gates: Sequence[GateRule],
                summary_md: Path | None, title: str = "servecmp mcq gates", html: Path | None = None) -> int:
     """`servecmp report RUN_DIR` for an MCQ run of any shape (one or several candidates, a noise
-    floor): recomputed from the records, printed, every candidate decided; nothing written into it.
-    Returns the exit code (0 without gates)."""
+    floor, --until-decided): recomputed from the records, printed, every candidate decided; nothing
+    written into it. Returns the exit code (0 without gates)."""
     from servecmp.finish import Output, adapter, finish
 
     out = Output(as_json=as_json, show=show, html=html, summary_md=summary_md, title=title)

@@ -49,6 +49,9 @@ class GenKind:
 
         render(result.summary, console, show=DEFAULT_SHOW if show is None else show)
 
+    def epilogue(self, result: Any, console: Console, *, as_json: bool, gates: Sequence[Gate]) -> None:
+        return None
+
     def html(self, result: GenView, verdicts: Sequence[Verdict]) -> str:
         from servecmp.html.gen import render_gen
 

@@ -24,27 +24,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, TextColumn
 
 from servecmp.capabilities import ApiChoice, capability_lines, check_resumed_apis, probe_findings
 from servecmp.concurrency import DEFAULT_MAX_LIMIT, RunWatch
 from servecmp.endpoints import EndpointClient, EndpointError, EndpointSpec
 from servecmp.errors import RunFailed, RunInterrupted, UserError
+from servecmp.mcq.asking import RunOutcome, make_progress, run_items
 from servecmp.mcq.chat import probe_item
 from servecmp.mcq.compare import McqComparison, compare_run
-from servecmp.mcq.order import PrefixScheduler
-from servecmp.mcq.records import ITEM_ERRORS, ITEMS, RECORDS, McqItem, McqRecord
-from servecmp.mcq.scoring import score_item
+from servecmp.mcq.records import ITEM_ERRORS, ITEMS, RECORDS, McqItem
 from servecmp.mcq.settings import McqManifest, McqSettings, new_manifest, read_manifest, write_manifest
 from servecmp.mcq.summary import McqSummary
-from servecmp.progress import counting_progress
-from servecmp.records import EndpointRole
-from servecmp.runstore import JsonlAppender, iter_jsonl, new_run_dir, utcnow, write_jsonl_atomic
+from servecmp.runstore import new_run_dir, utcnow, write_jsonl_atomic
 from servecmp.tasks.registry import JSONL_PREFIX, TaskData, load_task
 
 __all__ = ["ITEM_ERRORS", "RECORDS", "McqResult", "RunOutcome", "make_progress", "prepare_clients", "run_items",
@@ -54,11 +50,13 @@ __all__ = ["ITEM_ERRORS", "RECORDS", "McqResult", "RunOutcome", "make_progress",
 @dataclass(frozen=True)
 class McqResult:
     run_dir: Path
-    comparison: McqComparison
+    #: None for a baseline profile (--baseline-only): there is nothing to compare.
+    comparison: McqComparison | None
 
     @property
     def summary(self) -> McqSummary:
         """The first candidate's summary (the only one of a two-endpoint run)."""
+        assert self.comparison is not None
         return self.comparison.candidates[0].summary
 
 
@@ -72,16 +70,6 @@ def floor_items(items: Sequence[McqItem], n: int, seed: int) -> list[McqItem]:
 
     rng = random.Random(seed + FLOOR_SEED_OFFSET)
     return rng.sample(list(items), min(n, len(items)))
-
-
-def floor_concurrency(concurrency: int | str) -> int:
-    """Another concurrency than the main pass's: 1 when it ran several requests at once ("auto"
-    included), else 2."""
-    return 1 if concurrency == "auto" or int(concurrency) > 1 else 2
-
-
-def _role(name: str) -> EndpointRole:
-    return "baseline" if name in ("baseline", "secondary") else "candidate"
 
 
 def load_settings_task(settings: McqSettings) -> TaskData:
@@ -123,27 +111,56 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
             "(data or prompt format changed); start a new run"
         )
     run_dir: Path | None = resume[0] if resume is not None else None
+    stored = None
+    if settings.baseline_run is not None:
+        from servecmp.mcq import stored as st
+
+        stored = st.read_stored(settings.baseline_run)
+        if resume is None:
+            st.check_compatible(settings.baseline_run, stored[0], data, top_k=settings.top_k, api=settings.api)
+        # Every candidate is asked through the API the stored baseline was (choose_api refuses otherwise).
+        settings.api = st.stored_api(stored[0])  # type: ignore[assignment]
+    # With a stored baseline the live one (if any) is asked only the drift check, and only in a new run.
+    ask_live = stored is None or (settings.live_baseline and resume is None)
 
     async def go() -> tuple[Path, RunOutcome]:
         nonlocal run_dir
         specs = {"baseline": settings.baseline, **{f"#{i}": c for i, c in enumerate(settings.candidates)}}
+        if not ask_live:
+            del specs["baseline"]
         if settings.secondary is not None:
             specs["secondary"] = settings.secondary
         clients = {key: EndpointClient(spec) for key, spec in specs.items()}
+        spent: dict[str, EndpointClient] = {}  # by endpoint name, once named: what the run's cost counts
         try:
             models = await prepare_clients(clients, settings.top_k, letter, api=settings.api,
                                            probe=probe_item(data.items))
             for key, spec in specs.items():
                 spec.model = models[key]
             settings.resolve_names()
-            named = settings.named_endpoints()
+            named = {n: e for n, e in settings.named_endpoints().items() if n != "baseline" or ask_live}
             clients = {name: clients[key] for name, key in zip(named, specs, strict=True)}
+            spent.update(clients)
             found = probe_findings(clients)
+            stored_info = None
+            check_lines: list[dict[str, object]] = []
+            if stored is not None:
+                from servecmp.mcq import stored as st
+
+                found = st.with_stored_findings(found, stored[0])
+                if resume is None:
+                    stored_info, check_lines = await st.stored_info(settings, stored, data.items, clients, console,
+                                                                      run_items)
+                # The main pass never asks a live baseline: the stored records are its answers.
+                clients = {n: c for n, c in clients.items() if n != "baseline"}
             if resume is not None:
                 check_resumed_apis(resume[1], clients)
             if resume is None:
                 run_dir = new_run_dir(settings.runs_dir, f"mcq-{run_dir_label(settings.task)}")
-                write_manifest(run_dir, new_manifest(settings, data).model_copy(update=found))
+                write_manifest(run_dir, new_manifest(settings, data).model_copy(
+                    update={**found, "stored_baseline": stored_info}))
+                if stored_info is not None:
+                    st.write_check(run_dir, check_lines)
             elif not resume[1].pacing_recorded:
                 # A version-1 manifest: rewrite it in today's layout, now recording the pacing in use.
                 upgraded = new_manifest(settings, data).model_copy(
@@ -154,6 +171,11 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
                 write_jsonl_atomic(run_dir / ITEMS, data.items)
             console.print(f"run directory: {run_dir}  ({len(data.items)} items, {escape(data.source)})",
                           highlight=False)
+            if stored is not None:
+                from servecmp.mcq import stored as st
+
+                joined = st.join_records(stored[1], data.items, run_dir)
+                console.print(escape(st.stored_line(settings.baseline_run, stored[0], joined)), highlight=False)
             for name, spec in named.items():
                 console.print(describe_endpoint(name, spec), highlight=False)
             for line in capability_lines(clients):
@@ -161,8 +183,15 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
             watch = await RunWatch.start(clients, run_dir)
             with make_progress(console) as progress:
                 try:
-                    outcome = await run_items(data.items, clients, run_dir, top_k=settings.top_k,
-                                              progress=progress)
+                    if settings.until_decided is not None:
+                        from servecmp.mcq.sequential import run_until_decided
+
+                        outcome = await run_until_decided(data.items, clients, run_dir, plan=settings.until_decided,
+                                                          seed=settings.seed, top_k=settings.top_k, progress=None,
+                                                          console=console, ask_baseline=stored is None)
+                    else:
+                        outcome = await run_items(data.items, clients, run_dir, top_k=settings.top_k,
+                                                  progress=progress)
                     if settings.noise_floor and not outcome.failed:
                         sample = floor_items(data.items, settings.noise_floor, settings.seed)
                         again = {name: c for name, c in clients.items() if name != "secondary"}
@@ -182,6 +211,10 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
                 console.print(escape(line), highlight=False)
             return run_dir, outcome
         finally:
+            if run_dir is not None:
+                from servecmp.mcq.cost import append_cost
+
+                append_cost(run_dir, spent)  # on Ctrl-C and failures too: those requests were spent
             for c in clients.values():
                 await c.aclose()
 
@@ -196,136 +229,9 @@ def run_mcq(settings: McqSettings, console: Console, *, resume: tuple[Path, McqM
         raise RunFailed(failure_message(outcome, done_dir))
     manifest = read_manifest(done_dir)
     write_manifest(done_dir, manifest.model_copy(update={"finished_at": utcnow()}))
+    if settings.baseline_only:
+        return McqResult(done_dir, None)
     return McqResult(done_dir, compare_run(done_dir))
-
-
-@dataclass
-class RunOutcome:
-    done: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
-    item_errors: dict[str, int] = field(default_factory=dict)
-
-
-def done_keys(run_dir: Path) -> set[tuple[str, str, int]]:
-    """(item, endpoint name, repeat) of every record on disk."""
-    return {(r["item_id"], r["endpoint"], int(r.get("repeat", 0))) for r in iter_jsonl(run_dir / RECORDS)}
-
-
-def make_progress(console: Console | None = None) -> Progress:
-    return counting_progress(
-        TextColumn("{task.fields[rate]}"),
-        description="{task.description:<10}",
-        console=console,
-        transient=False,
-        # Each redraw costs ~1.6 ms of CPU; 10 a second (rich's default) tripled servecmp's CPU per item.
-        refresh_per_second=2,
-    )
-
-
-async def run_items(
-    items: Sequence[McqItem],
-    clients: dict[str, EndpointClient],
-    run_dir: Path,
-    *,
-    top_k: int,
-    progress: Progress | None = None,
-    repeat: int = 0,
-    ordered: bool = True,
-) -> RunOutcome:
-    """Score every pending (item, endpoint) pair, appending each record as it completes.
-
-    `clients` maps endpoint names (what records carry) to clients. With ``repeat`` > 0 (the noise
-    floor) the records carry that marker and every endpoint runs at `floor_concurrency`.
-    ``ordered``: the main pass sends prefix groups together (`servecmp.mcq.order`); False sends
-    the items as given (benchmarks compare the two).
-    Stops an endpoint's workers at its first request that fails after all retries (the endpoint is
-    probably down); the others carry on so their finished work is kept.
-    """
-    done = done_keys(run_dir)
-    outcome = RunOutcome()
-    # Lines reach the file in batches (at most 0.1 s late) and fsync runs off the event loop: at
-    # hundreds of answers a second, a write call per record and a blocking fsync every 5 s cost the
-    # loop time every request in flight waits for. A killed run re-asks the unwritten few on resume.
-    appender = JsonlAppender(run_dir / RECORDS, flush_seconds=0.1, background_sync=True)
-    errors = JsonlAppender(run_dir / ITEM_ERRORS, sync_every=1)
-    try:
-        await asyncio.gather(
-            *(
-                _run_role(name, [it for it in items if (it.item_id, name, repeat) not in done], client,
-                          appender, errors, top_k, progress, len(items), outcome, repeat, ordered)
-                for name, client in clients.items()
-            )
-        )
-    finally:
-        appender.close()
-        errors.close()
-    return outcome
-
-
-async def _run_role(
-    name: str,
-    pending: list[McqItem],
-    client: EndpointClient,
-    appender: JsonlAppender,
-    errors: JsonlAppender,
-    top_k: int,
-    progress: Progress | None,
-    total: int,
-    outcome: RunOutcome,
-    repeat: int = 0,
-    ordered: bool = True,
-) -> None:
-    task_id = None
-    if progress is not None:
-        label = name if not repeat else f"{name} (again)"
-        task_id = progress.add_task(label, total=total, completed=total - len(pending), rate="")
-    # The main pass groups items by prompt prefix (servecmp.mcq.order); the noise floor keeps its
-    # shuffled order on purpose.
-    scheduler = PrefixScheduler(pending, grouped=ordered and not repeat)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    finished = 0
-    key = name if not repeat else f"{name} (noise floor)"
-    spec_level = client.spec.max_concurrency
-    if repeat:
-        concurrency = floor_concurrency(spec_level)
-    else:
-        # "auto": a worker per seat the limit may reach; the client's gate holds the rest back.
-        concurrency = spec_level if spec_level != "auto" else client.spec.concurrency_cap or DEFAULT_MAX_LIMIT
-
-    async def worker() -> None:
-        nonlocal finished
-        while key not in outcome.failed:
-            # The seat first, then the item: the scheduler picks what to send when it can be sent.
-            async with client.slot():
-                item = await scheduler.next()
-                if item is None:
-                    return
-                failure: EndpointError | None = None
-                try:
-                    record: McqRecord = await score_item(client, item, _role(name), top_k)
-                except EndpointError as exc:
-                    failure = exc
-                finally:
-                    scheduler.done(item)
-            if failure is not None:
-                if not failure.is_request_error:
-                    outcome.failed.setdefault(key, str(failure))
-                    return
-                errors.append({"item_id": item.item_id, "endpoint": name, "status": failure.status,
-                               "error": str(failure)[:500], **({"repeat": repeat} if repeat else {})})
-                outcome.item_errors[key] = outcome.item_errors.get(key, 0) + 1
-            else:
-                if record.endpoint != name or repeat:
-                    record = record.model_copy(update={"endpoint": name, "repeat": repeat})
-                appender.append(record)
-            outcome.done += 1
-            finished += 1
-            if progress is not None and task_id is not None:
-                rate = finished / max(1e-9, loop.time() - t0)
-                progress.update(task_id, advance=1, rate=f"{rate:5.2f} it/s")
-
-    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
 
 
 def _label(key: str, n_candidates: int) -> str:

@@ -40,12 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from servecmp import __version__
 from servecmp.capabilities import EndpointCapabilities
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
+from servecmp.gates import Gate, parse_gates
 from servecmp.records import ROLES, EndpointRole, RunManifest
 from servecmp.runstore import MANIFEST, read_json, refuse_on_resume, utcnow, write_json_atomic
 
@@ -76,6 +77,51 @@ def name_candidates(candidates: list[NamedEndpoint]) -> None:
             name, i = f"{base}-{i}", i + 1
         c.name = name
         taken.add(name)
+
+
+class BaselineCheck(BaseModel):
+    """The live baseline re-asked on a seeded sample of the stored items."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: int
+    answer_changes: int
+    max_option_kl: float
+    tolerance: float
+    reproduced: bool
+
+
+class StoredBaseline(BaseModel):
+    """What the manifest records of the stored baseline a run joined."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str
+    started_at: str
+    finished_at: str | None = None
+    model: str
+    base_url: str
+    #: The drift check, when a live --baseline was given as well.
+    check: BaselineCheck | None = None
+
+
+#: Items per look unless --batch says otherwise.
+DEFAULT_BATCH = 20
+
+
+class SequentialPlan(BaseModel):
+    """What --until-decided runs to: recorded in the manifest, so a resume stops where the original would."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The gate expressions whose decision stops the run (`servecmp.gates` syntax, kind mcq).
+    gates: list[str]
+    batch: int = Field(default=DEFAULT_BATCH, ge=1)
+    #: Requests per candidate at most (None: the item set).
+    budget: int | None = Field(default=None, ge=1)
+
+    def parsed(self) -> list[Gate]:
+        return parse_gates(self.gates, "mcq")
 
 
 @dataclass
@@ -115,6 +161,14 @@ class McqOptions:
     runs_dir: Path | None = None
     resume: Path | None = None
     config: Path | None = None
+    #: --until-decided, --batch, --budget (servecmp.mcq.sequential).
+    until_decided: bool | None = None
+    batch: int | None = None
+    budget: int | None = None
+    #: --baseline-run, --baseline-check, --baseline-only (servecmp.mcq.stored).
+    baseline_run: Path | None = None
+    baseline_check: int | None = None
+    baseline_only: bool | None = None
 
 
 class NamedEndpoint(EndpointSpec):
@@ -153,6 +207,16 @@ class McqSettings(BaseModel):
     #: chat), "completions" or "chat" (servecmp.capabilities.choose_api).
     api: Literal["auto", "completions", "chat"] = "auto"
     runs_dir: Path = Path("runs")
+    #: --until-decided: the gates that stop the run, the batch and the budget (None: fixed-n).
+    until_decided: SequentialPlan | None = None
+    #: --baseline-run: the stored run whose baseline records stand in for the baseline endpoint.
+    baseline_run: Path | None = None
+    #: With a stored baseline: whether `baseline` is a live endpoint to re-check (--baseline given),
+    #: and how many stored items to re-ask it.
+    live_baseline: bool = True
+    baseline_check: int = 20
+    #: --baseline-only: a baseline profile, no candidate.
+    baseline_only: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -219,7 +283,8 @@ class SecondaryEndpoint(EndpointSpec):
 
 #: The settings a manifest records as given, under the same names (`new_manifest`) and gives back
 #: to a resumed run (`McqManifest.settings`); source and fewshot it records as the task resolved them.
-RECORDED_AS_GIVEN = {"task", "data_dir", "fewshot_file", "limit", "sample", "seed", "top_k", "noise_floor", "api"}
+RECORDED_AS_GIVEN = {"task", "data_dir", "fewshot_file", "limit", "sample", "seed", "top_k", "noise_floor", "api",
+                     "until_decided"}
 
 
 class McqManifest(BaseModel):
@@ -262,6 +327,11 @@ class McqManifest(BaseModel):
     endpoint_apis: dict[str, Literal["completions", "chat"]] | None = None
     #: What the capability probe found at each endpoint, by endpoint name.
     capabilities: dict[str, EndpointCapabilities] | None = None
+    #: --until-decided (None: a fixed-n run, and every manifest from before it).
+    until_decided: SequentialPlan | None = None
+    #: The stored baseline this run joined (--baseline-run), and --baseline-only.
+    stored_baseline: StoredBaseline | None = None
+    baseline_only: bool = False
     started_at: str
     finished_at: str | None = None
 
@@ -290,6 +360,9 @@ class McqManifest(BaseModel):
             source=self.source,
             fewshot=self.fewshot,
             runs_dir=runs_dir,
+            baseline_run=Path(self.stored_baseline.run_dir) if self.stored_baseline is not None else None,
+            live_baseline=self.stored_baseline is None,
+            baseline_only=self.baseline_only,
             **self.model_dump(include=RECORDED_AS_GIVEN),
         )
 
@@ -309,6 +382,7 @@ def new_manifest(settings: McqSettings, data: TaskData) -> McqManifest:
         secondary=(SecondaryEndpoint(**settings.secondary.model_dump())
                    if settings.secondary is not None else None),
         started_at=utcnow(),
+        baseline_only=settings.baseline_only,
         **settings.model_dump(include=RECORDED_AS_GIVEN),
     )
 
@@ -485,7 +559,7 @@ def new_settings(opts: McqOptions, cfg: Config) -> McqSettings:
     return McqSettings(
         baseline=endpoint_from("baseline", cfg.baseline, opts.baseline, model=opts.baseline_model,
                                api_key_env=opts.baseline_key_env, **_mcq_pacing(pacing, cfg.baseline)),
-        candidates=_candidates(opts, cfg, pacing, auto_default=True),
+        candidates=[] if opts.baseline_only else _candidates(opts, cfg, pacing, auto_default=True),
         secondary=secondary,
         noise_floor=opts.noise_floor if opts.noise_floor is not None else mc.noise_floor,
         task=opts.task or mc.task,
@@ -513,7 +587,8 @@ FIXED_ON_RESUME: dict[str, str] = {
     "data_dir": "--data-dir", "source": "--source", "fewshot": "--fewshot", "fewshot_file": "--fewshot-file",
     "limit": "--limit", "sample": "--sample", "seed": "--seed", "top_k": "--top-k", "api": "--api",
     "runs_dir": "--runs-dir",
-    "config": "-c/--config",
+    "config": "-c/--config", "until_decided": "--until-decided", "batch": "--batch", "budget": "--budget",
+    "baseline_run": "--baseline-run", "baseline_check": "--baseline-check", "baseline_only": "--baseline-only",
 }  # fmt: skip
 
 

@@ -56,6 +56,9 @@ class MtBenchKind:
         else:
             render(console, result.summary, show=n)
 
+    def epilogue(self, result: Any, console: Console, *, as_json: bool, gates: Sequence[Gate]) -> None:
+        return None
+
     def html(self, result: MtBenchResult, verdicts: Sequence[Verdict]) -> str:
         from servecmp.html.mtbench import render_mtbench
 

@@ -48,6 +48,9 @@ class ShadowKind:
 
         render(result.summary, console, result.db)
 
+    def epilogue(self, result: Any, console: Console, *, as_json: bool, gates: Sequence[Gate]) -> None:
+        return None
+
     def html(self, result: ShadowView, verdicts: Sequence[Verdict]) -> str:
         from servecmp.html.shadow import render_shadow
 
