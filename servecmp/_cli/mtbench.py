@@ -13,30 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from servecmp._cli.common import (
-    Baseline,
-    BaselineKeyEnv,
-    BaselineModel,
-    CandidateKeyEnvs,
-    CandidateModels,
-    CandidateNames,
-    Candidates,
-    Concurrency,
-    ConfigFile,
-    Gate,
-    Html,
-    Json,
-    Limit,
-    Resume,
-    Retries,
-    Rps,
-    RunsDir,
-    Show,
-    SummaryMd,
-    Timeout,
-    legacy_option,
-    renamed,
-)
+from servecmp._cli import common as opt
+from servecmp._cli.common import legacy_option, renamed
 from servecmp.errors import UserError
 
 if TYPE_CHECKING:
@@ -78,13 +56,13 @@ def _confirm(prompt: str) -> bool:
 def register(app: typer.Typer) -> None:
     @app.command(epilog=RESUME_HELP)
     def mtbench(
-        baseline: Baseline = None,
-        candidate: Candidates = None,
-        baseline_model: BaselineModel = None,
-        candidate_model: CandidateModels = None,
-        baseline_key_env: BaselineKeyEnv = None,
-        candidate_key_env: CandidateKeyEnvs = None,
-        candidate_name: CandidateNames = None,
+        baseline: opt.Baseline = None,
+        candidate: opt.Candidates = None,
+        baseline_model: opt.BaselineModel = None,
+        candidate_model: opt.CandidateModels = None,
+        baseline_key_env: opt.BaselineKeyEnv = None,
+        candidate_key_env: opt.CandidateKeyEnvs = None,
+        candidate_name: opt.CandidateNames = None,
         questions: Annotated[
             Path | None,
             typer.Option(help="Your own question file (MT-Bench JSONL layout); default: the 80 vendored."),
@@ -96,14 +74,14 @@ def register(app: typer.Typer) -> None:
         categories: Annotated[
             str | None, typer.Option(help="Comma-separated categories, e.g. math,coding,writing.")
         ] = None,
-        limit: Limit = None,
+        limit: opt.Limit = None,
         max_tokens: Annotated[
             int | None, typer.Option(min=1, help="New tokens per answer turn (FastChat: 1024).")
         ] = None,
-        concurrency: Concurrency = None,
-        rps: Rps = None,
-        timeout: Timeout = None,
-        retries: Retries = None,
+        concurrency: opt.Concurrency = None,
+        rps: opt.Rps = None,
+        timeout: opt.Timeout = None,
+        retries: opt.Retries = None,
         judge_url: Annotated[
             str | None,
             typer.Option(
@@ -145,14 +123,14 @@ def register(app: typer.Typer) -> None:
         yes: Annotated[
             bool, typer.Option("--yes", "-y", help="Do not ask before paying for judge calls.")
         ] = False,
-        show: Show = None,
-        as_json: Json = False,
-        gate: Gate = None,
-        summary_md: SummaryMd = None,
-        html: Html = None,
-        runs_dir: RunsDir = None,
-        resume: Resume = None,
-        config: ConfigFile = None,
+        show: opt.Show = None,
+        as_json: opt.Json = False,
+        gate: opt.Gate = None,
+        summary_md: opt.SummaryMd = None,
+        html: opt.Html = None,
+        runs_dir: opt.RunsDir = None,
+        resume: opt.Resume = None,
+        config: opt.ConfigFile = None,
     ) -> None:
         """MT-Bench: answers from the baseline and one or several candidates, judged 1-10 and pairwise;
         score difference and drops per candidate."""
