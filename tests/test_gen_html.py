@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from servecmp.gen.rundir import load_texts
 from servecmp.gen.summary import load_result
 from servecmp.html.gen import render_gen
 from tests.gen_stub import GenStub, GenStubState
@@ -41,7 +42,7 @@ def test_page_lists_changed_items_side_by_side(tmp_path: Path) -> None:
     assert "outline:2px" in item_b.split('title="token 6:', 1)[1].split("</span>", 1)[0]
     # The same page from the stored run (servecmp report --html reads the run directory).
     run_dir = only_run_dir(tmp_path / "runs")
-    again = render_gen(load_result(run_dir), run_dir=run_dir)
+    again = render_gen(load_result(run_dir), texts=load_texts(run_dir))
     assert re.findall(r'data-item="([^"]+)"', again) == re.findall(r'data-item="([^"]+)"', page)
 
 

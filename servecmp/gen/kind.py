@@ -53,9 +53,11 @@ class GenKind:
         return None
 
     def html(self, result: GenView, verdicts: Sequence[Verdict]) -> str:
+        from servecmp.gen.rundir import load_texts
         from servecmp.html.gen import render_gen
 
-        return render_gen(result.summary, run_dir=result.run_dir, verdicts=verdicts)
+        texts = load_texts(result.run_dir) if result.run_dir is not None else None
+        return render_gen(result.summary, texts=texts, verdicts=verdicts)
 
 
 ADAPTER = GenKind()

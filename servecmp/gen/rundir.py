@@ -4,7 +4,9 @@ what the run (`servecmp.gen.run`) and the summary (`servecmp.gen.summary`) both 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from servecmp.errors import UserError
 from servecmp.gen.records import ITEMS, RECORDS, TEACHER_FORCING, GenRecord, TfRecord
@@ -65,3 +67,18 @@ def tf_targets(manifest: GenManifest) -> list[str]:
     """The endpoints teacher-forced along the baseline's answers: candidates and the secondary (the
     floor pass is the baseline itself)."""
     return [e.name for e in manifest.endpoints if e.role in ("candidate", "secondary")]
+
+
+@dataclass(frozen=True)
+class GenTexts:
+    """What the HTML page shows of each item beyond the summary: items by id, and the sample-0
+    records by (endpoint, item), as stored (JSON objects)."""
+
+    items: dict[str, dict[str, Any]]
+    records: dict[tuple[str, str], dict[str, Any]]
+
+
+def load_texts(run_dir: Path) -> GenTexts:
+    items = {str(o["item_id"]): o for o in iter_jsonl(run_dir / ITEMS)}
+    recs = {(str(o["endpoint"]), str(o["item_id"])): o for o in iter_jsonl(run_dir / RECORDS) if o.get("sample") == 0}
+    return GenTexts(items, recs)

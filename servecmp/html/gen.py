@@ -3,14 +3,14 @@ each candidate's comparison, and every flipped and changed item side by side (qu
 answers with the first divergence marked, the extracted answers, a per-token KL strip along the
 baseline's answer), filterable by kind and text.
 
-Texts come from the run directory (items.jsonl, records.jsonl) when it is given; without it (the
-`--from-lm-eval` comparison has no run directory) only the summary's rows are shown.
+Texts come from the run directory (items.jsonl, records.jsonl), read by the gen adapter
+(`servecmp.gen.rundir.load_texts`) before rendering; without them (the `--from-lm-eval` comparison has
+no run directory) only the summary's rows are shown.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from servecmp.html._page import Cell, Page, esc, fold, interval, num, pct, settings_list, table, versions
@@ -18,6 +18,7 @@ from servecmp.html._verdict import verdict_html
 
 if TYPE_CHECKING:
     from servecmp.gates import Verdict
+    from servecmp.gen.rundir import GenTexts
     from servecmp.gen.summary import Comparison, GenSummary, ItemRow
 
 STRIP_CSS = """
@@ -25,18 +26,6 @@ STRIP_CSS = """
 .kl span { padding: 1px 0; white-space: pre; }
 mark.div { background: #ffd54f; outline: 1px solid #b58900; }
 """
-
-
-def _texts(run_dir: Path | None) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
-    """items by id and sample-0 records by (endpoint, item), from the run directory."""
-    if run_dir is None:
-        return {}, {}
-    from servecmp.runstore import iter_jsonl
-
-    items = {str(o["item_id"]): o for o in iter_jsonl(run_dir / "items.jsonl")}
-    recs = {(str(o["endpoint"]), str(o["item_id"])): o for o in iter_jsonl(run_dir / "records.jsonl")
-            if o.get("sample") == 0}
-    return items, recs
 
 
 def _marked(text: str, pos: int | None) -> str:
@@ -135,7 +124,8 @@ def _comparison(c: Comparison, s: GenSummary, items: dict[str, dict[str, Any]],
             + bar + f"<div id=\"{esc(list_id)}\">{items_html}</div>")
 
 
-def render_gen(summary: GenSummary, *, run_dir: Path | None = None, verdicts: Sequence[Verdict] | None = None) -> str:
+def render_gen(summary: GenSummary, *, texts: GenTexts | None = None, verdicts: Sequence[Verdict] | None = None
+               ) -> str:
     s = summary
     page = Page(title=f"servecmp gen: {s.run.task}", subtitle=f"{s.run.n_items} of {s.run.n_items_planned} items",
                 head_html=f"<style>{STRIP_CSS}</style>")
@@ -153,7 +143,7 @@ def render_gen(summary: GenSummary, *, run_dir: Path | None = None, verdicts: Se
     page.add("endpoints", "Endpoints", table(
         ["endpoint", "model", *(f"accuracy ({x})" for x in s.run.extractions), "no answer", "truncated",
          "mean tokens"], rows))
-    items, recs = _texts(run_dir)
+    items, recs = (texts.items, texts.records) if texts is not None else ({}, {})
     for c in [*s.candidates, *s.floors]:
         page.add(f"cmp-{c.name}", f"{c.name} vs baseline", _comparison(c, s, items, recs))
     return page.render()
