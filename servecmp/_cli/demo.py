@@ -63,7 +63,6 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from servecmp.endpoints import EndpointSpec
-        from servecmp.mcq.render import render_mcq_report
         from servecmp.mcq.run import run_mcq
         from servecmp.mcq.settings import McqSettings, NamedEndpoint
         from servecmp.runstore import new_run_dir
@@ -117,20 +116,24 @@ def register(app: typer.Typer) -> None:
             pair_ctx.__exit__(None, None, None)
 
         console.rule("[bold]Results")
-        render_mcq_report(mcq.summary, console)
+        # The same finish step as `servecmp mcq/gen/mtbench` and `servecmp report` (no gates: exit 0).
+        from servecmp.finish import Output, finish
+        from servecmp.mcq.view import load_view
+
+        finish("mcq", load_view(mcq.run_dir, mcq.comparison), [], Output(), console)
         console.print(f"MCQ run directory: {mcq.run_dir}", highlight=False)
         if gen_result is not None:
-            from servecmp.gen.render import render as render_gen
+            from servecmp.gen.kind import GenView
 
             console.print()
             # The summary's notes say it when both models solve nothing (flips cannot show at 0%).
-            render_gen(gen_result.summary, console, show=3)
+            finish("gen", GenView(gen_result.summary, gen_result.run_dir), [], Output(show=3), console)
             console.print(f"GSM8K run directory: {gen_result.run_dir}", highlight=False)
         if mt_result is not None:
-            from servecmp.mtbench.render import render_any
+            from servecmp.mtbench.kind import MtBenchResult
 
-            render_any(console, mt_result.summary, show=2)
-            # render() itself says that the 135M demo judge's scores only exercise the pipeline.
+            # The report itself says that the 135M demo judge's scores only exercise the pipeline.
+            finish("mtbench", MtBenchResult(mt_result.summary, mt_result.paths.root, 2), [], Output(show=2), console)
             console.print(f"MT-Bench run directory: {mt_result.paths.root}", highlight=False)
         total = time.monotonic() - t_start
         console.print("timings: " + ", ".join(f"{n.split(' ', 1)[1]} {t:.0f} s" for n, t in timings)

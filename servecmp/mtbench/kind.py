@@ -48,13 +48,9 @@ class MtBenchKind:
 
     def render(self, result: MtBenchResult, console: Console, *, show: int | None,
                verdicts: Sequence[Verdict] | None) -> None:
-        from servecmp.mtbench.render import render, render_comparison
+        from servecmp.mtbench.render import render_any
 
-        n = result.show if show is None else show
-        if isinstance(result.summary, MtBenchComparison):
-            render_comparison(console, result.summary, show=n)
-        else:
-            render(console, result.summary, show=n)
+        render_any(console, result.summary, show=result.show if show is None else show)
 
     def epilogue(self, result: Any, console: Console, *, as_json: bool, gates: Sequence[Gate]) -> None:
         return None
