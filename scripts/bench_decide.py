@@ -72,7 +72,7 @@ def replay(run_dir: Path, candidate: str, gates: list[Any], batch: int) -> dict[
     """The looks a stored-baseline --until-decided run would take on this full run's records."""
     from servecmp.mcq.records import McqRecord
     from servecmp.mcq.run import load_settings_task
-    from servecmp.mcq.sequential import anytime_estimates, item_order, per_item_values, statuses
+    from servecmp.mcq.sequential import anytime_estimates, item_order, per_item_values, statuses, verdict_known
     from servecmp.mcq.settings import read_manifest
     from servecmp.runstore import iter_jsonl
 
@@ -91,7 +91,7 @@ def replay(run_dir: Path, candidate: str, gates: list[Any], batch: int) -> dict[
         pos = min(pos + batch, len(ids))
         vals = per_item_values(list(base.values()), list(cand.values()), ids[:pos])
         st = statuses(gates, anytime_estimates(vals, gates))
-        if all(s != "inconclusive" for s in st):
+        if verdict_known(st):
             break
     used = sum(cand[i].n_requests for i in ids[:pos] if i in cand)
     return {"items": pos, "n_items": len(ids), "requests_full": full, "requests_sequential": used,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -29,18 +30,25 @@ def _asked(stub: StubServer) -> list[str]:
             and not r["body"].get("echo") and "user" not in r["body"]]
 
 
-def test_hand_worked_stop_is_at_the_fourth_look(tmp_path: Path) -> None:
-    assert math.ceil(math.log(40) / math.log(1.125)) == 32
+def _same_model_run(tmp_path: Path, *gates: str) -> tuple[subprocess.CompletedProcess[str], Path, tuple[int, int]]:
+    """The hand example's run (60 items, baseline and candidate the same model, looks every 10
+    items) under ``gates``: the process, the run directory, and the items each stub was asked."""
     data = tmp_path / "items.jsonl"
     write_items(data, 60)
     runs = tmp_path / "runs"
     with StubServer(StubState(model="base")) as b, StubServer(StubState(model="base")) as a:
         proc = servecmp("mcq", "--baseline", b.url, "--candidate", a.url, "--task", f"jsonl:{data}",
                         "--runs-dir", str(runs), "--top-k", "5", "--until-decided", "--batch", "10",
-                        "--gate", "flips<=20%")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert len(_asked(b)) == 40 and len(_asked(a)) == 40
-    run_dir = only_run_dir(runs)
+                        *(x for g in gates for x in ("--gate", g)))
+        asked = len(_asked(b)), len(_asked(a))
+    return proc, only_run_dir(runs), asked
+
+
+def test_hand_worked_stop_is_at_the_fourth_look(tmp_path: Path) -> None:
+    assert math.ceil(math.log(40) / math.log(1.125)) == 32
+    proc, run_dir, asked = _same_model_run(tmp_path, "flips<=20%")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert asked == (40, 40)
     looks = json.loads((run_dir / "looks.json").read_text())
     assert [lk["position"] for lk in looks["looks"]] == [10, 20, 30, 40]
     assert [lk["candidates"]["candidate"]["state"] for lk in looks["looks"]] == ["asking"] * 3 + ["decided"]
@@ -54,6 +62,25 @@ def test_hand_worked_stop_is_at_the_fourth_look(tmp_path: Path) -> None:
     used = sum(int(r["n_requests"]) for r in recs)  # type: ignore[call-overload]
     per = {e: np.mean([r["n_requests"] for r in recs if r["endpoint"] == e]) for e in ("baseline", "candidate")}
     assert f"requests: {used:,} against {round(60 * (per['baseline'] + per['candidate'])):,}" in out
+
+
+def test_a_failed_gate_stops_the_candidate_while_another_is_undecided(tmp_path: Path) -> None:
+    # The hand example's data (no item flips) under flips>=20%: the same capital against m = 0.2
+    # crosses 20 at t = 32, so the CS's upper end is below 20% at the 40-item look: FAIL. The second
+    # gate, delta_acc>=-1%, cannot be decided in 60 items: every item's difference is 0 (unit value
+    # 1/2) against m = (1 - 0.01) / 2 = 0.495, and bets are truncated at c/m = 1.0101, so the capital
+    # grows at most by 1 + 1.0101 * 0.005 = 1.00505 an item: 0.5 * 1.00505^60 = 0.68 < 20. Before this
+    # rule the run asked all 60 items; the verdict (FAIL, exit 1) is known at item 40.
+    assert 0.5 * (1 + 0.5 / 0.495 * 0.005) ** 60 < 20
+    proc, run_dir, asked = _same_model_run(tmp_path, "flips>=20%", "delta_acc>=-1%")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert asked == (40, 40)
+    looks = json.loads((run_dir / "looks.json").read_text())
+    assert [lk["candidates"]["candidate"]["state"] for lk in looks["looks"]] == ["asking"] * 3 + ["decided"]
+    assert looks["looks"][-1]["candidates"]["candidate"]["statuses"] == ["fail", "inconclusive"]
+    out = " ".join(proc.stdout.split())
+    assert "40 of 60 items used (decided)" in out
+    assert "a gate failed, so the candidate fails whatever its other gates show" in out
 
 
 def _flip_sequence(rows: list[dict[str, object]], prompts: list[str], base: str, cand: str) -> list[float]:

@@ -21,7 +21,7 @@ GROUP_FIELDS = ("task", "subject", "category")
 
 @dataclass(frozen=True)
 class PairedRecords:
-    """Records of the items both endpoints answered, in the baseline's order."""
+    """Records of the items both endpoints answered, in item-id order."""
 
     base: list[McqRecord]
     cand: list[McqRecord]
@@ -33,14 +33,17 @@ class PairedRecords:
 
 
 def pair_records(base: Sequence[McqRecord], cand: Sequence[McqRecord]) -> PairedRecords:
-    """Pair records by ``item_id``, keeping each side's last record of an item.
+    """Pair records by ``item_id`` (sorted), keeping each side's last record of an item.
 
     UserError when the two sides disagree on an item's gold answer or number of options, which
     means they did not run the same task.
     """
     b_by_id = {r.item_id: r for r in base}
     c_by_id = {r.item_id: r for r in cand}
-    ids = [i for i in b_by_id if i in c_by_id]
+    # One canonical order, not the files': records land in the order requests finish (and a
+    # resumed or stored-baseline run appends them in another), and the bootstrap intervals, seeded,
+    # depend on the order of the arrays. Sorted ids make the same records give the same summary.
+    ids = sorted(i for i in b_by_id if i in c_by_id)
     for item_id in ids:
         b, c = b_by_id[item_id], c_by_id[item_id]
         if b.gold != c.gold or len(b.option_logprobs) != len(c.option_logprobs):

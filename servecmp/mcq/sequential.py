@@ -1,5 +1,6 @@
 """`servecmp mcq --until-decided`: score items in a seeded random order, batch by batch, and stop
-as soon as every gate of every candidate is decided on an anytime-valid confidence sequence.
+as soon as every candidate's verdict is decided on anytime-valid confidence sequences (a gate FAILs,
+or every gate PASSes).
 
 Why a confidence sequence: a run that looks after every batch and stops at the first decided look
 would break a fixed-n interval's 95% (tests/test_confseq_sim.py: 70-80% coverage); the betting CS of
@@ -14,8 +15,9 @@ The loop (`run_until_decided`):
    of every candidate still undecided and within its ``budget`` (requests; a batch is cut to the
    requests left, at one request per item). A decided candidate is asked nothing more.
 3. After the batch, every candidate's per-item values over the paired items, in the order asked,
-   give a CS per gated metric (`anytime_estimates`); a candidate whose gates are all PASS or FAIL
-   is decided. The run stops when every candidate is decided or out of items or budget.
+   give a CS per gated metric (`anytime_estimates`); a candidate is decided once its verdict can
+   no longer change (`verdict_known`: one gate FAILs, or every gate PASSes). The run stops when
+   every candidate is decided or out of items or budget.
 
 Resume repeats nothing: looks are replayed from the records on disk (`run_items` skips every
 (item, endpoint) already recorded), and since the CS is a deterministic function of the records in
@@ -65,6 +67,8 @@ LOOP_GRID = 200
 LOOKS = "looks.json"
 ANYTIME_NOTE = ("intervals are anytime-valid (betting confidence sequences, Waudby-Smith & Ramdas 2024): valid "
                 "when the run stops at a look chosen by the data, and wider than the fixed-n intervals")
+STOPPED_AT_FAIL_NOTE = ("a gate failed, so the candidate fails whatever its other gates show; it was not asked "
+                        "further, and an INCONCLUSIVE gate is where that gate stood when it stopped")
 KL_NOTE = ("per-item KL clipped at 10x the largest kl threshold (at most 1 nat) for its anytime interval: a FAIL holds "
            "for the mean KL; a PASS needs every item seen below the cap and bounds the clipped mean")
 
@@ -153,6 +157,14 @@ def kl_cap(gates: Sequence[Gate]) -> float:
     a 1-nat cap and [0.014, 0.024] with 0.25."""
     ts = [g.threshold for g in gates if g.metric == "kl" and g.threshold > 0]
     return min(KL_CAP, KL_CAP_FACTOR * max(ts)) if ts else KL_CAP
+
+
+def verdict_known(statuses: Sequence[str]) -> bool:
+    """Whether a candidate's verdict can no longer change: a gate FAILs (the verdict is FAIL whatever
+    the other gates show, and a CS's running intersection never readmits a threshold it excluded,
+    so that FAIL stays) or every gate PASSes. Asking on would only narrow the undecided gates of a
+    candidate that has already failed."""
+    return "fail" in statuses or all(s == "pass" for s in statuses)
 
 
 def statuses(gates: Sequence[Gate], est: Mapping[str, MetricEstimate]) -> list[str]:
@@ -276,7 +288,7 @@ async def run_until_decided(items: Sequence[McqItem], clients: dict[str, Endpoin
             # Every threshold is on the grid, so a coarser grid decides exactly as the report's does.
             st = statuses(gates, anytime_estimates(vals, gates, grid_points=LOOP_GRID))
             if state[c] == "asking":
-                if all(s != "inconclusive" for s in st):
+                if verdict_known(st):
                     state[c] = "decided"
                 elif pos >= len(order):
                     state[c] = "items"
@@ -419,6 +431,9 @@ def sequential_verdicts(run_dir: Path, comparison: McqComparison, gates: Sequenc
                  f"({seq.state}); " + ANYTIME_NOTE]
         if any(g.metric == "kl" for g in gates):
             notes.append(KL_NOTE)
+        st = statuses(gates, seq.anytime)
+        if seq.state == "decided" and "fail" in st and "inconclusive" in st:
+            notes.append(STOPPED_AT_FAIL_NOTE)
         label = c.name if several else (c.endpoint.model or c.name)
         verdicts.append(decide(gates, est, candidate=label, missing=missing, notes=notes))
     return verdicts, report
