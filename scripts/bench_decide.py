@@ -59,13 +59,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "servecmp", "mcq", *args], capture_output=True, text=True, cwd=ROOT)
 
 
-def _verdict_statuses(run_dir: Path, gates: list[Any], sequential: bool) -> list[str]:
-    from servecmp._cli.mcq import decide_candidates
-    from servecmp.mcq.compare import compare_run
+def _verdict_statuses(run_dir: Path, gates: list[Any]) -> list[str]:
+    """The verdict `servecmp report RUN_DIR --gate ...` gives (fixed-n intervals for a fixed run,
+    anytime-valid ones for an --until-decided run): each gate's status, first candidate."""
+    from servecmp.finish import adapter
 
-    comparison = compare_run(run_dir)
-    verdicts = decide_candidates(comparison, gates, run_dir if sequential else None)
-    return [g.status for g in verdicts[0].gates]
+    kind = adapter("mcq")
+    return [g.status for g in kind.verdicts(kind.load(run_dir, show=0), gates)[0].gates]
 
 
 def replay(run_dir: Path, candidate: str, gates: list[Any], batch: int) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def bench_run(run_dir: Path, gates: list[Any], batch: int, label: str | None = N
 
     rows = []
     manifest = read_manifest(run_dir)
-    fixed = _verdict_statuses(run_dir, gates, sequential=False) if len(manifest.candidates) == 1 else None
+    fixed = _verdict_statuses(run_dir, gates) if len(manifest.candidates) == 1 else None
     for c in manifest.candidates:
         name = c.name or "candidate"
         row = replay(run_dir, name, gates, batch)
@@ -149,7 +149,7 @@ def live_pair(args: argparse.Namespace, gates: list[Any], gate_exprs: list[str])
     seq_dir = newest(seq_runs)
     looks = json.loads((seq_dir / "looks.json").read_text())
     live_items = looks["looks"][-1]["position"] if looks["looks"] else 0
-    live_status = _verdict_statuses(seq_dir, gates, sequential=True)
+    live_status = _verdict_statuses(seq_dir, gates)
     cand_requests = sum(json.loads(x).get("n_requests", 1) for x in (seq_dir / "records.jsonl").read_text().splitlines()
                         if x.strip() and json.loads(x)["endpoint"] == "candidate")
     rows[0].update(live={"run_dir": str(seq_dir), "items": live_items, "statuses": live_status,
