@@ -272,3 +272,29 @@ def test_the_typed_summary_mirrors_the_metrics_layout(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"is an MCQ summary of layout servecmp.mcq_summary/1, not "
                                         r"servecmp.mcq_summary/3; recompute it from the records with: servecmp report"):
         typed.load_summary(tmp_path / "summary.json")
+
+
+def test_summarize_records_does_not_depend_on_the_records_order() -> None:
+    # Records land in the order requests finish, and a resumed or stored-baseline run appends them in
+    # another: the same records in any order must give the same summary, bootstrap intervals included
+    # (the intervals resample positions, so they moved with the order before the pairing sorted ids).
+    rng = np.random.default_rng(3)
+    base, cand = [], []
+    for i in range(40):
+        gold = int(rng.integers(0, 4))
+        base.append(_record(f"q{i}", "baseline", list(rng.normal(-1.5, 1.0, 4)), gold))
+        cand.append(_record(f"q{i}", "candidate", list(rng.normal(-1.5, 1.0, 4)), gold))
+    first = summarize_records(base, cand, n_boot=N_BOOT)
+    order_b, order_c = rng.permutation(40), rng.permutation(40)
+    again = summarize_records([base[j] for j in order_b], [cand[j] for j in order_c], n_boot=N_BOOT)
+    assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
+    # The check can fail: the seeded bootstrap resamples positions, so the same values in another
+    # order give another interval.
+    from servecmp.metrics.stats import paired_bootstrap_diff_ci
+
+    ok_b = np.array([float(np.argmax(r.option_logprobs) == r.gold) for r in base])
+    ok_c = np.array([float(np.argmax(r.option_logprobs) == r.gold) for r in cand])
+    perm = rng.permutation(40)
+    one = paired_bootstrap_diff_ci(ok_b, ok_c, n_boot=N_BOOT, seed=0)
+    other = paired_bootstrap_diff_ci(ok_b[perm], ok_c[perm], n_boot=N_BOOT, seed=0)
+    assert (one.low, one.high) != (other.low, other.high)
