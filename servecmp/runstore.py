@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from servecmp.errors import UserError, first_error
 
@@ -47,6 +47,19 @@ def age(when: str, now: datetime | None = None) -> str:
     else:
         ago = f"{secs / 86400:.0f} days ago"
     return f"made {when}, {ago}"
+
+
+class StoredRunRef(BaseModel):
+    """A manifest's reference to the finished run whose baseline side a run joined (--baseline-run):
+    where it is, when it ran, and the server that answered (each kind adds its drift check)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str
+    started_at: str
+    finished_at: str | None = None
+    model: str
+    base_url: str
 
 
 def new_run_dir(root: Path, prefix: str) -> Path:

@@ -12,21 +12,17 @@ from typing import Any
 
 import pytest
 
-from tests.gen_stub import GenStub, GenStubState, tokenize
-from tests.test_gen_run import BASE, CAND, PROMPTS, exact_kl, run_gen, write_task
+from tests import test_gen_run
+from tests.gen_stub import GenStubState, tokenize
+from tests.test_gen_run import BASE, PROMPTS, exact_kl, run_gen, write_task
 from tests.test_mcq_cli import assert_one_line_error, only_run_dir, servecmp
+
+#: The scripted base/cand stubs of tests/test_gen_run.py (its hand-worked answers).
+pair = test_gen_run.pair
 
 #: Fields of a gen record that do not depend on timing.
 SAME = ("item_id", "endpoint", "sample", "text", "answer", "gold", "correct", "answer_flexible", "correct_flexible",
         "finish_reason", "completion_tokens", "token_ids")
-
-
-@pytest.fixture
-def pair() -> Any:
-    base = GenStubState(model="base", answers=dict(BASE))
-    cand = GenStubState(model="cand", answers=dict(CAND), truncate={"Q4 3*3?"})
-    with GenStub(base) as b, GenStub(cand) as c:
-        yield b, c
 
 
 def _flat(text: str) -> str:

@@ -153,6 +153,11 @@ def register(app: typer.Typer) -> None:
                 gates = resolve_gates("gen", gate, None)
                 result = run_blocking(manifest, None, console, resume=resume, is_tty=console.is_terminal,
                                       allow_code=allow_code_execution)
+                if manifest.baseline_only:
+                    from servecmp.gen.stored import profile_line
+
+                    console.print(profile_line(result.run_dir), highlight=False, markup=False)
+                    return
             else:
                 from servecmp.config import load_config
                 from servecmp.gen.settings import new_manifest

@@ -242,7 +242,7 @@ async def _generate(manifest: GenManifest, items: Sequence[GenItem], clients: Ma
     done = done_keys(run_dir, manifest.samples)
     floor = set(manifest.floor_items)
     todo: dict[str, list[GenItem]] = {}
-    for e in manifest.endpoints:
+    for e in _asked(manifest):  # a stored baseline's records are joined, never asked
         wanted = [it for it in items if e.role != "floor" or it.item_id in floor]
         todo[e.name] = [it for it in wanted if (e.name, it.item_id) not in done]
     if not any(todo.values()):
@@ -279,7 +279,7 @@ async def _generate(manifest: GenManifest, items: Sequence[GenItem], clients: Ma
                 stats.wall_s[e.name] = time.perf_counter() - t0
                 stats.requests[e.name] = client.stats.requests
 
-        await gather_or_cancel([asyncio.ensure_future(one_endpoint(e)) for e in manifest.endpoints])
+        await gather_or_cancel([asyncio.ensure_future(one_endpoint(e)) for e in _asked(manifest)])
 
 
 async def gather_or_cancel(tasks: Sequence[asyncio.Future[Any]]) -> list[Any]:

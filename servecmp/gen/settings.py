@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from servecmp import __version__
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
-from servecmp.runstore import MANIFEST, read_json, utcnow, write_json_atomic
+from servecmp.runstore import MANIFEST, StoredRunRef, read_json, utcnow, write_json_atomic
 
 if TYPE_CHECKING:
     from servecmp.config import Config
@@ -110,16 +110,9 @@ class GenBaselineCheck(BaseModel):
     reproduced: bool
 
 
-class GenStoredBaseline(BaseModel):
+class GenStoredBaseline(StoredRunRef):
     """What the manifest records of the stored baseline a run joined (--baseline-run)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    run_dir: str
-    started_at: str
-    finished_at: str | None = None
-    model: str
-    base_url: str
     #: The drift check, when a live --baseline was given as well.
     check: GenBaselineCheck | None = None
 
