@@ -101,6 +101,11 @@ def test_joined_profile_equals_joint_run_and_asks_the_baseline_nothing(tmp_path:
     assert manifest["baseline_only"] is False
     assert _flat(f"baseline: stored run {profile} (base at {b.url}, made ") in _flat(out)
     assert _flat("4 stored records joined") in _flat(out)
+    # `servecmp report` of the joined run names the stored run, on the terminal and in the HTML page.
+    report = servecmp("report", str(joined), "--html", str(tmp_path / "r.html"))
+    assert report.returncode == 0, report.stderr
+    assert _flat(f"baseline: stored run {profile} (base at {b.url}, made ") in _flat(report.stdout)
+    assert f"run {profile}, made " in (tmp_path / "r.html").read_text()
     # A profile has nothing to compare: `servecmp report` says so in one line.
     assert_one_line_error(servecmp("report", str(profile)), "is a baseline profile (--baseline-only)")
 
