@@ -390,8 +390,10 @@ async def _teacher_force(manifest: GenManifest, items: Sequence[GenItem], client
                                   for o in iter_jsonl(run_dir / TEACHER_FORCING)}
     stored = forcing_index(run_dir)
     base = {r.item_id: r for r in load_records(run_dir, manifest.samples) if r.endpoint == BASELINE}
+    # A profile (no compared endpoint) is made of the rows themselves; otherwise an item whose every
+    # record is stored needs no row (a run from before the rows were kept is not asked them again).
     todo = [it for it in items if it.item_id in base
-            and (it.item_id not in stored or any((n, it.item_id) not in done for n in names))]
+            and (any((n, it.item_id) not in done for n in names) if names else it.item_id not in stored)]
     if not todo:
         return
     console.print(f"teacher forcing {', '.join([BASELINE, *names])} along the baseline's answers: {len(todo)} items",
