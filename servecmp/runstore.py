@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from servecmp.errors import UserError, first_error
 
@@ -28,6 +28,38 @@ SUMMARY = "summary.json"
 
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def age(when: str, now: datetime | None = None) -> str:
+    """How old a run's timestamp is, in words: "made 2026-12-01T10:00:00Z, 3 days ago" (what a stored
+    baseline's users need to judge whether it still stands for the server)."""
+    try:
+        t = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError:
+        return f"made {when}"
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    secs = max(0.0, ((now or datetime.now(UTC)) - t).total_seconds())
+    if secs < 3600:
+        ago = f"{secs / 60:.0f} minutes ago"
+    elif secs < 86400 * 2:
+        ago = f"{secs / 3600:.0f} hours ago"
+    else:
+        ago = f"{secs / 86400:.0f} days ago"
+    return f"made {when}, {ago}"
+
+
+class StoredRunRef(BaseModel):
+    """A manifest's reference to the finished run whose baseline side a run joined (--baseline-run):
+    where it is, when it ran, and the server that answered (each kind adds its drift check)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: str
+    started_at: str
+    finished_at: str | None = None
+    model: str
+    base_url: str
 
 
 def new_run_dir(root: Path, prefix: str) -> Path:

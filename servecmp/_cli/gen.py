@@ -46,6 +46,17 @@ AllowCode = Annotated[bool, typer.Option(
     "--allow-code-execution",
     help="Let code tasks (humaneval) run model-written programs, each in its own process with CPU, memory, "
          "time and process limits (see the README for what that does not protect against).")]
+BaselineRun = Annotated[Path | None, typer.Option(
+    "--baseline-run", metavar="RUN_DIR",
+    help="Join a finished gen run's stored baseline answers (and teacher-forcing rows) instead of asking the "
+         "baseline: only the candidates are asked. Refused when items, prompts, API, max tokens, sampling, top-k "
+         "or teacher forcing differ.")]
+BaselineCheck = Annotated[int | None, typer.Option(
+    "--baseline-check", min=1, metavar="N",
+    help="With --baseline-run and --baseline URL: re-ask N seeded stored items of the live baseline and refuse "
+         "unless every greedy answer is the stored text (default 20).")]
+BaselineOnly = Annotated[bool | None, typer.Option(
+    "--baseline-only", help="Ask only the baseline: a profile for later --baseline-run.")]
 FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
     "--from-lm-eval", help="Compare two lm-eval gsm8k --log_samples JSONL files (baseline, candidate); no "
                            "endpoint is called.")]
@@ -86,6 +97,9 @@ def register(app: typer.Typer) -> None:
         runs_dir: opt.RunsDir = None,
         resume: Resume = None,
         from_lm_eval: FromLmEval = None,
+        baseline_run: BaselineRun = None,
+        baseline_check: BaselineCheck = None,
+        baseline_only: BaselineOnly = None,
         allow_code_execution: AllowCode = False,
         gate: opt.Gate = None,
         summary_md: opt.SummaryMd = None,
@@ -112,7 +126,8 @@ def register(app: typer.Typer) -> None:
             sample=sample, seed=seed, api=api, max_tokens=max_tokens, samples=samples, temperature=temperature,
             top_k=top_k, teacher_forcing=teacher_forcing, concurrency=concurrency, max_concurrency=max_concurrency,
             rps=rps, timeout=timeout, retries=retries, runs_dir=runs_dir, resume=resume, config=config,
-            allow_code_execution=allow_code_execution or None,
+            allow_code_execution=allow_code_execution or None, baseline_run=baseline_run,
+            baseline_check=baseline_check, baseline_only=baseline_only or None,
         )
         console = Console(stderr=as_json)
         from servecmp.finish import Output, check_outputs, finish
@@ -138,17 +153,27 @@ def register(app: typer.Typer) -> None:
                 gates = resolve_gates("gen", gate, None)
                 result = run_blocking(manifest, None, console, resume=resume, is_tty=console.is_terminal,
                                       allow_code=allow_code_execution)
+                if manifest.baseline_only:
+                    from servecmp.gen.stored import profile_line
+
+                    console.print(profile_line(result.run_dir), highlight=False, markup=False)
+                    return
             else:
                 from servecmp.config import load_config
                 from servecmp.gen.settings import new_manifest
+                from servecmp.gen.stored import plan, profile_line
 
                 cfg = load_config(config)
                 gates = resolve_gates("gen", gate, cfg)
+                opts, stored = plan(opts)
                 manifest, items = new_manifest(opts, cfg)
                 root = runs_dir if runs_dir is not None else Path(cfg.gen.runs_dir)
                 result = run_blocking(manifest, items, console, runs_root=root, is_tty=console.is_terminal,
-                                      allow_code=allow_code_execution)
+                                      allow_code=allow_code_execution, stored=stored)
                 show = cfg.gen.show if show is None else show
+                if baseline_only:
+                    console.print(profile_line(result.run_dir), highlight=False, markup=False)
+                    return
             summary, run_dir = result.summary, result.run_dir
             show_n = 10 if show is None else show
         from servecmp.gen.kind import GenView

@@ -29,8 +29,13 @@ class GenKind:
     name = "gen"
 
     def load(self, target: Path | str, *, show: int | None) -> GenView:
+        from servecmp.errors import UserError
+        from servecmp.gen.settings import read_manifest
         from servecmp.gen.summary import load_result
 
+        if read_manifest(Path(target)).baseline_only:
+            raise UserError(f"{target} is a baseline profile (--baseline-only): nothing to compare; compare "
+                            f"candidates with it: servecmp gen --baseline-run {target} --candidate URL")
         return GenView(load_result(Path(target)), Path(target))
 
     def verdicts(self, result: GenView, gates: Sequence[Gate]) -> list[Verdict]:

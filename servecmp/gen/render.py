@@ -94,6 +94,14 @@ def render(s: GenSummary, console: Console, *, show: int = 10) -> None:
                   + ("" if r.complete else " [yellow](unfinished)[/yellow]")
                   + (f", api {r.api}, max {r.max_tokens} tokens, " if r.api else ", ")
                   + mode)
+    if r.stored_baseline is not None:
+        from servecmp.runstore import age
+
+        b = r.stored_baseline
+        console.print(f"baseline: stored run {b.run_dir} ({b.model} at {b.base_url}, "
+                      f"{age(b.finished_at or b.started_at)})"
+                      + ("" if b.check is None else f"; re-checked on {b.check.items} items of {b.check.url}, "
+                         f"{b.check.changed} answers changed"), highlight=False, markup=False)
     t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     t.add_column("endpoint")
     for x in r.extractions:

@@ -7,7 +7,11 @@ items.jsonl (every item's id, question, gold and rendered prompt: reports never 
 records.jsonl as soon as its one request (``n`` = --samples) returns, with the generation's token ids
 from the endpoint's /tokenize; (3) greedy runs teacher-force each compared endpoint along the
 baseline's answer (one ``prompt_logprobs`` request per item and endpoint, the baseline's included),
-appended to teacher_forcing.jsonl; (4) the summary, rebuilt from the files on disk.
+appended to teacher_forcing.jsonl (the baseline's own top-k rows to baseline_forcing.jsonl, which
+the candidates' KL is computed against); (4) the summary, rebuilt from the files on disk.
+
+A run on a stored baseline (--baseline-run, servecmp.gen.stored) copies the stored baseline's
+records and rows into the run before step (2) and never asks the baseline endpoint.
 
 Resume: `--resume RUN_DIR` re-asks only what is missing. An item counts as done for an endpoint when
 every one of its samples is on disk; a kill between two sample lines leaves an incomplete item,
@@ -24,19 +28,22 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from servecmp.endpoints import EndpointClient, EndpointError, HttpStatusError, api_key_from_env, root_url
 from servecmp.errors import RunFailed, RunInterrupted, UserError
-from servecmp.gen.records import RECORDS, TEACHER_FORCING, GenRecord, TfRecord
-from servecmp.gen.rundir import load_records, read_items, tf_targets, write_items
+from servecmp.gen.records import BASELINE_FORCING, RECORDS, TEACHER_FORCING, BaselineForcing, GenRecord, TfRecord
+from servecmp.gen.rundir import forcing_index, load_records, read_items, tf_targets, write_items
 from servecmp.gen.settings import BASELINE, GenEndpoint, GenManifest, read_manifest, write_manifest
 from servecmp.progress import counting_progress
 from servecmp.runstore import JsonlAppender, iter_jsonl, new_run_dir, utcnow, write_json_atomic
 from servecmp.tasks.gen_registry import require_code_consent
 from servecmp.tasks.gen_task import CODE_GRADER, GSM8K_GRADER, GenItem
+
+if TYPE_CHECKING:
+    from servecmp.gen.stored import StoredPlan
 
 SUMMARY = "summary.json"
 
@@ -235,7 +242,7 @@ async def _generate(manifest: GenManifest, items: Sequence[GenItem], clients: Ma
     done = done_keys(run_dir, manifest.samples)
     floor = set(manifest.floor_items)
     todo: dict[str, list[GenItem]] = {}
-    for e in manifest.endpoints:
+    for e in _asked(manifest):  # a stored baseline's records are joined, never asked
         wanted = [it for it in items if e.role != "floor" or it.item_id in floor]
         todo[e.name] = [it for it in wanted if (e.name, it.item_id) not in done]
     if not any(todo.values()):
@@ -272,7 +279,7 @@ async def _generate(manifest: GenManifest, items: Sequence[GenItem], clients: Ma
                 stats.wall_s[e.name] = time.perf_counter() - t0
                 stats.requests[e.name] = client.stats.requests
 
-        await gather_or_cancel([asyncio.ensure_future(one_endpoint(e)) for e in manifest.endpoints])
+        await gather_or_cancel([asyncio.ensure_future(one_endpoint(e)) for e in _asked(manifest)])
 
 
 async def gather_or_cancel(tasks: Sequence[asyncio.Future[Any]]) -> list[Any]:
@@ -319,18 +326,18 @@ def kl_along(base: Sequence[Mapping[str, float]], other: Sequence[Mapping[str, f
     return [round(topk_kl_tight_item(p, q).kl_bc, 9) for p, q in zip(base, other, strict=True)]
 
 
-async def teacher_force_item(manifest: GenManifest, item: GenItem, base_record: GenRecord,
-                             clients: Mapping[str, EndpointClient], tokenizer: Tokenizer,
-                             names: Sequence[str]) -> list[TfRecord]:
-    """Each endpoint in ``names`` teacher-forced along the baseline's answer to ``item``."""
+async def baseline_forcing(manifest: GenManifest, item: GenItem, base_record: GenRecord,
+                           client: EndpointClient | None, tokenizer: Tokenizer | None) -> BaselineForcing:
+    """The baseline teacher-forced along its own answer to ``item``: the token ids and its top-k per
+    answer position, or why not (``client`` None: no live baseline to ask)."""
 
-    def failed(code: str) -> list[TfRecord]:
-        return [TfRecord(item_id=item.item_id, endpoint=n, error=code) for n in names]
+    def failed(code: str) -> BaselineForcing:
+        return BaselineForcing(item_id=item.item_id, error=code)
 
     answer_ids = base_record.token_ids
     if not base_record.text or answer_ids == []:
         return failed("empty_answer")
-    if answer_ids is None or not tokenizer.available:
+    if answer_ids is None or client is None or tokenizer is None or not tokenizer.available:
         return failed("no_tokenize")
     if manifest.baseline.api == "chat":
         prompt_ids = await tokenizer.tokens({"messages": item.messages, "add_generation_prompt": True})
@@ -341,49 +348,68 @@ async def teacher_force_item(manifest: GenManifest, item: GenItem, base_record: 
     ids = prompt_ids + answer_ids[: manifest.max_tokens]
     start = len(prompt_ids)
     try:
-        base = await prompt_logprobs(clients[BASELINE], ids, start, manifest.top_k)
+        top = await prompt_logprobs(client, ids, start, manifest.top_k)
     except TfUnavailable as exc:
         return failed(f"baseline_{exc.code}")
+    return BaselineForcing(item_id=item.item_id, ids=ids, start=start, topk=top)
+
+
+async def teacher_force_item(manifest: GenManifest, base: BaselineForcing, clients: Mapping[str, EndpointClient],
+                             names: Sequence[str]) -> list[TfRecord]:
+    """Each endpoint in ``names`` teacher-forced along the baseline's answer, scored against the
+    baseline's stored top-k (``base``: asked in this run or joined from a stored baseline)."""
+    if base.error is not None:
+        return [TfRecord(item_id=base.item_id, endpoint=n, error=base.error) for n in names]
     out = []
-    results = await asyncio.gather(*(prompt_logprobs(clients[n], ids, start, manifest.top_k) for n in names),
-                                   return_exceptions=True)
+    results = await asyncio.gather(*(prompt_logprobs(clients[n], base.ids, base.start, manifest.top_k)
+                                     for n in names), return_exceptions=True)
     for n, res in zip(names, results, strict=True):
         if isinstance(res, TfUnavailable):
-            out.append(TfRecord(item_id=item.item_id, endpoint=n, error=res.code))
+            out.append(TfRecord(item_id=base.item_id, endpoint=n, error=res.code))
         elif isinstance(res, BaseException):
             raise res
         else:
             try:
-                kl = kl_along(base, res)
+                kl = kl_along(base.topk, res)
             except ValueError:
-                out.append(TfRecord(item_id=item.item_id, endpoint=n, error="misaligned"))
+                out.append(TfRecord(item_id=base.item_id, endpoint=n, error="misaligned"))
                 continue
-            out.append(TfRecord(item_id=item.item_id, endpoint=n, n_positions=len(kl), kl=kl))
+            out.append(TfRecord(item_id=base.item_id, endpoint=n, n_positions=len(kl), kl=kl))
     return out
 
 
 async def _teacher_force(manifest: GenManifest, items: Sequence[GenItem], clients: Mapping[str, EndpointClient],
-                         tokenizer: Tokenizer, run_dir: Path, console: Console, is_tty: bool,
+                         tokenizer: Tokenizer | None, run_dir: Path, console: Console, is_tty: bool,
                          stats: GenStats) -> None:
+    """Every item lacking its baseline row (asked of the live baseline; a stored baseline's rows are
+    joined beforehand) or a compared endpoint's record."""
     if not manifest.teacher_forcing or not manifest.greedy:
         return
     names = tf_targets(manifest)
     done: set[tuple[str, str]] = {(str(o.get("endpoint")), str(o.get("item_id")))
                                   for o in iter_jsonl(run_dir / TEACHER_FORCING)}
+    stored = forcing_index(run_dir)
     base = {r.item_id: r for r in load_records(run_dir, manifest.samples) if r.endpoint == BASELINE}
-    todo = [it for it in items if it.item_id in base and any((n, it.item_id) not in done for n in names)]
-    if not todo or not names:
+    # A profile (no compared endpoint) is made of the rows themselves; otherwise an item whose every
+    # record is stored needs no row (a run from before the rows were kept is not asked them again).
+    todo = [it for it in items if it.item_id in base
+            and (any((n, it.item_id) not in done for n in names) if names else it.item_id not in stored)]
+    if not todo:
         return
-    console.print(f"teacher forcing {', '.join(names)} along the baseline's answers: {len(todo)} items",
+    console.print(f"teacher forcing {', '.join([BASELINE, *names])} along the baseline's answers: {len(todo)} items",
                   highlight=False, markup=False)
     t0 = time.perf_counter()
-    with (JsonlAppender(run_dir / TEACHER_FORCING) as out,
+    with (JsonlAppender(run_dir / TEACHER_FORCING) as out, JsonlAppender(run_dir / BASELINE_FORCING) as bout,
           counting_progress(console=console, transient=True, disable=not is_tty) as progress):
         bar = progress.add_task("teacher forcing", total=len(todo))
 
         async def one(item: GenItem) -> None:
+            row = stored.read(item.item_id)
+            if row is None:
+                row = await baseline_forcing(manifest, item, base[item.item_id], clients.get(BASELINE), tokenizer)
+                bout.append(row)
             missing = [n for n in names if (n, item.item_id) not in done]
-            for rec in await teacher_force_item(manifest, item, base[item.item_id], clients, tokenizer, missing):
+            for rec in await teacher_force_item(manifest, row, clients, missing):
                 out.append(rec)
             stats.tf_items += 1
             progress.advance(bar)
@@ -400,34 +426,65 @@ async def _teacher_force(manifest: GenManifest, items: Sequence[GenItem], client
 
 
 def _check_keys(manifest: GenManifest) -> None:
-    for e in manifest.endpoints:
+    for e in _asked(manifest):
         api_key_from_env(e.api_key_env, e.name)
+
+
+def _asked(manifest: GenManifest) -> list[GenEndpoint]:
+    """The endpoints the run asks: all but a stored baseline's (its answers are joined, never asked)."""
+    return [e for e in manifest.endpoints if e.name != BASELINE or manifest.stored_baseline is None]
 
 
 async def execute(manifest: GenManifest, items: Sequence[GenItem] | None, console: Console, *,
                   runs_root: Path | None = None, resume: Path | None = None, is_tty: bool = False,
-                  show: int = 10, started: list[Path] | None = None, allow_code: bool = False) -> GenResult:
+                  show: int = 10, started: list[Path] | None = None, allow_code: bool = False,
+                  stored: StoredPlan | None = None) -> GenResult:
     """Start a new run (``items`` given, under ``runs_root``) or finish the run in ``resume``.
-    ``started`` gets the run directory as soon as it exists (so an interrupted caller can name it)."""
+    ``started`` gets the run directory as soon as it exists (so an interrupted caller can name it).
+    ``stored``: a new run on a stored baseline (servecmp.gen.stored), whose records stand in for the
+    baseline endpoint; the live baseline in ``manifest`` is then asked only the drift check, if given."""
+    from servecmp.gen import stored as st
+
+    live: GenEndpoint | None = None
+    if stored is not None and resume is None:
+        st.check_compatible(stored, manifest)
+        live = manifest.baseline if stored.live else None
+        manifest = st.adopt(stored, manifest)
     _check_keys(manifest)
+    if live is not None:
+        api_key_from_env(live.api_key_env, BASELINE)
     if items is not None:
         require_code_consent(items, allow_code)
     stats = GenStats()
     async with AsyncExitStack() as stack:
         clients: dict[str, EndpointClient] = {}
-        for e in manifest.endpoints:
+        for e in _asked(manifest):
             clients[e.name] = await stack.enter_async_context(EndpointClient(e))
         if resume is None:
             assert items is not None and runs_root is not None
-            for e in manifest.endpoints:
+            for e in _asked(manifest):
                 await clients[e.name].resolve_model(e.name)
                 e.model = clients[e.name].model
-            api = await resolve_api(manifest, clients, items)
+            if stored is not None:
+                # Every candidate is asked through the API the stored baseline answered through.
+                api = st.stored_api(stored.manifest)
+                await st.require_api(api, clients, stored, _supports_completions)
+            else:
+                api = await resolve_api(manifest, clients, items)
             for e in manifest.endpoints:
                 e.api = api  # type: ignore[assignment]
+            fresh: list[GenRecord] = []
+            if stored is not None and live is not None:
+                live_client = await stack.enter_async_context(EndpointClient(live))
+                await live_client.resolve_model(BASELINE)
+                check, fresh = await st.drift_check(stored, items, live_client, console, generate_one,
+                                                     allow_code=allow_code)
+                assert manifest.stored_baseline is not None
+                manifest.stored_baseline.check = check
             run_dir = new_run_dir(runs_root, "gen")
             write_items(run_dir, items)
             write_manifest(run_dir, manifest)
+            st.write_check(run_dir, fresh)
             console.print(f"run directory: {run_dir}", highlight=False, markup=False)
         else:
             run_dir = resume
@@ -436,12 +493,15 @@ async def execute(manifest: GenManifest, items: Sequence[GenItem] | None, consol
             console.print(f"resuming {run_dir}", highlight=False, markup=False)
         if started is not None:
             started.append(run_dir)
+        if manifest.stored_baseline is not None:
+            joined = st.join(run_dir, manifest, items)
+            console.print(st.stored_line(manifest.stored_baseline, joined), highlight=False, markup=False)
         tokenizers: dict[str, Tokenizer] = {}
         for name, client in clients.items():
             tokenizers[name] = Tokenizer(client)
             stack.push_async_callback(tokenizers[name].aclose)
         await _generate(manifest, items, clients, tokenizers, run_dir, console, is_tty, stats, allow_code)
-        await _teacher_force(manifest, items, clients, tokenizers[BASELINE], run_dir, console, is_tty, stats)
+        await _teacher_force(manifest, items, clients, tokenizers.get(BASELINE), run_dir, console, is_tty, stats)
 
     from servecmp.gen.summary import load_result
 

@@ -1,15 +1,18 @@
-"""A gen run directory's files, read and written (items.jsonl, records.jsonl, teacher_forcing.jsonl):
+"""A gen run directory's files, read and written (items.jsonl, records.jsonl, teacher_forcing.jsonl,
+baseline_forcing.jsonl):
 what the run (`servecmp.gen.run`) and the summary (`servecmp.gen.summary`) both need."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
-from servecmp.gen.records import ITEMS, RECORDS, TEACHER_FORCING, GenRecord, TfRecord
+from servecmp.gen.records import BASELINE_FORCING, ITEMS, RECORDS, TEACHER_FORCING, BaselineForcing, GenRecord, TfRecord
 from servecmp.gen.settings import GenManifest
 from servecmp.runstore import iter_jsonl
 from servecmp.tasks.gen_task import GenItem, fingerprint
@@ -61,6 +64,43 @@ def load_records(run_dir: Path, samples: int) -> list[GenRecord]:
 def load_tf(run_dir: Path) -> dict[tuple[str, str], TfRecord]:
     records = (TfRecord.model_validate(o) for o in iter_jsonl(run_dir / TEACHER_FORCING))
     return {(r.endpoint, r.item_id): r for r in records}
+
+
+class ForcingIndex:
+    """The baseline's teacher-forcing rows of a run (baseline_forcing.jsonl) by item, read one at a
+    time from their byte offsets: the whole file (top-k per answer token) is not held in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offsets: dict[str, int] = {}
+        if not path.exists():
+            return
+        with path.open("rb") as fh:
+            pos = 0
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    break  # torn tail, as iter_jsonl
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    self.offsets[str(json.loads(raw)["item_id"])] = pos
+                pos += len(raw)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def read(self, item_id: str) -> BaselineForcing | None:
+        pos = self.offsets.get(item_id)
+        if pos is None:
+            return None
+        with self.path.open("rb") as fh:
+            fh.seek(pos)
+            return BaselineForcing.model_validate_json(fh.readline())
+
+
+def forcing_index(run_dir: Path) -> ForcingIndex:
+    return ForcingIndex(run_dir / BASELINE_FORCING)
 
 
 def tf_targets(manifest: GenManifest) -> list[str]:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from servecmp import __version__
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
-from servecmp.runstore import MANIFEST, read_json, utcnow, write_json_atomic
+from servecmp.runstore import MANIFEST, StoredRunRef, read_json, utcnow, write_json_atomic
 
 if TYPE_CHECKING:
     from servecmp.config import Config
@@ -81,6 +81,10 @@ class GenOptions:
     config: Path | None = None
     #: Consent to run model-written code (code tasks); asked of every invocation, resumes included.
     allow_code_execution: bool | None = None
+    #: --baseline-run, --baseline-check, --baseline-only (servecmp.gen.stored).
+    baseline_run: Path | None = None
+    baseline_check: int | None = None
+    baseline_only: bool | None = None
 
 
 class GenEndpoint(EndpointSpec):
@@ -92,6 +96,25 @@ class GenEndpoint(EndpointSpec):
     api: ApiKind | None = None
     #: Sampling seed sent with every request (None: greedy runs send none).
     seed: int | None = None
+
+
+class GenBaselineCheck(BaseModel):
+    """The live baseline re-asked a seeded sample of the stored items (greedy answers, text by text)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    items: int
+    #: Items whose live answer is not the stored text.
+    changed: int
+    reproduced: bool
+
+
+class GenStoredBaseline(StoredRunRef):
+    """What the manifest records of the stored baseline a run joined (--baseline-run)."""
+
+    #: The drift check, when a live --baseline was given as well.
+    check: GenBaselineCheck | None = None
 
 
 class GenManifest(BaseModel):
@@ -122,6 +145,10 @@ class GenManifest(BaseModel):
     floor_items: list[str] = Field(default_factory=list)
     started_at: str = Field(default_factory=utcnow)
     finished_at: str | None = None
+    #: The stored baseline whose records stand in for the baseline endpoint (never asked in the run).
+    stored_baseline: GenStoredBaseline | None = None
+    #: A profile: the baseline alone, for later --baseline-run.
+    baseline_only: bool = False
 
     @property
     def greedy(self) -> bool:
@@ -229,7 +256,7 @@ def new_manifest(opts: GenOptions, cfg: Config) -> tuple[GenManifest, list[GenIt
     base = endpoint_from("baseline", cfg.baseline, opts.baseline, model=opts.baseline_model,
                          api_key_env=opts.baseline_key_env, **_pacing(pacing, cfg.baseline))
     endpoints = [GenEndpoint(**base.model_dump(), name=BASELINE, role="baseline", seed=seed if sampling else None)]
-    for c in _candidate_endpoints(opts, cfg, pacing):
+    for c in [] if opts.baseline_only else _candidate_endpoints(opts, cfg, pacing):
         endpoints.append(c.model_copy(update={"seed": seed if sampling else None}))
     if opts.secondary is not None or g.secondary:
         sec = endpoint_from("secondary", cfg.secondary, opts.secondary, model=opts.secondary_model,
@@ -263,7 +290,7 @@ def new_manifest(opts: GenOptions, cfg: Config) -> tuple[GenManifest, list[GenIt
         sample=sample, seed=seed, api=api, max_tokens=opts.max_tokens if opts.max_tokens is not None else g.max_tokens,
         samples=samples, temperature=temperature, top_k=opts.top_k if opts.top_k is not None else g.top_k,
         teacher_forcing=opts.teacher_forcing if opts.teacher_forcing is not None else g.teacher_forcing,
-        endpoints=endpoints, floor_items=floor_items,
+        endpoints=endpoints, floor_items=floor_items, baseline_only=bool(opts.baseline_only),
     )
     return manifest, items
 
@@ -276,7 +303,8 @@ FIXED_ON_RESUME: dict[str, str] = {
     "data_dir": "--data-dir", "source": "--source", "fewshot": "--fewshot", "limit": "--limit",
     "sample": "--sample", "seed": "--seed", "api": "--api", "max_tokens": "--max-tokens", "samples": "--samples",
     "temperature": "--temperature", "top_k": "--top-k", "teacher_forcing": "--teacher-forcing/--no-teacher-forcing",
-    "runs_dir": "--runs-dir", "config": "-c/--config",
+    "runs_dir": "--runs-dir", "config": "-c/--config", "baseline_run": "--baseline-run",
+    "baseline_check": "--baseline-check", "baseline_only": "--baseline-only",
 }  # fmt: skip
 assert set(FIXED_ON_RESUME) | {"concurrency", "max_concurrency", "rps", "timeout", "retries", "resume",
                                "allow_code_execution"} == {

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from servecmp.errors import UserError
 from servecmp.gen.records import GenRecord, TfRecord
 from servecmp.gen.rundir import load_records, load_tf, read_items, tf_targets
-from servecmp.gen.settings import BASELINE, GenEndpoint, GenManifest, read_manifest
+from servecmp.gen.settings import BASELINE, GenEndpoint, GenManifest, GenStoredBaseline, read_manifest
 from servecmp.metrics.mcq import Flips
 from servecmp.metrics.stats import Distribution, Estimate, Proportion
 from servecmp.runstore import read_json
@@ -80,6 +80,8 @@ class GenRunInfo(_Model):
     length_unit: Literal["tokens", "characters"] = "tokens"
     started_at: str
     finished_at: str | None
+    #: The stored baseline whose records stood in for the baseline endpoint (--baseline-run).
+    stored_baseline: GenStoredBaseline | None = None
 
 
 class EndpointBlock(_Model):
@@ -426,7 +428,7 @@ def build_summary(manifest: GenManifest, items: Sequence[GenItem], records: Sequ
                      n_items=len(base), complete=complete, api=manifest.baseline.api, max_tokens=manifest.max_tokens,
                      samples=manifest.samples, temperature=manifest.temperature, extractions=extractions,
                      divergence_unit=unit, length_unit=length_unit, started_at=manifest.started_at,
-                     finished_at=manifest.finished_at)
+                     finished_at=manifest.finished_at, stored_baseline=manifest.stored_baseline)
     return GenSummary(run=run, endpoints=endpoints, candidates=candidates, floors=floors,
                       notes=_notes(manifest, endpoints, candidates, floors))
 

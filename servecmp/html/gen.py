@@ -134,7 +134,9 @@ def render_gen(summary: GenSummary, *, texts: GenTexts | None = None, verdicts: 
         ("task", s.run.task), ("source", s.run.source), ("api", s.run.api), ("max tokens", s.run.max_tokens),
         ("samples", s.run.samples), ("temperature", s.run.temperature),
         ("extractions", ", ".join(s.run.extractions)), ("divergence unit", s.run.divergence_unit),
-        *((f"{e.name}", f"{e.model} at {e.url}") for e in s.endpoints), *versions()]))
+        *((f"{e.name}", f"{e.model} at {e.url}") for e in s.endpoints),
+        *((("stored baseline", f"run {b.run_dir}, made {b.finished_at or b.started_at}"),)
+          if (b := s.run.stored_baseline) is not None else ()), *versions()]))
     rows = []
     for e in s.endpoints:
         rows.append([e.name, e.model, *(Cell(pct(a.rate), a.rate) for a in e.accuracy),

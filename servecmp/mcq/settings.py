@@ -48,7 +48,7 @@ from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
 from servecmp.gates import Gate, parse_gates
 from servecmp.records import ROLES, EndpointRole, RunManifest
-from servecmp.runstore import MANIFEST, read_json, refuse_on_resume, utcnow, write_json_atomic
+from servecmp.runstore import MANIFEST, StoredRunRef, read_json, refuse_on_resume, utcnow, write_json_atomic
 
 if TYPE_CHECKING:
     from servecmp.config import Config
@@ -91,16 +91,9 @@ class BaselineCheck(BaseModel):
     reproduced: bool
 
 
-class StoredBaseline(BaseModel):
+class StoredBaseline(StoredRunRef):
     """What the manifest records of the stored baseline a run joined."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    run_dir: str
-    started_at: str
-    finished_at: str | None = None
-    model: str
-    base_url: str
     #: The drift check, when a live --baseline was given as well.
     check: BaselineCheck | None = None
 

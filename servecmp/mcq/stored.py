@@ -31,10 +31,11 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from servecmp import runstore
 from servecmp.errors import UserError
 from servecmp.mcq.records import RECORDS, McqItem, McqRecord
 from servecmp.mcq.settings import BaselineCheck, StoredBaseline
@@ -106,21 +107,7 @@ def stored_api(stored: McqManifest) -> str:
 
 def age(stored: McqManifest, now: datetime | None = None) -> str:
     """How old the stored baseline is, in words: "made 2026-12-01T10:00:00Z, 3 days ago"."""
-    when = stored.finished_at or stored.started_at
-    try:
-        t = datetime.fromisoformat(when.replace("Z", "+00:00"))
-    except ValueError:
-        return f"made {when}"
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    secs = max(0.0, ((now or datetime.now(UTC)) - t).total_seconds())
-    if secs < 3600:
-        ago = f"{secs / 60:.0f} minutes ago"
-    elif secs < 86400 * 2:
-        ago = f"{secs / 3600:.0f} hours ago"
-    else:
-        ago = f"{secs / 86400:.0f} days ago"
-    return f"made {when}, {ago}"
+    return runstore.age(stored.finished_at or stored.started_at, now)
 
 
 def join_records(stored: Sequence[McqRecord], items: Sequence[McqItem], run_dir: Path) -> int:
