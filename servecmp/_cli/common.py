@@ -25,7 +25,8 @@ Meaning, across commands:
 
 from __future__ import annotations
 
-import json
+import inspect
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -33,9 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
-    from servecmp.gates import Gate as GateRule
+    from servecmp.finish import Output
 
 Baseline = Annotated[str | None, typer.Option("--baseline", help="Baseline endpoint URL (http://host:port[/v1]).")]
 Candidate = Annotated[str | None, typer.Option("--candidate", help="Candidate endpoint URL.")]
@@ -160,18 +159,73 @@ TopK = Annotated[
 ]
 
 
-def print_and_decide(kind: str, summary: Any, gates: Sequence[GateRule], *, as_json: bool, render: Callable[[], None],
-                     console: Console, summary_md: Path | None, candidate: str | None, title: str) -> int:
-    """The end of a one-candidate report (MT-Bench, shadow): the summary as JSON on stdout (with a
-    ``verdict`` key when gates apply) or ``render()``; then the verdict block on ``console`` and the
-    Markdown. Returns the verdict's exit code, 0 without gates and --summary-md."""
-    from servecmp.verdicts import emit_verdict, verdict_for, wants_verdict, with_verdict
+# --- groups: each command's signature is assembled from these (`with_options`) ---------------------
 
-    verdict = verdict_for(kind, summary, gates, candidate=candidate) if wants_verdict(gates, summary_md) else None
-    if as_json:
-        typer.echo(json.dumps(with_verdict(summary.model_dump(mode="json"), verdict), indent=2, ensure_ascii=False))
-    else:
-        render()
-    if verdict is None:
-        return 0
-    return emit_verdict(verdict, console=console, summary_md=summary_md, title=title)
+#: Where a command's own parameters stand among the groups of `with_options` (default: first).
+OWN = object()
+
+
+def flag(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
+    """A command parameter whose name is not its option's (``as_json`` for ``--json``)."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def _param(item: Any) -> inspect.Parameter:
+    """A typer parameter from an ``Annotated[T, typer.Option("--some-flag", ...)]`` alias: named
+    ``some_flag``; default None ("not given"), or False for a plain switch (``bool``, no None)."""
+    if isinstance(item, inspect.Parameter):
+        return item
+    base, info = typing.get_args(item)[:2]
+    first = info.default if isinstance(info.default, str) else ""
+    if not first.startswith("--"):
+        raise TypeError(f"{item}: give a parameter name with flag(NAME, ...)")
+    name = first.split("/", 1)[0][2:].replace("-", "_")
+    return flag(name, item, False if base is bool else None)
+
+
+def _flatten(parts: Sequence[Any]) -> list[Any]:
+    out: list[Any] = []
+    for part in parts:
+        out.extend(_flatten(part) if isinstance(part, tuple | list) else [part])
+    return out
+
+
+def with_options(*parts: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command the flags of ``parts`` (groups: tuples of option aliases or `flag`s, nested
+    as needed), in that order, around its own parameters (at `OWN`, else first). The function takes
+    them as keywords (``**flags``). Typer reads a command's flags from ``inspect.signature`` and
+    ``typing.get_type_hints``, so both are rewritten: --help lists the flags in this order."""
+
+    def apply(func: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(func, eval_str=True)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        items = _flatten(parts)
+        if OWN not in items:
+            items.insert(0, OWN)
+        params: list[inspect.Parameter] = []
+        for item in items:
+            params.extend(own if item is OWN else [_param(item)])
+        names = [p.name for p in params]
+        if len(set(names)) < len(names):
+            raise TypeError(f"{func.__name__}: a flag given twice ({names})")
+        func.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        func.__annotations__ = {**{p.name: p.annotation for p in params}, "return": sig.return_annotation}
+        return func
+
+    return apply
+
+
+def output(flags: dict[str, Any], *, title: str, show: int | None = None) -> Output:
+    """The output flags as the finish step reads them (`show` replaces --show's value when given)."""
+    from servecmp.finish import Output
+
+    return Output(as_json=flags["as_json"], show=flags["show"] if show is None else show, html=flags["html"],
+                  summary_md=flags["summary_md"], title=title)
+
+
+ENDPOINTS = (Baseline, Candidates, BaselineModel, CandidateModels, BaselineKeyEnv, CandidateKeyEnvs, CandidateNames)
+NOISE_FLOOR = (Secondary, SecondaryModel, SecondaryKeyEnv, NoiseFloor)
+PACING = (Concurrency, MaxConcurrency, Rps, Timeout, Retries)
+#: What a run prints, writes and decides (`servecmp.finish.Output` and the gates).
+OUTPUT = (Gate, SummaryMd, Html, flag("as_json", Json, False), Show)

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 
 from servecmp._cli import common as opt
-
-if TYPE_CHECKING:
-
-    pass
 
 Task = Annotated[str | None, typer.Option("--task", help="gsm8k (lm-eval's 5-shot layout), humaneval (needs "
                                                          "--allow-code-execution) or jsonl:PATH (your own "
@@ -51,49 +47,16 @@ FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
                            "endpoint is called.")]
 
 
+#: The flags of `servecmp gen`, in --help order.
+FLAGS = (opt.ENDPOINTS, opt.NOISE_FLOOR, Task, DataDir, Source, Fewshot, opt.Limit, Sample, Seed, ApiOpt, MaxTokens,
+         Samples, Temperature, opt.TopK, TeacherForcing, opt.PACING, opt.RunsDir, Resume, opt.OWN, AllowCode,
+         opt.OUTPUT, opt.ConfigFile)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
-    def gen(
-        baseline: opt.Baseline = None,
-        candidate: opt.Candidates = None,
-        baseline_model: opt.BaselineModel = None,
-        candidate_model: opt.CandidateModels = None,
-        baseline_key_env: opt.BaselineKeyEnv = None,
-        candidate_key_env: opt.CandidateKeyEnvs = None,
-        candidate_name: opt.CandidateNames = None,
-        secondary: opt.Secondary = None,
-        secondary_model: opt.SecondaryModel = None,
-        secondary_key_env: opt.SecondaryKeyEnv = None,
-        noise_floor: opt.NoiseFloor = None,
-        task: Task = None,
-        data_dir: DataDir = None,
-        source: Source = None,
-        fewshot: Fewshot = None,
-        limit: opt.Limit = None,
-        sample: Sample = None,
-        seed: Seed = None,
-        api: ApiOpt = None,
-        max_tokens: MaxTokens = None,
-        samples: Samples = None,
-        temperature: Temperature = None,
-        top_k: opt.TopK = None,
-        teacher_forcing: TeacherForcing = None,
-        concurrency: opt.Concurrency = None,
-        max_concurrency: opt.MaxConcurrency = None,
-        rps: opt.Rps = None,
-        timeout: opt.Timeout = None,
-        retries: opt.Retries = None,
-        runs_dir: opt.RunsDir = None,
-        resume: Resume = None,
-        from_lm_eval: FromLmEval = None,
-        allow_code_execution: AllowCode = False,
-        gate: opt.Gate = None,
-        summary_md: opt.SummaryMd = None,
-        html: opt.Html = None,
-        as_json: opt.Json = False,
-        show: opt.Show = None,
-        config: opt.ConfigFile = None,
-    ) -> None:
+    @opt.with_options(*FLAGS)
+    def gen(from_lm_eval: FromLmEval = None, **flags: Any) -> None:
         """Compare generated answers (GSM8K, your own verifiable tasks): accuracy under lm-eval's extractions,
         flips with McNemar, where the outputs part, length ratio and teacher-forced KL."""
         import sys
@@ -103,21 +66,12 @@ def register(app: typer.Typer) -> None:
         from servecmp.gen.settings import GenOptions
         from servecmp.verdicts import resolve_gates
 
-        opts = GenOptions(
-            baseline=baseline, candidate=candidate or None, baseline_model=baseline_model,
-            candidate_model=candidate_model or None, baseline_key_env=baseline_key_env,
-            candidate_key_env=candidate_key_env or None, candidate_name=candidate_name or None,
-            secondary=secondary, secondary_model=secondary_model, secondary_key_env=secondary_key_env,
-            noise_floor=noise_floor, task=task, data_dir=data_dir, source=source, fewshot=fewshot, limit=limit,
-            sample=sample, seed=seed, api=api, max_tokens=max_tokens, samples=samples, temperature=temperature,
-            top_k=top_k, teacher_forcing=teacher_forcing, concurrency=concurrency, max_concurrency=max_concurrency,
-            rps=rps, timeout=timeout, retries=retries, runs_dir=runs_dir, resume=resume, config=config,
-            allow_code_execution=allow_code_execution or None,
-        )
-        console = Console(stderr=as_json)
-        from servecmp.finish import Output, check_outputs, finish
+        opts = GenOptions.from_flags(flags)
+        resume, gate, show, allow_code = opts.resume, flags["gate"], flags["show"], bool(opts.allow_code_execution)
+        console = Console(stderr=flags["as_json"])
+        from servecmp.finish import check_outputs, finish
 
-        out = Output(as_json=as_json, show=show, html=html, summary_md=summary_md, title="servecmp gen gates")
+        out = opt.output(flags, title="servecmp gen gates")
         check_outputs(out)  # before the run, not after it
         run_dir: Path | None
         if from_lm_eval is not None:
@@ -137,17 +91,17 @@ def register(app: typer.Typer) -> None:
                 manifest = resumed_manifest(opts)
                 gates = resolve_gates("gen", gate, None)
                 result = run_blocking(manifest, None, console, resume=resume, is_tty=console.is_terminal,
-                                      allow_code=allow_code_execution)
+                                      allow_code=allow_code)
             else:
                 from servecmp.config import load_config
                 from servecmp.gen.settings import new_manifest
 
-                cfg = load_config(config)
+                cfg = load_config(opts.config)
                 gates = resolve_gates("gen", gate, cfg)
                 manifest, items = new_manifest(opts, cfg)
-                root = runs_dir if runs_dir is not None else Path(cfg.gen.runs_dir)
+                root = opts.runs_dir if opts.runs_dir is not None else Path(cfg.gen.runs_dir)
                 result = run_blocking(manifest, items, console, runs_root=root, is_tty=console.is_terminal,
-                                      allow_code=allow_code_execution)
+                                      allow_code=allow_code)
                 show = cfg.gen.show if show is None else show
             summary, run_dir = result.summary, result.run_dir
             show_n = 10 if show is None else show

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -114,83 +114,37 @@ def stored_opts(opts: McqOptions) -> tuple[McqOptions, bool]:
     return opts, live
 
 
+#: The flags of `servecmp mcq`, in --help order.
+FLAGS = (opt.ENDPOINTS, opt.NOISE_FLOOR, Task, DataDir, Source, Fewshot, FewshotFile, opt.Limit, Sample, Seed,
+         opt.TopK, opt.Api, opt.PACING, opt.RunsDir, Resume, opt.OWN, opt.OUTPUT, opt.ConfigFile, UntilDecided,
+         Batch, Budget, BaselineRun, BaselineCheck, BaselineOnly)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
-    def mcq(
-        baseline: opt.Baseline = None,
-        candidate: opt.Candidates = None,
-        baseline_model: opt.BaselineModel = None,
-        candidate_model: opt.CandidateModels = None,
-        baseline_key_env: opt.BaselineKeyEnv = None,
-        candidate_key_env: opt.CandidateKeyEnvs = None,
-        candidate_name: opt.CandidateNames = None,
-        secondary: opt.Secondary = None,
-        secondary_model: opt.SecondaryModel = None,
-        secondary_key_env: opt.SecondaryKeyEnv = None,
-        noise_floor: opt.NoiseFloor = None,
-        task: Task = None,
-        data_dir: DataDir = None,
-        source: Source = None,
-        fewshot: Fewshot = None,
-        fewshot_file: FewshotFile = None,
-        limit: opt.Limit = None,
-        sample: Sample = None,
-        seed: Seed = None,
-        top_k: opt.TopK = None,
-        api: opt.Api = None,
-        concurrency: opt.Concurrency = None,
-        max_concurrency: opt.MaxConcurrency = None,
-        rps: opt.Rps = None,
-        timeout: opt.Timeout = None,
-        retries: opt.Retries = None,
-        runs_dir: opt.RunsDir = None,
-        resume: Resume = None,
-        from_lm_eval: FromLmEval = None,
-        gate: opt.Gate = None,
-        summary_md: opt.SummaryMd = None,
-        html: opt.Html = None,
-        as_json: opt.Json = False,
-        show: opt.Show = None,
-        config: opt.ConfigFile = None,
-        until_decided: UntilDecided = None,
-        batch: Batch = None,
-        budget: Budget = None,
-        baseline_run: BaselineRun = None,
-        baseline_check: BaselineCheck = None,
-        baseline_only: BaselineOnly = None,
-    ) -> None:
+    @opt.with_options(*FLAGS)
+    def mcq(from_lm_eval: FromLmEval = None, **flags: Any) -> None:
         """Compare a baseline with one or several candidates on a multiple-choice task: accuracy, flips,
         KL divergence, top margin; with --secondary / --noise-floor, each endpoint against itself."""
         from rich.console import Console
 
         from servecmp.mcq.settings import McqOptions
 
-        opts = McqOptions(
-            baseline=baseline, candidate=candidate or None, baseline_model=baseline_model,
-            candidate_model=candidate_model or None, baseline_key_env=baseline_key_env,
-            candidate_key_env=candidate_key_env or None, candidate_name=candidate_name or None,
-            secondary=secondary, secondary_model=secondary_model, secondary_key_env=secondary_key_env,
-            noise_floor=noise_floor, task=task, data_dir=data_dir, source=source, fewshot=fewshot,
-            fewshot_file=fewshot_file, limit=limit, sample=sample, seed=seed, top_k=top_k, api=api,
-            concurrency=concurrency, max_concurrency=max_concurrency, rps=rps, timeout=timeout, retries=retries,
-            runs_dir=runs_dir,
-            resume=resume, config=config, until_decided=until_decided or None, batch=batch, budget=budget,
-            baseline_run=baseline_run, baseline_check=baseline_check, baseline_only=baseline_only or None,
-        )
+        opts = McqOptions.from_flags(flags)
+        resume, gate, html, as_json, seed = opts.resume, flags["gate"], flags["html"], flags["as_json"], opts.seed
         # Progress and messages go to stderr with --json, so stdout is only the JSON object.
         console = Console(stderr=as_json)
-        from servecmp.finish import Output, check_outputs, finish
+        from servecmp.finish import check_outputs, finish
         from servecmp.verdicts import resolve_gates
 
-        out = Output(as_json=as_json, show=show, html=html, summary_md=summary_md, title="servecmp mcq gates")
+        out = opt.output(flags, title="servecmp mcq gates")
         check_outputs(out)  # before the run, not after an hour of it
 
         if from_lm_eval is not None:
             from servecmp.mcq.summary import summarize_lmeval
             from servecmp.mcq.view import McqView
 
-            given = [f"--{name.replace('_', '-')}" for name, value in vars(opts).items()
-                     if value is not None and name != "seed"]
+            given = [f for f in opts.given() if f != "--seed"]
             if given:
                 raise UserError(f"--from-lm-eval reads two sample logs and calls no endpoint; "
                                 f"{', '.join(given)} do not apply to it (only {', '.join(_LMEVAL_FLAGS)} do)")
@@ -222,15 +176,15 @@ def register(app: typer.Typer) -> None:
             else:
                 from servecmp.config import load_config
 
-                cfg = load_config(config)
+                cfg = load_config(opts.config)
                 gates = resolve_gates("mcq", gate, cfg)
                 opts, live = stored_opts(opts)
                 settings = new_settings(opts, cfg)
-                if baseline_run is not None:
-                    settings.baseline_run, settings.live_baseline = baseline_run, live
-                    settings.baseline_check = baseline_check or settings.baseline_check
-                settings.baseline_only = bool(baseline_only)
-                if until_decided or batch is not None or budget is not None:
+                if opts.baseline_run is not None:
+                    settings.baseline_run, settings.live_baseline = opts.baseline_run, live
+                    settings.baseline_check = opts.baseline_check or settings.baseline_check
+                settings.baseline_only = bool(opts.baseline_only)
+                if opts.until_decided or opts.batch is not None or opts.budget is not None:
                     settings.until_decided = sequential_plan(opts, gates, settings.secondary is not None)
                 result = run_mcq(settings, console)
             if result.comparison is None:
