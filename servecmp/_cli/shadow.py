@@ -160,9 +160,10 @@ def _endpoint_flags(flags: dict[str, Any]) -> dict[str, Any]:
 
 def _prepare(flags: dict[str, Any], *, exposed: str) -> tuple[Console, ShadowEndpoints, ShadowConfig]:
     """What `shadow serve` and `shadow collect` share before their app is built, from the command's
-    flags: the stderr console, the endpoints and the settings (servecmp.toml
-    overridden by flags; old flag names read with their note), a warning when listening beyond
-    loopback (`exposed` says what that exposes), and logging to stderr."""
+    flags: the stderr console, the endpoints and the settings (servecmp.toml overridden by flags;
+    old flag names read with their note), a warning when listening beyond loopback (`exposed` says
+    what that exposes), and logging to stderr."""
+    endpoint_flags = _endpoint_flags(flags)  # first: its note comes before the settings' ones
     settings_flags = {field: flags[flag] for flag, field in _SETTINGS_FLAGS.items()}
     settings_flags["queue_size"] = renamed("--queue-size", flags["queue_size"], "--max-queued", flags["max_queued"])
     settings_flags["mirror_concurrency"] = renamed("--mirror-concurrency", flags["mirror_concurrency"],
@@ -177,7 +178,7 @@ def _prepare(flags: dict[str, Any], *, exposed: str) -> tuple[Console, ShadowEnd
 
     err_console = Console(stderr=True)
     file_cfg = load_config(flags["config"])
-    endpoints = _endpoints(file_cfg, **_endpoint_flags(flags))
+    endpoints = _endpoints(file_cfg, **endpoint_flags)
     cfg = _shadow_settings(file_cfg, mirror_process=mirror_process, **settings_flags)
     if not _is_loopback(cfg.host):
         err_console.print(f"[yellow]{exposed.format(host=cfg.host)}[/]")
