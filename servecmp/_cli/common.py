@@ -36,48 +36,52 @@ import typer
 if TYPE_CHECKING:
     from servecmp.finish import Output
 
-Baseline = Annotated[str | None, typer.Option("--baseline", help="Baseline endpoint URL (http://host:port[/v1]).")]
-Candidate = Annotated[str | None, typer.Option("--candidate", help="Candidate endpoint URL.")]
-Secondary = Annotated[
-    str | None, typer.Option("--secondary", help="A second replica of the baseline: measures the noise floor.")
-]
-BaselineModel = Annotated[str | None, typer.Option("--baseline-model", help="Model name at the baseline.")]
-CandidateModel = Annotated[str | None, typer.Option("--candidate-model", help="Model name at the candidate.")]
-SecondaryModel = Annotated[str | None, typer.Option("--secondary-model", help="Model name at the secondary.")]
-BaselineKeyEnv = Annotated[
-    str | None, typer.Option("--baseline-key-env", help="Name of the env var holding the baseline's API key.")
-]
-CandidateKeyEnv = Annotated[
-    str | None, typer.Option("--candidate-key-env", help="Name of the env var holding the candidate's API key.")
-]
-SecondaryKeyEnv = Annotated[
-    str | None, typer.Option("--secondary-key-env", help="Name of the env var holding the secondary's API key.")
-]
 
-#: Several candidates against one baseline (`servecmp mcq`): repeatable, matched by position.
-Candidates = Annotated[list[str] | None, typer.Option(
-    "--candidate", metavar="URL",
-    help="Candidate endpoint URL; repeat for several candidates against one baseline.")]
-CandidateModels = Annotated[list[str] | None, typer.Option(
-    "--candidate-model", metavar="MODEL",
-    help="Model name at the candidate (repeat: one per --candidate, by position).")]
-CandidateKeyEnvs = Annotated[list[str] | None, typer.Option(
-    "--candidate-key-env", metavar="VAR",
-    help="Name of the env var holding the candidate's API key (repeat: one per --candidate, by position).")]
-CandidateNames = Annotated[list[str] | None, typer.Option(
-    "--candidate-name", metavar="NAME",
-    help="The candidate's name in the report (repeat: one per --candidate; default: \"candidate\" for one, "
-         "else the served model name).")]
-NoiseFloor = Annotated[int | None, typer.Option(
-    "--noise-floor", min=1, metavar="N",
-    help="After the main pass, ask every endpoint a seeded sample of N items again (another order and "
-         "concurrency): each endpoint's own noise floor.")]
 
+def option(decls: str | tuple[str, ...], kind: Any, help: str, **settings: Any) -> Any:
+    """A flag that may be left out: ``Annotated[kind | None, typer.Option(decls, ...)]``, its value
+    None when not given (the first of ``decls`` names the parameter: `with_options`)."""
+    names = (decls,) if isinstance(decls, str) else decls
+    return Annotated[kind | None, typer.Option(*names, help=help, **settings)]
+
+
+def switch(decls: str | tuple[str, ...], help: str) -> Any:
+    """An on/off flag with no "not given" state: ``Annotated[bool, ...]``, off unless given."""
+    names = (decls,) if isinstance(decls, str) else decls
+    return Annotated[bool, typer.Option(*names, help=help)]
+
+
+Baseline = option("--baseline", str, "Baseline endpoint URL (http://host:port[/v1]).")
+Candidate = option("--candidate", str, "Candidate endpoint URL.")
+Secondary = option("--secondary", str, "A second replica of the baseline: measures the noise floor.")
+BaselineModel = option("--baseline-model", str, "Model name at the baseline.")
+CandidateModel = option("--candidate-model", str, "Model name at the candidate.")
+SecondaryModel = option("--secondary-model", str, "Model name at the secondary.")
+BaselineKeyEnv = option("--baseline-key-env", str, "Name of the env var holding the baseline's API key.")
+CandidateKeyEnv = option("--candidate-key-env", str, "Name of the env var holding the candidate's API key.")
+SecondaryKeyEnv = option("--secondary-key-env", str, "Name of the env var holding the secondary's API key.")
+
+#: Several candidates against one baseline (`servecmp mcq`, `gen`, `mtbench`): repeatable, matched by position.
+Candidates = option("--candidate", list[str], "Candidate endpoint URL; repeat for several candidates against one "
+                    "baseline.", metavar="URL")
+CandidateModels = option("--candidate-model", list[str], "Model name at the candidate (repeat: one per --candidate, "
+                         "by position).", metavar="MODEL")
+CandidateKeyEnvs = option("--candidate-key-env", list[str], "Name of the env var holding the candidate's API key "
+                          "(repeat: one per --candidate, by position).", metavar="VAR")
+CandidateNames = option("--candidate-name", list[str], "The candidate's name in the report (repeat: one per "
+                        "--candidate; default: \"candidate\" for one, else the served model name).", metavar="NAME")
+NoiseFloor = option("--noise-floor", int, "After the main pass, ask every endpoint a seeded sample of N items again "
+                    "(another order and concurrency): each endpoint's own noise floor.", min=1, metavar="N")
 
 
 def legacy_option(old: str, new: str) -> Any:
     """A flag's old name, kept for one release and hidden from --help; read it through `renamed`."""
     return typer.Option(old, hidden=True, help=f"Old name of {new}.")
+
+
+def legacy(old: str, new: str, kind: Any, **settings: Any) -> Any:
+    """`option` for an old name (`legacy_option`): None when not given."""
+    return Annotated[kind | None, typer.Option(old, hidden=True, help=f"Old name of {new}.", **settings)]
 
 
 def deprecated(old: str, new: str) -> None:
@@ -109,54 +113,35 @@ def parse_concurrency(value: str | int) -> int | str:
 
 
 # Typed `str | None` for typer; the value is "auto" or an int (`parse_concurrency`).
-Concurrency = Annotated[str | None, typer.Option(
-    "--concurrency", parser=parse_concurrency, metavar="auto|N",
-    help="Requests in flight per endpoint: auto (mcq's default: raised while throughput grows at a steady "
-         "latency, lowered on 429/503/timeouts or queueing) or a fixed number.")]
-MaxConcurrency = Annotated[int | None, typer.Option(
-    "--max-concurrency", min=1, metavar="N",
-    help="With --concurrency auto: never more than N in flight (default 256).")]
-Rps = Annotated[float | None, typer.Option("--rps", min=0.0, help="Requests per second per endpoint, at most.")]
-Timeout = Annotated[float | None, typer.Option("--timeout", min=0.0, help="Per-request timeout, seconds.")]
-Retries = Annotated[
-    int | None, typer.Option("--retries", min=0, help="Retries on 429/5xx/timeouts/dropped connections.")
-]
+Concurrency = option("--concurrency", str, "Requests in flight per endpoint: auto (mcq's default: raised while "
+                     "throughput grows at a steady latency, lowered on 429/503/timeouts or queueing) or a fixed "
+                     "number.", parser=parse_concurrency, metavar="auto|N")
+MaxConcurrency = option("--max-concurrency", int, "With --concurrency auto: never more than N in flight "
+                        "(default 256).", min=1, metavar="N")
+Rps = option("--rps", float, "Requests per second per endpoint, at most.", min=0.0)
+Timeout = option("--timeout", float, "Per-request timeout, seconds.", min=0.0)
+Retries = option("--retries", int, "Retries on 429/5xx/timeouts/dropped connections.", min=0)
 
-Limit = Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N, in file order.")]
-Show = Annotated[int | None, typer.Option(
-    "--show", min=0, metavar="N",
-    help="How many rows of the report's worst list to show: MCQ subjects (most flips first), MT-Bench questions "
-         "(largest drops), generated-answer items (flipped first), shadow requests (most diverging).")]
-Json = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")]
-ConfigFile = Annotated[
-    Path | None, typer.Option("--config", "-c", help="servecmp.toml (default: ./servecmp.toml when it exists).")
-]
-RunsDir = Annotated[Path | None, typer.Option("--runs-dir", help="Where run directories are created.")]
-Resume = Annotated[Path | None, typer.Option("--resume", help="Finish an interrupted run (its RUN_DIR).")]
-Gate = Annotated[
-    list[str] | None,
-    typer.Option("--gate", metavar="EXPR",
-                 help="A rule METRIC<=VALUE or METRIC>=VALUE (e.g. 'flips<=5%'), decided on the 95% interval; "
-                      "repeatable; replaces [gate] in servecmp.toml. Exit 0 pass, 1 fail, 4 inconclusive."),
-]
-SummaryMd = Annotated[
-    Path | None,
-    typer.Option("--summary-md", metavar="FILE",
-                 help="Append the verdict as Markdown to FILE (e.g. \"$GITHUB_STEP_SUMMARY\")."),
-]
-Html = Annotated[
-    Path | None,
-    typer.Option("--html", metavar="FILE",
-                 help="Also write the report as one self-contained HTML file (opens offline, plots embedded)."),
-]
-Api = Annotated[str | None, typer.Option(
-    "--api", metavar="auto|completions|chat",
-    help="How letter items (MMLU) are asked: completions (top-k at the answer position), chat (the exemplars "
-         "as prior turns, top_logprobs of the first token; for chat-only endpoints), or auto (completions where "
-         "every endpoint has it, else chat). Continuation tasks need completions.")]
-TopK = Annotated[
-    int | None, typer.Option("--top-k", min=1, help="Top-k logprobs per request (vLLM: <= its --max-logprobs).")
-]
+Limit = option("--limit", int, "Only the first N, in file order.", min=1)
+Show = option("--show", int, "How many rows of the report's worst list to show: MCQ subjects (most flips first), "
+              "MT-Bench questions (largest drops), generated-answer items (flipped first), shadow requests (most "
+              "diverging).", min=0, metavar="N")
+Json = switch("--json", "Print the summary as one JSON object on stdout.")
+ConfigFile = option(("--config", "-c"), Path, "servecmp.toml (default: ./servecmp.toml when it exists).")
+RunsDir = option("--runs-dir", Path, "Where run directories are created.")
+Resume = option("--resume", Path, "Finish an interrupted run (its RUN_DIR).")
+Gate = option("--gate", list[str], "A rule METRIC<=VALUE or METRIC>=VALUE (e.g. 'flips<=5%'), decided on the 95% "
+              "interval; repeatable; replaces [gate] in servecmp.toml. Exit 0 pass, 1 fail, 4 inconclusive.",
+              metavar="EXPR")
+SummaryMd = option("--summary-md", Path, "Append the verdict as Markdown to FILE (e.g. \"$GITHUB_STEP_SUMMARY\").",
+                   metavar="FILE")
+Html = option("--html", Path, "Also write the report as one self-contained HTML file (opens offline, plots "
+              "embedded).", metavar="FILE")
+Api = option("--api", str, "How letter items (MMLU) are asked: completions (top-k at the answer position), chat (the "
+             "exemplars as prior turns, top_logprobs of the first token; for chat-only endpoints), or auto "
+             "(completions where every endpoint has it, else chat). Continuation tasks need completions.",
+             metavar="auto|completions|chat")
+TopK = option("--top-k", int, "Top-k logprobs per request (vLLM: <= its --max-logprobs).", min=1)
 
 
 # --- groups: each command's signature is assembled from these (`with_options`) ---------------------

@@ -8,55 +8,48 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
 from servecmp._cli import common as opt
 
-Task = Annotated[str | None, typer.Option("--task", help="gsm8k (lm-eval's 5-shot layout), humaneval (needs "
-                                                         "--allow-code-execution) or jsonl:PATH (your own "
-                                                         "verifiable tasks; see the README).")]
-DataDir = Annotated[str | None, typer.Option(
-    "--data-dir", help="GSM8K's train.jsonl/test.jsonl (or a local copy of the hub dataset); default: the "
-                       "vendored 100-item sample.")]
-Source = Annotated[str | None, typer.Option("--source", help="gsm8k: sample, dir or hf (openai/gsm8k from the hub).")]
-Fewshot = Annotated[int | None, typer.Option("--fewshot", min=0, help="GSM8K exemplars per prompt (default 5).")]
-Sample = Annotated[int | None, typer.Option("--sample", min=1, help="A seeded random sample of N items (see --seed).")]
-Seed = Annotated[int | None, typer.Option("--seed", help="Seed of --sample, --noise-floor and of sampled requests.")]
-ApiOpt = Annotated[str | None, typer.Option(
-    "--api", metavar="auto|completions|chat",
-    help="How items are asked: completions (lm-eval's prompt), chat (exemplars as prior turns; for chat-only "
-         "endpoints), or auto (completions where every endpoint has it, else chat).")]
-MaxTokens = Annotated[int | None, typer.Option("--max-tokens", min=1, help="New tokens per answer (default 256).")]
-Samples = Annotated[int | None, typer.Option(
-    "--samples", min=1, help="Completions per item and endpoint, in one request (n); needs --temperature > 0.")]
-Temperature = Annotated[float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature (default 0).")]
-TeacherForcing = Annotated[bool | None, typer.Option(
-    "--teacher-forcing/--no-teacher-forcing",
-    help="Score each candidate along the baseline's greedy answer (vLLM prompt_logprobs; default on).")]
-Resume = Annotated[Path | None, typer.Option(
-    "--resume", help="Finish an interrupted run (its RUN_DIR); only pacing (--concurrency, --max-concurrency, "
-                     "--rps, --timeout, --retries) and presentation flags apply.")]
-AllowCode = Annotated[bool, typer.Option(
-    "--allow-code-execution",
-    help="Let code tasks (humaneval) run model-written programs, each in its own process with CPU, memory, "
-         "time and process limits (see the README for what that does not protect against).")]
-FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
-    "--from-lm-eval", help="Compare two lm-eval gsm8k --log_samples JSONL files (baseline, candidate); no "
-                           "endpoint is called.")]
+Task = opt.option("--task", str, "gsm8k (lm-eval's 5-shot layout), humaneval (needs --allow-code-execution) or "
+                  "jsonl:PATH (your own verifiable tasks; see the README).")
+DataDir = opt.option("--data-dir", str, "GSM8K's train.jsonl/test.jsonl (or a local copy of the hub dataset); "
+                     "default: the vendored 100-item sample.")
+Source = opt.option("--source", str, "gsm8k: sample, dir or hf (openai/gsm8k from the hub).")
+Fewshot = opt.option("--fewshot", int, "GSM8K exemplars per prompt (default 5).", min=0)
+Sample = opt.option("--sample", int, "A seeded random sample of N items (see --seed).", min=1)
+Seed = opt.option("--seed", int, "Seed of --sample, --noise-floor and of sampled requests.")
+Api = opt.option("--api", str, "How items are asked: completions (lm-eval's prompt), chat (exemplars as prior turns; "
+                 "for chat-only endpoints), or auto (completions where every endpoint has it, else chat).",
+                 metavar="auto|completions|chat")
+MaxTokens = opt.option("--max-tokens", int, "New tokens per answer (default 256).", min=1)
+Samples = opt.option("--samples", int, "Completions per item and endpoint, in one request (n); needs --temperature "
+                     "> 0.", min=1)
+Temperature = opt.option("--temperature", float, "Sampling temperature (default 0).", min=0.0)
+TeacherForcing = opt.option("--teacher-forcing/--no-teacher-forcing", bool, "Score each candidate along the "
+                            "baseline's greedy answer (vLLM prompt_logprobs; default on).")
+Resume = opt.option("--resume", Path, "Finish an interrupted run (its RUN_DIR); only pacing (--concurrency, "
+                    "--max-concurrency, --rps, --timeout, --retries) and presentation flags apply.")
+AllowCode = opt.switch("--allow-code-execution", "Let code tasks (humaneval) run model-written programs, each in its "
+                       "own process with CPU, memory, time and process limits (see the README for what that does not "
+                       "protect against).")
+FromLmEval = opt.option("--from-lm-eval", tuple[Path, Path], "Compare two lm-eval gsm8k --log_samples JSONL files "
+                        "(baseline, candidate); no endpoint is called.")
 
 
 #: The flags of `servecmp gen`, in --help order.
-FLAGS = (opt.ENDPOINTS, opt.NOISE_FLOOR, Task, DataDir, Source, Fewshot, opt.Limit, Sample, Seed, ApiOpt, MaxTokens,
-         Samples, Temperature, opt.TopK, TeacherForcing, opt.PACING, opt.RunsDir, Resume, opt.OWN, AllowCode,
+FLAGS = (opt.ENDPOINTS, opt.NOISE_FLOOR, Task, DataDir, Source, Fewshot, opt.Limit, Sample, Seed, Api, MaxTokens,
+         Samples, Temperature, opt.TopK, TeacherForcing, opt.PACING, opt.RunsDir, Resume, FromLmEval, AllowCode,
          opt.OUTPUT, opt.ConfigFile)
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     @opt.with_options(*FLAGS)
-    def gen(from_lm_eval: FromLmEval = None, **flags: Any) -> None:
+    def gen(**flags: Any) -> None:
         """Compare generated answers (GSM8K, your own verifiable tasks): accuracy under lm-eval's extractions,
         flips with McNemar, where the outputs part, length ratio and teacher-forced KL."""
         import sys
@@ -68,6 +61,7 @@ def register(app: typer.Typer) -> None:
 
         opts = GenOptions.from_flags(flags)
         resume, gate, show, allow_code = opts.resume, flags["gate"], flags["show"], bool(opts.allow_code_execution)
+        from_lm_eval = flags["from_lm_eval"]
         console = Console(stderr=flags["as_json"])
         from servecmp.finish import check_outputs, finish
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -29,44 +29,34 @@ RESUME_HELP = (
     "given: the run's own). These apply: --concurrency, --max-concurrency, --rps, --timeout, --retries, --json, "
     "--show, --gate, --summary-md."
 )
-Resume = Annotated[Path | None, typer.Option("--resume", help=RESUME_HELP)]
+Resume = opt.option("--resume", Path, RESUME_HELP)
 
-Task = Annotated[str | None, typer.Option(
-    "--task", help="mmlu, mmlu-sample, arc_easy, arc_challenge, hellaswag, piqa, winogrande, or jsonl:PATH.")]
-DataDir = Annotated[str | None, typer.Option(
-    "--data-dir", help="MMLU in its CSV layout (dev/, test/), or a local copy of a Hugging Face dataset.")]
-Source = Annotated[str | None, typer.Option(
-    "--source", help="Where MMLU comes from: csv (--data-dir), sample (vendored), hf (cais/mmlu: the hub, or "
-                     "a local copy in --data-dir).")]
-Fewshot = Annotated[int | None, typer.Option(
-    "--fewshot", min=0, help="Exemplars per prompt: MMLU's first N dev rows (default 5), or the first N rows "
-                             "of --fewshot-file.")]
-FewshotFile = Annotated[str | None, typer.Option(
-    "--fewshot-file", help="jsonl:PATH tasks: a file of exemplars in the same format.")]
-Sample = Annotated[int | None, typer.Option(
-    "--sample", min=1, help="Score a seeded random sample of N items (see --seed).")]
-Seed = Annotated[int | None, typer.Option("--seed", help="Seed of --sample and of the bootstrap intervals.")]
-FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
-    "--from-lm-eval", help="Compare two lm-eval --log_samples JSONL files (baseline, candidate); "
-                           "no endpoint is called.")]
+Task = opt.option("--task", str, "mmlu, mmlu-sample, arc_easy, arc_challenge, hellaswag, piqa, winogrande, or "
+                  "jsonl:PATH.")
+DataDir = opt.option("--data-dir", str, "MMLU in its CSV layout (dev/, test/), or a local copy of a Hugging Face "
+                     "dataset.")
+Source = opt.option("--source", str, "Where MMLU comes from: csv (--data-dir), sample (vendored), hf (cais/mmlu: the "
+                    "hub, or a local copy in --data-dir).")
+Fewshot = opt.option("--fewshot", int, "Exemplars per prompt: MMLU's first N dev rows (default 5), or the first N "
+                     "rows of --fewshot-file.", min=0)
+FewshotFile = opt.option("--fewshot-file", str, "jsonl:PATH tasks: a file of exemplars in the same format.")
+Sample = opt.option("--sample", int, "Score a seeded random sample of N items (see --seed).", min=1)
+Seed = opt.option("--seed", int, "Seed of --sample and of the bootstrap intervals.")
+FromLmEval = opt.option("--from-lm-eval", tuple[Path, Path], "Compare two lm-eval --log_samples JSONL files "
+                        "(baseline, candidate); no endpoint is called.")
 
-UntilDecided = Annotated[bool | None, typer.Option(
-    "--until-decided", help="Score items in a seeded random order, a batch at a time, and stop once every gate of "
-                            "every candidate is decided on anytime-valid intervals (needs --gate).")]
-BaselineRun = Annotated[Path | None, typer.Option(
-    "--baseline-run", metavar="RUN_DIR",
-    help="Join a finished run's stored baseline records instead of asking the baseline: only the candidates "
-         "are asked. Refused when items, prompt format, few-shot, top-k or API differ.")]
-BaselineCheck = Annotated[int | None, typer.Option(
-    "--baseline-check", min=1, metavar="N",
-    help="With --baseline-run and --baseline URL: re-ask N seeded stored items of the live baseline and refuse "
-         "when it no longer reproduces them (default 20).")]
-BaselineOnly = Annotated[bool | None, typer.Option(
-    "--baseline-only", help="Ask only the baseline: a profile for later --baseline-run.")]
-Batch = Annotated[int | None, typer.Option(
-    "--batch", min=1, help="--until-decided: items per look (default 20).")]
-Budget = Annotated[int | None, typer.Option(
-    "--budget", min=1, help="--until-decided: at most N requests per candidate.")]
+UntilDecided = opt.option("--until-decided", bool, "Score items in a seeded random order, a batch at a time, and "
+                          "stop once every gate of every candidate is decided on anytime-valid intervals (needs "
+                          "--gate).")
+BaselineRun = opt.option("--baseline-run", Path, "Join a finished run's stored baseline records instead of asking "
+                         "the baseline: only the candidates are asked. Refused when items, prompt format, few-shot, "
+                         "top-k or API differ.", metavar="RUN_DIR")
+BaselineCheck = opt.option("--baseline-check", int, "With --baseline-run and --baseline URL: re-ask N seeded stored "
+                           "items of the live baseline and refuse when it no longer reproduces them (default 20).",
+                           min=1, metavar="N")
+BaselineOnly = opt.option("--baseline-only", bool, "Ask only the baseline: a profile for later --baseline-run.")
+Batch = opt.option("--batch", int, "--until-decided: items per look (default 20).", min=1)
+Budget = opt.option("--budget", int, "--until-decided: at most N requests per candidate.", min=1)
 
 #: With --from-lm-eval only these change anything; other flags are refused rather than ignored.
 _LMEVAL_FLAGS = ("--seed", "--json", "--show", "--gate", "--summary-md")
@@ -116,14 +106,14 @@ def stored_opts(opts: McqOptions) -> tuple[McqOptions, bool]:
 
 #: The flags of `servecmp mcq`, in --help order.
 FLAGS = (opt.ENDPOINTS, opt.NOISE_FLOOR, Task, DataDir, Source, Fewshot, FewshotFile, opt.Limit, Sample, Seed,
-         opt.TopK, opt.Api, opt.PACING, opt.RunsDir, Resume, opt.OWN, opt.OUTPUT, opt.ConfigFile, UntilDecided,
+         opt.TopK, opt.Api, opt.PACING, opt.RunsDir, Resume, FromLmEval, opt.OUTPUT, opt.ConfigFile, UntilDecided,
          Batch, Budget, BaselineRun, BaselineCheck, BaselineOnly)
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     @opt.with_options(*FLAGS)
-    def mcq(from_lm_eval: FromLmEval = None, **flags: Any) -> None:
+    def mcq(**flags: Any) -> None:
         """Compare a baseline with one or several candidates on a multiple-choice task: accuracy, flips,
         KL divergence, top margin; with --secondary / --noise-floor, each endpoint against itself."""
         from rich.console import Console
@@ -132,6 +122,7 @@ def register(app: typer.Typer) -> None:
 
         opts = McqOptions.from_flags(flags)
         resume, gate, html, as_json, seed = opts.resume, flags["gate"], flags["html"], flags["as_json"], opts.seed
+        from_lm_eval = flags["from_lm_eval"]
         # Progress and messages go to stderr with --json, so stdout is only the JSON object.
         console = Console(stderr=as_json)
         from servecmp.finish import check_outputs, finish

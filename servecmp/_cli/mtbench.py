@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
 from servecmp._cli import common as opt
-from servecmp._cli.common import legacy_option, renamed
+from servecmp._cli.common import renamed
 from servecmp.errors import UserError
 
 
@@ -49,31 +49,26 @@ def _confirm(prompt: str) -> bool:
     return typer.confirm(prompt, default=False, err=True)
 
 
-Questions = Annotated[Path | None, typer.Option(
-    "--questions", help="Your own question file (MT-Bench JSONL layout); default: the 80 vendored.")]
-References = Annotated[Path | None, typer.Option(
-    "--references", help="Reference answers (FastChat answer layout) for math/reasoning/coding.")]
-Categories = Annotated[str | None, typer.Option(
-    "--categories", help="Comma-separated categories, e.g. math,coding,writing.")]
-MaxTokens = Annotated[int | None, typer.Option(
-    "--max-tokens", min=1, help="New tokens per answer turn (FastChat: 1024).")]
-JudgeUrl = Annotated[str | None, typer.Option(
-    "--judge-url", help="Judge endpoint URL (default: OpenAI), or 'baseline' for the offline demo judge.")]
-JudgeModel = Annotated[str | None, typer.Option("--judge-model", help="Judge model (default gpt-4 on OpenAI).")]
-JudgeKeyEnv = Annotated[str | None, typer.Option(
-    "--judge-key-env", help="Name of the env var holding the judge's API key (default on OpenAI: OPENAI_API_KEY).")]
-OldJudgeKeyEnv = Annotated[str | None, legacy_option("--judge-api-key-env", "--judge-key-env")]
-JudgeForceFormat = Annotated[bool | None, typer.Option(
-    "--judge-force-format/--no-judge-force-format",
-    help="Force a parseable rating (vLLM structured outputs); default: only for the demo judge.")]
-Mode = Annotated[ModeChoice | None, typer.Option(
-    "--mode", case_sensitive=False, help="Single-answer grading, pairwise, or both (default both).")]
-MaxJudgeCalls = Annotated[int | None, typer.Option(
-    "--max-judge-calls", min=0, help="Make at most N new judge calls in this invocation.")]
-JudgeRps = Annotated[float | None, typer.Option("--judge-rps", help="Judge requests per second, at most.")]
-JudgeCache = Annotated[str | None, typer.Option(
-    "--judge-cache", help="Shared judgment cache directory, or 'off' (default: <servecmp cache>/judgments).")]
-Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before paying for judge calls.")]
+Questions = opt.option("--questions", Path, "Your own question file (MT-Bench JSONL layout); default: the 80 "
+                       "vendored.")
+References = opt.option("--references", Path, "Reference answers (FastChat answer layout) for math/reasoning/coding.")
+Categories = opt.option("--categories", str, "Comma-separated categories, e.g. math,coding,writing.")
+MaxTokens = opt.option("--max-tokens", int, "New tokens per answer turn (FastChat: 1024).", min=1)
+JudgeUrl = opt.option("--judge-url", str, "Judge endpoint URL (default: OpenAI), or 'baseline' for the offline demo "
+                      "judge.")
+JudgeModel = opt.option("--judge-model", str, "Judge model (default gpt-4 on OpenAI).")
+JudgeKeyEnv = opt.option("--judge-key-env", str, "Name of the env var holding the judge's API key (default on "
+                         "OpenAI: OPENAI_API_KEY).")
+OldJudgeKeyEnv = opt.legacy("--judge-api-key-env", "--judge-key-env", str)
+JudgeForceFormat = opt.option("--judge-force-format/--no-judge-force-format", bool, "Force a parseable rating (vLLM "
+                              "structured outputs); default: only for the demo judge.")
+Mode = opt.option("--mode", ModeChoice, "Single-answer grading, pairwise, or both (default both).",
+                  case_sensitive=False)
+MaxJudgeCalls = opt.option("--max-judge-calls", int, "Make at most N new judge calls in this invocation.", min=0)
+JudgeRps = opt.option("--judge-rps", float, "Judge requests per second, at most.")
+JudgeCache = opt.option("--judge-cache", str, "Shared judgment cache directory, or 'off' (default: <servecmp "
+                        "cache>/judgments).")
+Yes = opt.switch(("--yes", "-y"), "Do not ask before paying for judge calls.")
 
 #: The flags of `servecmp mtbench`, in --help order (no --max-concurrency: MT-Bench's concurrency is a
 #: fixed number unless "auto" is given).

@@ -33,52 +33,39 @@ shadow_app = typer.Typer(
     no_args_is_help=True,
 )
 
-BaselineOrPrimary = Annotated[
-    str | None, typer.Option("--baseline", help="Baseline endpoint URL: the primary, whose answers clients get."),
-]
+BaselineOrPrimary = opt.option("--baseline", str, "Baseline endpoint URL: the primary, whose answers clients get.")
 #: `--primary`, the name shadow used first: still accepted (with a note on stderr), hidden from --help.
-OldPrimary = Annotated[str | None, typer.Option("--primary", hidden=True, help="Old name of --baseline.")]
-Db = Annotated[str | None, typer.Option(
-    "--db", help="Where comparisons are stored: an SQLite file (default shadow.db) or postgresql://user@host/db.")]
-HashOnly = Annotated[
-    bool | None, typer.Option("--hash-only/--store-text", help="Store only SHA-256 of prompts and answers (no text).")
-]
-TeacherForced = Annotated[
-    bool | None,
-    typer.Option("--teacher-forced/--no-teacher-forced",
-                 help="Score the primary's answer under the candidate with vLLM prompt_logprobs (KL, top-1, Δp)."),
-]
-MaxDbMb = Annotated[
-    float | None, typer.Option("--max-db-mb", help="Stop recording when the database reaches this size.")
-]
-Host = Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")]
-Port = Annotated[int | None, typer.Option("--port", help="Port to listen on (default 8100).")]
-SampleRate = Annotated[float | None, typer.Option("--sample-rate", help="Share of requests to mirror.")]
-MaxQueued = Annotated[int | None, typer.Option(
-    "--max-queued", help="Mirror jobs waiting at most (default 1000); more are dropped and counted.")]
-MaxQueuedMb = Annotated[float | None, typer.Option(
-    "--max-queued-mb", help="MiB of mirror jobs waiting at most (default 256); more are dropped and counted.")]
-OldQueueSize = Annotated[int | None, typer.Option("--queue-size", hidden=True, help="Old name of --max-queued.")]
-Concurrency = Annotated[int | None, typer.Option(
-    "--concurrency", min=1, help="Comparisons in flight at once (each calls the candidate and the secondary).")]
-OldMirrorConcurrency = Annotated[int | None, typer.Option("--mirror-concurrency", hidden=True,
-                                                          help="Old name of --concurrency.")]
-MaxBodyMb = Annotated[float | None, typer.Option(
-    "--max-body-mb", help="Request bodies over this are refused (413), never read past it (default 16).")]
-MaxConnections = Annotated[int | None, typer.Option(
-    "--max-connections", help="Client connections at once; requests beyond are answered 503 (default 1000).")]
-MaxUpstreamConnections = Annotated[int | None, typer.Option(
-    "--max-upstream-connections", help="Connections to the primary at once; more requests wait (default 256).")]
-HeaderTimeout = Annotated[float | None, typer.Option(
-    "--header-timeout", help="Seconds for a request's head to arrive whole (default 10); then the connection closes.")]
-BodyTimeout = Annotated[float | None, typer.Option(
-    "--body-timeout", help="Seconds for a request's body to arrive whole (default 60); then 408.")]
-Keepalive = Annotated[float | None, typer.Option(
-    "--keepalive", help="Seconds an idle client connection stays open (default 5).")]
-InProcess = Annotated[
-    bool, typer.Option("--in-process", help="Compare in this process (default: a separate, niced one).")
-]
-AccessLog = Annotated[bool, typer.Option("--access-log", help="Log each request line (no bodies).")]
+OldPrimary = opt.legacy("--primary", "--baseline", str)
+Db = opt.option("--db", str, "Where comparisons are stored: an SQLite file (default shadow.db) or "
+                "postgresql://user@host/db.")
+HashOnly = opt.option("--hash-only/--store-text", bool, "Store only SHA-256 of prompts and answers (no text).")
+TeacherForced = opt.option("--teacher-forced/--no-teacher-forced", bool, "Score the primary's answer under the "
+                           "candidate with vLLM prompt_logprobs (KL, top-1, Δp).")
+MaxDbMb = opt.option("--max-db-mb", float, "Stop recording when the database reaches this size.")
+Host = opt.option("--host", str, "Address to bind (default 127.0.0.1).")
+Port = opt.option("--port", int, "Port to listen on (default 8100).")
+SampleRate = opt.option("--sample-rate", float, "Share of requests to mirror.")
+MaxQueued = opt.option("--max-queued", int, "Mirror jobs waiting at most (default 1000); more are dropped and "
+                       "counted.")
+MaxQueuedMb = opt.option("--max-queued-mb", float, "MiB of mirror jobs waiting at most (default 256); more are "
+                         "dropped and counted.")
+OldQueueSize = opt.legacy("--queue-size", "--max-queued", int)
+Concurrency = opt.option("--concurrency", int, "Comparisons in flight at once (each calls the candidate and the "
+                         "secondary).", min=1)
+OldMirrorConcurrency = opt.legacy("--mirror-concurrency", "--concurrency", int)
+MaxBodyMb = opt.option("--max-body-mb", float, "Request bodies over this are refused (413), never read past it "
+                       "(default 16).")
+MaxConnections = opt.option("--max-connections", int, "Client connections at once; requests beyond are answered 503 "
+                            "(default 1000).")
+MaxUpstreamConnections = opt.option("--max-upstream-connections", int, "Connections to the primary at once; more "
+                                    "requests wait (default 256).")
+HeaderTimeout = opt.option("--header-timeout", float, "Seconds for a request's head to arrive whole (default 10); "
+                           "then the connection closes.")
+BodyTimeout = opt.option("--body-timeout", float, "Seconds for a request's body to arrive whole (default 60); then "
+                         "408.")
+Keepalive = opt.option("--keepalive", float, "Seconds an idle client connection stays open (default 5).")
+InProcess = opt.switch("--in-process", "Compare in this process (default: a separate, niced one).")
+AccessLog = opt.switch("--access-log", "Log each request line (no bodies).")
 
 #: The endpoints every shadow command compares: one candidate, the baseline also as `--primary` (hidden).
 ENDPOINTS = (BaselineOrPrimary, opt.Candidate, opt.Secondary, opt.BaselineModel, opt.CandidateModel,
@@ -253,8 +240,7 @@ def collect(max_pending: MaxPending = None, max_in_flight: OldMaxPending = None,
     run_app(receiver, host=cfg.host, port=cfg.port, access_log=flags["access_log"], limits=Limits.of(cfg))
 
 
-NBoot = Annotated[int | None, typer.Option(
-    "--n-boot", min=100, help="Bootstrap resamples for the intervals (default 2000).")]
+NBoot = opt.option("--n-boot", int, "Bootstrap resamples for the intervals (default 2000).", min=100)
 
 
 @shadow_app.command("report")
@@ -305,10 +291,9 @@ def _db_name(db: str) -> str:
     return redact_target(db) if is_postgres(db) else Path(db).name
 
 
-ReplayConcurrency = Annotated[int | None, typer.Option(
-    "--concurrency", min=1, help="Requests in flight at most (default 8); the next waits for a free one.")]
-OldReplayInFlight = Annotated[int | None, typer.Option("--max-in-flight", min=1, hidden=True,
-                                                       help="Old name of --concurrency.")]
+ReplayConcurrency = opt.option("--concurrency", int, "Requests in flight at most (default 8); the next waits for a "
+                               "free one.", min=1)
+OldReplayInFlight = opt.legacy("--max-in-flight", "--concurrency", int, min=1)
 
 
 @shadow_app.command("replay")
