@@ -105,3 +105,10 @@ class TaskOptions(FlagOptions):
     #: "auto", "completions" or "chat": the API items are asked through.
     api: str | None = None
     top_k: int | None = None
+
+
+# Bases listed last come first among a dataclass's fields: the fields read endpoints, noise floor,
+# pacing, run, task, then a kind's own (the order a refusal names the given flags in).
+@dataclass
+class TaskRunOptions(TaskOptions, RunOptions, PacingOptions, NoiseFloorOptions, EndpointOptions):
+    """The flags a run over a task's items offers (MCQ, generated answers): every group above."""

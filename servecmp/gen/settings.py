@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from servecmp import __version__
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
-from servecmp.options import EndpointOptions, NoiseFloorOptions, PacingOptions, RunOptions, TaskOptions
+from servecmp.options import TaskRunOptions
 from servecmp.runstore import MANIFEST, read_json, utcnow, write_json_atomic
 
 if TYPE_CHECKING:
@@ -44,9 +44,8 @@ ACCEPTED_ON_RESUME = RESUME_PACING_FLAGS + PRESENTATION_FLAGS
 DEFAULT_MAX_TOKENS = 256
 
 
-# Bases listed last come first among a dataclass's fields (as McqOptions's).
 @dataclass
-class GenOptions(TaskOptions, RunOptions, PacingOptions, NoiseFloorOptions, EndpointOptions):
+class GenOptions(TaskRunOptions):
     """The command-line flags of `servecmp gen`; None means "not given"."""
 
     max_tokens: int | None = None

@@ -47,7 +47,7 @@ from servecmp.capabilities import EndpointCapabilities
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
 from servecmp.gates import Gate, parse_gates
-from servecmp.options import EndpointOptions, NoiseFloorOptions, PacingOptions, RunOptions, TaskOptions
+from servecmp.options import EndpointOptions, TaskRunOptions
 from servecmp.records import ROLES, EndpointRole, RunManifest
 from servecmp.runstore import MANIFEST, read_json, refuse_on_resume, utcnow, write_json_atomic
 
@@ -125,10 +125,8 @@ class SequentialPlan(BaseModel):
         return parse_gates(self.gates, "mcq")
 
 
-# Bases listed last come first among a dataclass's fields: the fields read endpoints, noise floor,
-# pacing, run, task, then MCQ's own (the order a refusal names given flags in).
 @dataclass
-class McqOptions(TaskOptions, RunOptions, PacingOptions, NoiseFloorOptions, EndpointOptions):
+class McqOptions(TaskRunOptions):
     """The command-line flags of `servecmp mcq`; None means "not given". Concurrency not given is
     "auto", unless the endpoint's servecmp.toml section sets a number."""
 

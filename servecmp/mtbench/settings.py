@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 
-# Bases listed last come first among a dataclass's fields (as McqOptions's). MT-Bench has no
+# Bases listed last come first among a dataclass's fields (servecmp.options). MT-Bench has no
 # --max-concurrency (its concurrency is a fixed number unless "auto" is given): that field stays None.
 @dataclass
 class MtBenchOptions(RunOptions, PacingOptions, EndpointOptions):
@@ -313,15 +313,11 @@ def manifest_for(settings: MtBenchSettings) -> MtBenchManifest:
         version=MANIFEST_VERSION if several else 2,
         endpoints=endpoints,
         judge=MtJudge(
-            url=DEMO_JUDGE if s.judge_is_baseline else j.base_url,
-            model=_resolved(j.model, "judge"),
-            api_key_env=j.api_key_env,
-            force_format=s.judge_force_format,
-            max_tokens=s.judge_max_tokens,
-            timeout_s=j.timeout_s,
-            max_concurrency=j.max_concurrency,
-            requests_per_second=j.requests_per_second,
-            max_retries=j.max_retries,
+            url=DEMO_JUDGE if s.judge_is_baseline else j.base_url, model=_resolved(j.model, "judge"),
+            force_format=s.judge_force_format, max_tokens=s.judge_max_tokens,
+            # The judge's key variable and pacing, as the run starts with them.
+            **j.model_dump(include={"api_key_env", "timeout_s", "max_concurrency", "requests_per_second",
+                                    "max_retries"}),
         ),
         prompt_format_hash=s.prompts.fingerprint,
         started_at=utcnow(),
