@@ -13,8 +13,13 @@ Meaning, across commands:
   random sample of N items.
 - `--show N`: how many rows of a report's worst list it shows (MCQ subjects by flips, MT-Bench
   questions by drop, shadow requests by divergence).
-- Old flag names (`legacy_option`, read through `renamed`) work for one release: hidden from
-  --help, one deprecation line on stderr when used.
+- Old flag names (`legacy`, `legacy_option`, read through `renamed`) work for one release: hidden
+  from --help, one deprecation line on stderr when used.
+
+Each flag is declared once here (`option`, `switch`) or in its command's module; the groups below
+(ENDPOINTS, NOISE_FLOOR, PACING, OUTPUT) are the runs of flags several commands share, and
+`with_options` assembles a command's typer signature from them, so a command lists its flags once,
+in --help order, and builds its options with `servecmp.options` (`from_flags`).
 - `--html FILE`: the report as one self-contained HTML file (servecmp.html), beside the terminal report.
 - `--json`: the summary as one JSON object on stdout (progress goes to stderr).
 - `-c/--config`: servecmp.toml (default ./servecmp.toml when it exists).
