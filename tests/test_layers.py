@@ -14,7 +14,7 @@ PKG = ROOT / "servecmp"
 
 #: The lower layers: what every feature builds on. Paths relative to servecmp/.
 LOWER = ("tasks", "metrics", "endpoints.py", "_http.py", "concurrency.py", "capabilities.py", "runstore.py",
-         "errors.py", "config.py", "records.py", "progress.py")
+         "errors.py", "config.py", "records.py", "progress.py", "options.py")
 #: The feature packages (a lower layer must not import any of them).
 FEATURES = ("servecmp.mcq", "servecmp.mtbench", "servecmp.shadow", "servecmp.html", "servecmp._cli", "servecmp.gen")
 

@@ -8,106 +8,48 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Any
 
 import typer
 
 from servecmp._cli import common as opt
 
-if TYPE_CHECKING:
+Task = opt.option("--task", str, "gsm8k (lm-eval's 5-shot layout), humaneval (needs --allow-code-execution) or "
+                  "jsonl:PATH (your own verifiable tasks; see the README).")
+DataDir = opt.option("--data-dir", str, "GSM8K's train.jsonl/test.jsonl (or a local copy of the hub dataset); "
+                     "default: the vendored 100-item sample.")
+Source = opt.option("--source", str, "gsm8k: sample, dir or hf (openai/gsm8k from the hub).")
+Fewshot = opt.option("--fewshot", int, "GSM8K exemplars per prompt (default 5).", min=0)
+Sample = opt.option("--sample", int, "A seeded random sample of N items (see --seed).", min=1)
+Seed = opt.option("--seed", int, "Seed of --sample, --noise-floor and of sampled requests.")
+Api = opt.option("--api", str, "How items are asked: completions (lm-eval's prompt), chat (exemplars as prior turns; "
+                 "for chat-only endpoints), or auto (completions where every endpoint has it, else chat).",
+                 metavar="auto|completions|chat")
+MaxTokens = opt.option("--max-tokens", int, "New tokens per answer (default 256).", min=1)
+Samples = opt.option("--samples", int, "Completions per item and endpoint, in one request (n); needs --temperature "
+                     "> 0.", min=1)
+Temperature = opt.option("--temperature", float, "Sampling temperature (default 0).", min=0.0)
+TeacherForcing = opt.option("--teacher-forcing/--no-teacher-forcing", bool, "Score each candidate along the "
+                            "baseline's greedy answer (vLLM prompt_logprobs; default on).")
+Resume = opt.option("--resume", Path, "Finish an interrupted run (its RUN_DIR); only pacing (--concurrency, "
+                    "--max-concurrency, --rps, --timeout, --retries) and presentation flags apply.")
+AllowCode = opt.switch("--allow-code-execution", "Let code tasks (humaneval) run model-written programs, each in its "
+                       "own process with CPU, memory, time and process limits (see the README for what that does not "
+                       "protect against).")
+FromLmEval = opt.option("--from-lm-eval", tuple[Path, Path], "Compare two lm-eval gsm8k --log_samples JSONL files "
+                        "(baseline, candidate); no endpoint is called.")
 
-    pass
 
-Task = Annotated[str | None, typer.Option("--task", help="gsm8k (lm-eval's 5-shot layout), humaneval (needs "
-                                                         "--allow-code-execution) or jsonl:PATH (your own "
-                                                         "verifiable tasks; see the README).")]
-DataDir = Annotated[str | None, typer.Option(
-    "--data-dir", help="GSM8K's train.jsonl/test.jsonl (or a local copy of the hub dataset); default: the "
-                       "vendored 100-item sample.")]
-Source = Annotated[str | None, typer.Option("--source", help="gsm8k: sample, dir or hf (openai/gsm8k from the hub).")]
-Fewshot = Annotated[int | None, typer.Option("--fewshot", min=0, help="GSM8K exemplars per prompt (default 5).")]
-Sample = Annotated[int | None, typer.Option("--sample", min=1, help="A seeded random sample of N items (see --seed).")]
-Seed = Annotated[int | None, typer.Option("--seed", help="Seed of --sample, --noise-floor and of sampled requests.")]
-ApiOpt = Annotated[str | None, typer.Option(
-    "--api", metavar="auto|completions|chat",
-    help="How items are asked: completions (lm-eval's prompt), chat (exemplars as prior turns; for chat-only "
-         "endpoints), or auto (completions where every endpoint has it, else chat).")]
-MaxTokens = Annotated[int | None, typer.Option("--max-tokens", min=1, help="New tokens per answer (default 256).")]
-Samples = Annotated[int | None, typer.Option(
-    "--samples", min=1, help="Completions per item and endpoint, in one request (n); needs --temperature > 0.")]
-Temperature = Annotated[float | None, typer.Option("--temperature", min=0.0, help="Sampling temperature (default 0).")]
-TeacherForcing = Annotated[bool | None, typer.Option(
-    "--teacher-forcing/--no-teacher-forcing",
-    help="Score each candidate along the baseline's greedy answer (vLLM prompt_logprobs; default on).")]
-Resume = Annotated[Path | None, typer.Option(
-    "--resume", help="Finish an interrupted run (its RUN_DIR); only pacing (--concurrency, --max-concurrency, "
-                     "--rps, --timeout, --retries) and presentation flags apply.")]
-AllowCode = Annotated[bool, typer.Option(
-    "--allow-code-execution",
-    help="Let code tasks (humaneval) run model-written programs, each in its own process with CPU, memory, "
-         "time and process limits (see the README for what that does not protect against).")]
-BaselineRun = Annotated[Path | None, typer.Option(
-    "--baseline-run", metavar="RUN_DIR",
-    help="Join a finished gen run's stored baseline answers (and teacher-forcing rows) instead of asking the "
-         "baseline: only the candidates are asked. Refused when items, prompts, API, max tokens, sampling, top-k "
-         "or teacher forcing differ.")]
-BaselineCheck = Annotated[int | None, typer.Option(
-    "--baseline-check", min=1, metavar="N",
-    help="With --baseline-run and --baseline URL: re-ask N seeded stored items of the live baseline and refuse "
-         "unless every greedy answer is the stored text (default 20).")]
-BaselineOnly = Annotated[bool | None, typer.Option(
-    "--baseline-only", help="Ask only the baseline: a profile for later --baseline-run.")]
-FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
-    "--from-lm-eval", help="Compare two lm-eval gsm8k --log_samples JSONL files (baseline, candidate); no "
-                           "endpoint is called.")]
+#: The flags of `servecmp gen`, in --help order.
+FLAGS = (opt.ENDPOINTS, opt.NOISE_FLOOR, Task, DataDir, Source, Fewshot, opt.Limit, Sample, Seed, Api, MaxTokens,
+         Samples, Temperature, opt.TopK, TeacherForcing, opt.PACING, opt.RunsDir, Resume, FromLmEval,
+         opt.STORED_BASELINE, AllowCode, opt.OUTPUT, opt.ConfigFile)
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def gen(
-        baseline: opt.Baseline = None,
-        candidate: opt.Candidates = None,
-        baseline_model: opt.BaselineModel = None,
-        candidate_model: opt.CandidateModels = None,
-        baseline_key_env: opt.BaselineKeyEnv = None,
-        candidate_key_env: opt.CandidateKeyEnvs = None,
-        candidate_name: opt.CandidateNames = None,
-        secondary: opt.Secondary = None,
-        secondary_model: opt.SecondaryModel = None,
-        secondary_key_env: opt.SecondaryKeyEnv = None,
-        noise_floor: opt.NoiseFloor = None,
-        task: Task = None,
-        data_dir: DataDir = None,
-        source: Source = None,
-        fewshot: Fewshot = None,
-        limit: opt.Limit = None,
-        sample: Sample = None,
-        seed: Seed = None,
-        api: ApiOpt = None,
-        max_tokens: MaxTokens = None,
-        samples: Samples = None,
-        temperature: Temperature = None,
-        top_k: opt.TopK = None,
-        teacher_forcing: TeacherForcing = None,
-        concurrency: opt.Concurrency = None,
-        max_concurrency: opt.MaxConcurrency = None,
-        rps: opt.Rps = None,
-        timeout: opt.Timeout = None,
-        retries: opt.Retries = None,
-        runs_dir: opt.RunsDir = None,
-        resume: Resume = None,
-        from_lm_eval: FromLmEval = None,
-        baseline_run: BaselineRun = None,
-        baseline_check: BaselineCheck = None,
-        baseline_only: BaselineOnly = None,
-        allow_code_execution: AllowCode = False,
-        gate: opt.Gate = None,
-        summary_md: opt.SummaryMd = None,
-        html: opt.Html = None,
-        as_json: opt.Json = False,
-        show: opt.Show = None,
-        config: opt.ConfigFile = None,
-    ) -> None:
+    @opt.with_options(*FLAGS)
+    def gen(**flags: Any) -> None:
         """Compare generated answers (GSM8K, your own verifiable tasks): accuracy under lm-eval's extractions,
         flips with McNemar, where the outputs part, length ratio and teacher-forced KL."""
         import sys
@@ -117,22 +59,13 @@ def register(app: typer.Typer) -> None:
         from servecmp.gen.settings import GenOptions
         from servecmp.verdicts import resolve_gates
 
-        opts = GenOptions(
-            baseline=baseline, candidate=candidate or None, baseline_model=baseline_model,
-            candidate_model=candidate_model or None, baseline_key_env=baseline_key_env,
-            candidate_key_env=candidate_key_env or None, candidate_name=candidate_name or None,
-            secondary=secondary, secondary_model=secondary_model, secondary_key_env=secondary_key_env,
-            noise_floor=noise_floor, task=task, data_dir=data_dir, source=source, fewshot=fewshot, limit=limit,
-            sample=sample, seed=seed, api=api, max_tokens=max_tokens, samples=samples, temperature=temperature,
-            top_k=top_k, teacher_forcing=teacher_forcing, concurrency=concurrency, max_concurrency=max_concurrency,
-            rps=rps, timeout=timeout, retries=retries, runs_dir=runs_dir, resume=resume, config=config,
-            allow_code_execution=allow_code_execution or None, baseline_run=baseline_run,
-            baseline_check=baseline_check, baseline_only=baseline_only or None,
-        )
-        console = Console(stderr=as_json)
-        from servecmp.finish import Output, check_outputs, finish
+        opts = GenOptions.from_flags(flags)
+        resume, gate, show, allow_code = opts.resume, flags["gate"], flags["show"], bool(opts.allow_code_execution)
+        from_lm_eval = flags["from_lm_eval"]
+        console = Console(stderr=flags["as_json"])
+        from servecmp.finish import check_outputs, finish
 
-        out = Output(as_json=as_json, show=show, html=html, summary_md=summary_md, title="servecmp gen gates")
+        out = opt.output(flags, title="servecmp gen gates")
         check_outputs(out)  # before the run, not after it
         run_dir: Path | None
         if from_lm_eval is not None:
@@ -152,7 +85,7 @@ def register(app: typer.Typer) -> None:
                 manifest = resumed_manifest(opts)
                 gates = resolve_gates("gen", gate, None)
                 result = run_blocking(manifest, None, console, resume=resume, is_tty=console.is_terminal,
-                                      allow_code=allow_code_execution)
+                                      allow_code=allow_code)
                 if manifest.baseline_only:
                     from servecmp.gen.stored import profile_line
 
@@ -163,15 +96,15 @@ def register(app: typer.Typer) -> None:
                 from servecmp.gen.settings import new_manifest
                 from servecmp.gen.stored import plan, profile_line
 
-                cfg = load_config(config)
+                cfg = load_config(opts.config)
                 gates = resolve_gates("gen", gate, cfg)
                 opts, stored = plan(opts)
                 manifest, items = new_manifest(opts, cfg)
-                root = runs_dir if runs_dir is not None else Path(cfg.gen.runs_dir)
+                root = opts.runs_dir if opts.runs_dir is not None else Path(cfg.gen.runs_dir)
                 result = run_blocking(manifest, items, console, runs_root=root, is_tty=console.is_terminal,
-                                      allow_code=allow_code_execution, stored=stored)
+                                      allow_code=allow_code, stored=stored)
                 show = cfg.gen.show if show is None else show
-                if baseline_only:
+                if opts.baseline_only:
                     console.print(profile_line(result.run_dir), highlight=False, markup=False)
                     return
             summary, run_dir = result.summary, result.run_dir

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -29,44 +29,27 @@ RESUME_HELP = (
     "given: the run's own). These apply: --concurrency, --max-concurrency, --rps, --timeout, --retries, --json, "
     "--show, --gate, --summary-md."
 )
-Resume = Annotated[Path | None, typer.Option("--resume", help=RESUME_HELP)]
+Resume = opt.option("--resume", Path, RESUME_HELP)
 
-Task = Annotated[str | None, typer.Option(
-    "--task", help="mmlu, mmlu-sample, arc_easy, arc_challenge, hellaswag, piqa, winogrande, or jsonl:PATH.")]
-DataDir = Annotated[str | None, typer.Option(
-    "--data-dir", help="MMLU in its CSV layout (dev/, test/), or a local copy of a Hugging Face dataset.")]
-Source = Annotated[str | None, typer.Option(
-    "--source", help="Where MMLU comes from: csv (--data-dir), sample (vendored), hf (cais/mmlu: the hub, or "
-                     "a local copy in --data-dir).")]
-Fewshot = Annotated[int | None, typer.Option(
-    "--fewshot", min=0, help="Exemplars per prompt: MMLU's first N dev rows (default 5), or the first N rows "
-                             "of --fewshot-file.")]
-FewshotFile = Annotated[str | None, typer.Option(
-    "--fewshot-file", help="jsonl:PATH tasks: a file of exemplars in the same format.")]
-Sample = Annotated[int | None, typer.Option(
-    "--sample", min=1, help="Score a seeded random sample of N items (see --seed).")]
-Seed = Annotated[int | None, typer.Option("--seed", help="Seed of --sample and of the bootstrap intervals.")]
-FromLmEval = Annotated[tuple[Path, Path] | None, typer.Option(
-    "--from-lm-eval", help="Compare two lm-eval --log_samples JSONL files (baseline, candidate); "
-                           "no endpoint is called.")]
+Task = opt.option("--task", str, "mmlu, mmlu-sample, arc_easy, arc_challenge, hellaswag, piqa, winogrande, or "
+                  "jsonl:PATH.")
+DataDir = opt.option("--data-dir", str, "MMLU in its CSV layout (dev/, test/), or a local copy of a Hugging Face "
+                     "dataset.")
+Source = opt.option("--source", str, "Where MMLU comes from: csv (--data-dir), sample (vendored), hf (cais/mmlu: the "
+                    "hub, or a local copy in --data-dir).")
+Fewshot = opt.option("--fewshot", int, "Exemplars per prompt: MMLU's first N dev rows (default 5), or the first N "
+                     "rows of --fewshot-file.", min=0)
+FewshotFile = opt.option("--fewshot-file", str, "jsonl:PATH tasks: a file of exemplars in the same format.")
+Sample = opt.option("--sample", int, "Score a seeded random sample of N items (see --seed).", min=1)
+Seed = opt.option("--seed", int, "Seed of --sample and of the bootstrap intervals.")
+FromLmEval = opt.option("--from-lm-eval", tuple[Path, Path], "Compare two lm-eval --log_samples JSONL files "
+                        "(baseline, candidate); no endpoint is called.")
 
-UntilDecided = Annotated[bool | None, typer.Option(
-    "--until-decided", help="Score items in a seeded random order, a batch at a time, and stop once every gate of "
-                            "every candidate is decided on anytime-valid intervals (needs --gate).")]
-BaselineRun = Annotated[Path | None, typer.Option(
-    "--baseline-run", metavar="RUN_DIR",
-    help="Join a finished run's stored baseline records instead of asking the baseline: only the candidates "
-         "are asked. Refused when items, prompt format, few-shot, top-k or API differ.")]
-BaselineCheck = Annotated[int | None, typer.Option(
-    "--baseline-check", min=1, metavar="N",
-    help="With --baseline-run and --baseline URL: re-ask N seeded stored items of the live baseline and refuse "
-         "when it no longer reproduces them (default 20).")]
-BaselineOnly = Annotated[bool | None, typer.Option(
-    "--baseline-only", help="Ask only the baseline: a profile for later --baseline-run.")]
-Batch = Annotated[int | None, typer.Option(
-    "--batch", min=1, help="--until-decided: items per look (default 20).")]
-Budget = Annotated[int | None, typer.Option(
-    "--budget", min=1, help="--until-decided: at most N requests per candidate.")]
+UntilDecided = opt.option("--until-decided", bool, "Score items in a seeded random order, a batch at a time, and "
+                          "stop asking a candidate once its verdict is decided on anytime-valid intervals (a gate "
+                          "FAILs, or every gate PASSes); needs --gate.")
+Batch = opt.option("--batch", int, "--until-decided: items per look (default 20).", min=1)
+Budget = opt.option("--budget", int, "--until-decided: at most N requests per candidate.", min=1)
 
 #: With --from-lm-eval only these change anything; other flags are refused rather than ignored.
 _LMEVAL_FLAGS = ("--seed", "--json", "--show", "--gate", "--summary-md")
@@ -114,83 +97,38 @@ def stored_opts(opts: McqOptions) -> tuple[McqOptions, bool]:
     return opts, live
 
 
+#: The flags of `servecmp mcq`, in --help order.
+FLAGS = (opt.ENDPOINTS, opt.NOISE_FLOOR, Task, DataDir, Source, Fewshot, FewshotFile, opt.Limit, Sample, Seed,
+         opt.TopK, opt.Api, opt.PACING, opt.RunsDir, Resume, FromLmEval, opt.OUTPUT, opt.ConfigFile, UntilDecided,
+         Batch, Budget, opt.STORED_BASELINE)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
-    def mcq(
-        baseline: opt.Baseline = None,
-        candidate: opt.Candidates = None,
-        baseline_model: opt.BaselineModel = None,
-        candidate_model: opt.CandidateModels = None,
-        baseline_key_env: opt.BaselineKeyEnv = None,
-        candidate_key_env: opt.CandidateKeyEnvs = None,
-        candidate_name: opt.CandidateNames = None,
-        secondary: opt.Secondary = None,
-        secondary_model: opt.SecondaryModel = None,
-        secondary_key_env: opt.SecondaryKeyEnv = None,
-        noise_floor: opt.NoiseFloor = None,
-        task: Task = None,
-        data_dir: DataDir = None,
-        source: Source = None,
-        fewshot: Fewshot = None,
-        fewshot_file: FewshotFile = None,
-        limit: opt.Limit = None,
-        sample: Sample = None,
-        seed: Seed = None,
-        top_k: opt.TopK = None,
-        api: opt.Api = None,
-        concurrency: opt.Concurrency = None,
-        max_concurrency: opt.MaxConcurrency = None,
-        rps: opt.Rps = None,
-        timeout: opt.Timeout = None,
-        retries: opt.Retries = None,
-        runs_dir: opt.RunsDir = None,
-        resume: Resume = None,
-        from_lm_eval: FromLmEval = None,
-        gate: opt.Gate = None,
-        summary_md: opt.SummaryMd = None,
-        html: opt.Html = None,
-        as_json: opt.Json = False,
-        show: opt.Show = None,
-        config: opt.ConfigFile = None,
-        until_decided: UntilDecided = None,
-        batch: Batch = None,
-        budget: Budget = None,
-        baseline_run: BaselineRun = None,
-        baseline_check: BaselineCheck = None,
-        baseline_only: BaselineOnly = None,
-    ) -> None:
+    @opt.with_options(*FLAGS)
+    def mcq(**flags: Any) -> None:
         """Compare a baseline with one or several candidates on a multiple-choice task: accuracy, flips,
         KL divergence, top margin; with --secondary / --noise-floor, each endpoint against itself."""
         from rich.console import Console
 
         from servecmp.mcq.settings import McqOptions
 
-        opts = McqOptions(
-            baseline=baseline, candidate=candidate or None, baseline_model=baseline_model,
-            candidate_model=candidate_model or None, baseline_key_env=baseline_key_env,
-            candidate_key_env=candidate_key_env or None, candidate_name=candidate_name or None,
-            secondary=secondary, secondary_model=secondary_model, secondary_key_env=secondary_key_env,
-            noise_floor=noise_floor, task=task, data_dir=data_dir, source=source, fewshot=fewshot,
-            fewshot_file=fewshot_file, limit=limit, sample=sample, seed=seed, top_k=top_k, api=api,
-            concurrency=concurrency, max_concurrency=max_concurrency, rps=rps, timeout=timeout, retries=retries,
-            runs_dir=runs_dir,
-            resume=resume, config=config, until_decided=until_decided or None, batch=batch, budget=budget,
-            baseline_run=baseline_run, baseline_check=baseline_check, baseline_only=baseline_only or None,
-        )
+        opts = McqOptions.from_flags(flags)
+        resume, gate, html, as_json, seed = opts.resume, flags["gate"], flags["html"], flags["as_json"], opts.seed
+        from_lm_eval = flags["from_lm_eval"]
         # Progress and messages go to stderr with --json, so stdout is only the JSON object.
         console = Console(stderr=as_json)
-        from servecmp.finish import Output, check_outputs, finish
+        from servecmp.finish import check_outputs, finish
         from servecmp.verdicts import resolve_gates
 
-        out = Output(as_json=as_json, show=show, html=html, summary_md=summary_md, title="servecmp mcq gates")
+        out = opt.output(flags, title="servecmp mcq gates")
         check_outputs(out)  # before the run, not after an hour of it
 
         if from_lm_eval is not None:
             from servecmp.mcq.summary import summarize_lmeval
             from servecmp.mcq.view import McqView
 
-            given = [f"--{name.replace('_', '-')}" for name, value in vars(opts).items()
-                     if value is not None and name != "seed"]
+            given = [f for f in opts.given() if f != "--seed"]
             if given:
                 raise UserError(f"--from-lm-eval reads two sample logs and calls no endpoint; "
                                 f"{', '.join(given)} do not apply to it (only {', '.join(_LMEVAL_FLAGS)} do)")
@@ -222,15 +160,15 @@ def register(app: typer.Typer) -> None:
             else:
                 from servecmp.config import load_config
 
-                cfg = load_config(config)
+                cfg = load_config(opts.config)
                 gates = resolve_gates("mcq", gate, cfg)
                 opts, live = stored_opts(opts)
                 settings = new_settings(opts, cfg)
-                if baseline_run is not None:
-                    settings.baseline_run, settings.live_baseline = baseline_run, live
-                    settings.baseline_check = baseline_check or settings.baseline_check
-                settings.baseline_only = bool(baseline_only)
-                if until_decided or batch is not None or budget is not None:
+                if opts.baseline_run is not None:
+                    settings.baseline_run, settings.live_baseline = opts.baseline_run, live
+                    settings.baseline_check = opts.baseline_check or settings.baseline_check
+                settings.baseline_only = bool(opts.baseline_only)
+                if opts.until_decided or opts.batch is not None or opts.budget is not None:
                     settings.until_decided = sequential_plan(opts, gates, settings.secondary is not None)
                 result = run_mcq(settings, console)
             if result.comparison is None:

@@ -16,42 +16,21 @@ code is the verdict's (0 pass, 1 fail, 4 inconclusive). Every kind goes through 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 
-from servecmp._cli.common import ConfigFile, Gate, Html, Json, Show, SummaryMd
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-
-def print_report(path: Path | str, *, as_json: bool, show: int | None, console: Console,
-                 gates: list[str] | None = None, summary_md: Path | None = None,
-                 config: Path | None = None, html: Path | None = None) -> int:
-    """Print the stored run at ``path`` (`servecmp.finish.report`); returns the exit code."""
-    from servecmp.finish import Output, detect_kind, report
-    from servecmp.shadow.store import is_postgres, redact_target
-
-    # A URL stays a string (a Path would fold its "//"); its name in titles has no password.
-    name = redact_target(path) if is_postgres(path) else Path(path).name
-    title = f"servecmp gates: {detect_kind(path)} run {name}"
-    out = Output(as_json=as_json, show=show, html=html, summary_md=summary_md, title=title)
-    return report(path if is_postgres(path) else Path(path), gates, config, out, console)
+from servecmp._cli import common as opt
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @opt.with_options(opt.OWN, opt.OUTPUT, opt.ConfigFile)
     def report(
         path: Annotated[str, typer.Argument(
             metavar="RUN", help="An MCQ or MT-Bench run directory, or a shadow database: a file or a "
                                 "postgresql:// URL.")],
-        as_json: Json = False,
-        show: Show = None,
-        gate: Gate = None,
-        summary_md: SummaryMd = None,
-        config: ConfigFile = None,
-        html: Html = None,
+        **flags: Any,
     ) -> None:
         """Print a stored run's report from disk (MCQ metrics are recomputed from the records).
 
@@ -59,7 +38,13 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        code = print_report(path, as_json=as_json, show=show, console=Console(stderr=as_json), gates=gate,
-                            summary_md=summary_md, config=config, html=html)
+        from servecmp.finish import detect_kind, report
+        from servecmp.shadow.store import is_postgres, redact_target
+
+        # A URL stays a string (a Path would fold its "//"); its name in titles has no password.
+        name = redact_target(path) if is_postgres(path) else Path(path).name
+        out = opt.output(flags, title=f"servecmp gates: {detect_kind(path)} run {name}")
+        code = report(path if is_postgres(path) else Path(path), flags["gate"], flags["config"], out,
+                      Console(stderr=out.as_json))
         if code:
             raise SystemExit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which swallows it

@@ -18,26 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from servecmp._cli.common import (
-    BaselineKeyEnv,
-    BaselineModel,
-    Candidate,
-    CandidateKeyEnv,
-    CandidateModel,
-    ConfigFile,
-    Gate,
-    Html,
-    Json,
-    Limit,
-    Secondary,
-    SecondaryKeyEnv,
-    SecondaryModel,
-    Show,
-    SummaryMd,
-    TopK,
-    deprecated,
-    renamed,
-)
+from servecmp._cli import common as opt
+from servecmp._cli.common import deprecated, renamed
 from servecmp.errors import UserError, first_error
 
 if TYPE_CHECKING:
@@ -51,55 +33,50 @@ shadow_app = typer.Typer(
     no_args_is_help=True,
 )
 
-BaselineOrPrimary = Annotated[
-    str | None, typer.Option("--baseline", help="Baseline endpoint URL: the primary, whose answers clients get."),
-]
+BaselineOrPrimary = opt.option("--baseline", str, "Baseline endpoint URL: the primary, whose answers clients get.")
 #: `--primary`, the name shadow used first: still accepted (with a note on stderr), hidden from --help.
-OldPrimary = Annotated[str | None, typer.Option("--primary", hidden=True, help="Old name of --baseline.")]
-Db = Annotated[str | None, typer.Option(
-    "--db", help="Where comparisons are stored: an SQLite file (default shadow.db) or postgresql://user@host/db.")]
-HashOnly = Annotated[
-    bool | None, typer.Option("--hash-only/--store-text", help="Store only SHA-256 of prompts and answers (no text).")
-]
-TeacherForced = Annotated[
-    bool | None,
-    typer.Option("--teacher-forced/--no-teacher-forced",
-                 help="Score the primary's answer under the candidate with vLLM prompt_logprobs (KL, top-1, Δp)."),
-]
-MaxDbMb = Annotated[
-    float | None, typer.Option("--max-db-mb", help="Stop recording when the database reaches this size.")
-]
-Host = Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")]
-Port = Annotated[int | None, typer.Option("--port", help="Port to listen on (default 8100).")]
-SampleRate = Annotated[float | None, typer.Option("--sample-rate", help="Share of requests to mirror.")]
-MaxQueued = Annotated[int | None, typer.Option(
-    "--max-queued", help="Mirror jobs waiting at most (default 1000); more are dropped and counted.")]
-MaxQueuedMb = Annotated[float | None, typer.Option(
-    "--max-queued-mb", help="MiB of mirror jobs waiting at most (default 256); more are dropped and counted.")]
-OldQueueSize = Annotated[int | None, typer.Option("--queue-size", hidden=True, help="Old name of --max-queued.")]
-Concurrency = Annotated[int | None, typer.Option(
-    "--concurrency", min=1, help="Comparisons in flight at once (each calls the candidate and the secondary).")]
-OldMirrorConcurrency = Annotated[int | None, typer.Option("--mirror-concurrency", hidden=True,
-                                                          help="Old name of --concurrency.")]
-MaxBodyMb = Annotated[float | None, typer.Option(
-    "--max-body-mb", help="Request bodies over this are refused (413), never read past it (default 16).")]
-MaxConnections = Annotated[int | None, typer.Option(
-    "--max-connections", help="Client connections at once; requests beyond are answered 503 (default 1000).")]
-MaxUpstreamConnections = Annotated[int | None, typer.Option(
-    "--max-upstream-connections", help="Connections to the primary at once; more requests wait (default 256).")]
-HeaderTimeout = Annotated[float | None, typer.Option(
-    "--header-timeout", help="Seconds for a request's head to arrive whole (default 10); then the connection closes.")]
-BodyTimeout = Annotated[float | None, typer.Option(
-    "--body-timeout", help="Seconds for a request's body to arrive whole (default 60); then 408.")]
-Keepalive = Annotated[float | None, typer.Option(
-    "--keepalive", help="Seconds an idle client connection stays open (default 5).")]
-InProcess = Annotated[
-    bool, typer.Option("--in-process", help="Compare in this process (default: a separate, niced one).")
-]
-AccessLog = Annotated[bool, typer.Option("--access-log", help="Log each request line (no bodies).")]
+OldPrimary = opt.legacy("--primary", "--baseline", str)
+Db = opt.option("--db", str, "Where comparisons are stored: an SQLite file (default shadow.db) or "
+                "postgresql://user@host/db.")
+HashOnly = opt.option("--hash-only/--store-text", bool, "Store only SHA-256 of prompts and answers (no text).")
+TeacherForced = opt.option("--teacher-forced/--no-teacher-forced", bool, "Score the primary's answer under the "
+                           "candidate with vLLM prompt_logprobs (KL, top-1, Δp).")
+MaxDbMb = opt.option("--max-db-mb", float, "Stop recording when the database reaches this size.")
+Host = opt.option("--host", str, "Address to bind (default 127.0.0.1).")
+Port = opt.option("--port", int, "Port to listen on (default 8100).")
+SampleRate = opt.option("--sample-rate", float, "Share of requests to mirror.")
+MaxQueued = opt.option("--max-queued", int, "Mirror jobs waiting at most (default 1000); more are dropped and "
+                       "counted.")
+MaxQueuedMb = opt.option("--max-queued-mb", float, "MiB of mirror jobs waiting at most (default 256); more are "
+                         "dropped and counted.")
+OldQueueSize = opt.legacy("--queue-size", "--max-queued", int)
+Concurrency = opt.option("--concurrency", int, "Comparisons in flight at once (each calls the candidate and the "
+                         "secondary).", min=1)
+OldMirrorConcurrency = opt.legacy("--mirror-concurrency", "--concurrency", int)
+MaxBodyMb = opt.option("--max-body-mb", float, "Request bodies over this are refused (413), never read past it "
+                       "(default 16).")
+MaxConnections = opt.option("--max-connections", int, "Client connections at once; requests beyond are answered 503 "
+                            "(default 1000).")
+MaxUpstreamConnections = opt.option("--max-upstream-connections", int, "Connections to the primary at once; more "
+                                    "requests wait (default 256).")
+HeaderTimeout = opt.option("--header-timeout", float, "Seconds for a request's head to arrive whole (default 10); "
+                           "then the connection closes.")
+BodyTimeout = opt.option("--body-timeout", float, "Seconds for a request's body to arrive whole (default 60); then "
+                         "408.")
+Keepalive = opt.option("--keepalive", float, "Seconds an idle client connection stays open (default 5).")
+InProcess = opt.switch("--in-process", "Compare in this process (default: a separate, niced one).")
+AccessLog = opt.switch("--access-log", "Log each request line (no bodies).")
 
-
-
+#: The endpoints every shadow command compares: one candidate, the baseline also as `--primary` (hidden).
+ENDPOINTS = (BaselineOrPrimary, opt.Candidate, opt.Secondary, opt.BaselineModel, opt.CandidateModel,
+             opt.SecondaryModel, opt.BaselineKeyEnv, opt.CandidateKeyEnv, opt.SecondaryKeyEnv)
+#: What a comparison records and scores (`serve`, `collect`, `replay`).
+RECORD = (HashOnly, MaxDbMb)
+SCORE = (TeacherForced, opt.TopK)
+#: The receiving side of `serve` and `collect`, then its limits and the old names.
+LISTEN = (Host, Port, Db, SampleRate, RECORD, MaxQueued, MaxQueuedMb, Concurrency)
+LISTEN_LIMITS = (SCORE, InProcess, AccessLog, MaxBodyMb, MaxConnections, MaxUpstreamConnections, HeaderTimeout,
+                 BodyTimeout, Keepalive, opt.ConfigFile, OldPrimary, OldQueueSize, OldMirrorConcurrency)
 
 def register(app: typer.Typer) -> None:
     app.add_typer(shadow_app, name="shadow")
@@ -162,13 +139,18 @@ _SETTINGS_FLAGS = {"host": "host", "port": "port", "db": "db", "sample_rate": "s
                    "body_timeout": "body_timeout_s", "keepalive": "keepalive_s"}
 
 
+def _endpoint_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The endpoint flags of a shadow command (``--primary``, the old name of ``--baseline``, read with its note)."""
+    return {**{k: flags[k] for k in _ENDPOINT_FLAGS},
+            "baseline": renamed("--primary", flags["primary"], "--baseline", flags["baseline"])}
+
+
 def _prepare(flags: dict[str, Any], *, exposed: str) -> tuple[Console, ShadowEndpoints, ShadowConfig]:
     """What `shadow serve` and `shadow collect` share before their app is built, from the command's
-    flags (its ``locals()``): the stderr console, the endpoints and the settings (servecmp.toml
-    overridden by flags; old flag names read with their note), a warning when listening beyond
-    loopback (`exposed` says what that exposes), and logging to stderr."""
-    endpoint_flags = {k: flags[k] for k in _ENDPOINT_FLAGS}
-    endpoint_flags["baseline"] = renamed("--primary", flags["primary"], "--baseline", flags["baseline"])
+    flags: the stderr console, the endpoints and the settings (servecmp.toml overridden by flags;
+    old flag names read with their note), a warning when listening beyond loopback (`exposed` says
+    what that exposes), and logging to stderr."""
+    endpoint_flags = _endpoint_flags(flags)  # first: its note comes before the settings' ones
     settings_flags = {field: flags[flag] for flag, field in _SETTINGS_FLAGS.items()}
     settings_flags["queue_size"] = renamed("--queue-size", flags["queue_size"], "--max-queued", flags["max_queued"])
     settings_flags["mirror_concurrency"] = renamed("--mirror-concurrency", flags["mirror_concurrency"],
@@ -193,40 +175,8 @@ def _prepare(flags: dict[str, Any], *, exposed: str) -> tuple[Console, ShadowEnd
 
 
 @shadow_app.command("serve")
-def serve(
-    baseline: BaselineOrPrimary = None,
-    candidate: Candidate = None,
-    secondary: Secondary = None,
-    baseline_model: BaselineModel = None,
-    candidate_model: CandidateModel = None,
-    secondary_model: SecondaryModel = None,
-    baseline_key_env: BaselineKeyEnv = None,
-    candidate_key_env: CandidateKeyEnv = None,
-    secondary_key_env: SecondaryKeyEnv = None,
-    host: Host = None,
-    port: Port = None,
-    db: Db = None,
-    sample_rate: SampleRate = None,
-    hash_only: HashOnly = None,
-    max_db_mb: MaxDbMb = None,
-    max_queued: MaxQueued = None,
-    max_queued_mb: MaxQueuedMb = None,
-    concurrency: Concurrency = None,
-    teacher_forced: TeacherForced = None,
-    top_k: TopK = None,
-    in_process: InProcess = False,
-    access_log: AccessLog = False,
-    max_body_mb: MaxBodyMb = None,
-    max_connections: MaxConnections = None,
-    max_upstream_connections: MaxUpstreamConnections = None,
-    header_timeout: HeaderTimeout = None,
-    body_timeout: BodyTimeout = None,
-    keepalive: Keepalive = None,
-    config: ConfigFile = None,
-    primary: OldPrimary = None,
-    queue_size: OldQueueSize = None,
-    mirror_concurrency: OldMirrorConcurrency = None,
-) -> None:
+@opt.with_options(ENDPOINTS, LISTEN, LISTEN_LIMITS)
+def serve(**flags: Any) -> None:
     """Run the proxy: clients get the primary's (baseline's) responses unchanged; the candidate gets a copy.
 
     The client's own Authorization header goes to the primary only. The key named by
@@ -239,7 +189,7 @@ def serve(
     from servecmp.shadow.store import redact_target, redact_url
 
     err_console, endpoints, cfg = _prepare(
-        locals(), exposed="shadow: listening on {host}, not a loopback address: every client that can reach it "
+        flags, exposed="shadow: listening on {host}, not a loopback address: every client that can reach it "
                           "uses the primary through this proxy")
     proxy = build_proxy(cfg, endpoints)
     floor = f", secondary {redact_url(endpoints.secondary.base_url)}" if endpoints.secondary else ""
@@ -251,49 +201,19 @@ def serve(
         f"{proxy.run_id}",
         highlight=False, markup=False,
     )
-    run_app(proxy, host=cfg.host, port=cfg.port, access_log=access_log, limits=Limits.of(cfg))
+    run_app(proxy, host=cfg.host, port=cfg.port, access_log=flags["access_log"], limits=Limits.of(cfg))
+
+
+MaxPending = Annotated[int | None, typer.Option(
+    "--max-pending", min=1, help="Mirrored requests waiting for the baseline replica's answer at most "
+    "(default 64); more are dropped and counted.")]
+OldMaxPending = Annotated[int | None, typer.Option("--max-in-flight", min=1, hidden=True,
+                                                   help="Old name of --max-pending.")]
 
 
 @shadow_app.command("collect")
-def collect(
-    baseline: BaselineOrPrimary = None,
-    candidate: Candidate = None,
-    secondary: Secondary = None,
-    baseline_model: BaselineModel = None,
-    candidate_model: CandidateModel = None,
-    secondary_model: SecondaryModel = None,
-    baseline_key_env: BaselineKeyEnv = None,
-    candidate_key_env: CandidateKeyEnv = None,
-    secondary_key_env: SecondaryKeyEnv = None,
-    host: Host = None,
-    port: Port = None,
-    db: Db = None,
-    sample_rate: SampleRate = None,
-    hash_only: HashOnly = None,
-    max_db_mb: MaxDbMb = None,
-    max_queued: MaxQueued = None,
-    max_queued_mb: MaxQueuedMb = None,
-    concurrency: Concurrency = None,
-    max_pending: Annotated[int | None, typer.Option(
-        "--max-pending", min=1, help="Mirrored requests waiting for the baseline replica's answer at most "
-        "(default 64); more are dropped and counted.")] = None,
-    teacher_forced: TeacherForced = None,
-    top_k: TopK = None,
-    in_process: InProcess = False,
-    access_log: AccessLog = False,
-    max_body_mb: MaxBodyMb = None,
-    max_connections: MaxConnections = None,
-    max_upstream_connections: MaxUpstreamConnections = None,
-    header_timeout: HeaderTimeout = None,
-    body_timeout: BodyTimeout = None,
-    keepalive: Keepalive = None,
-    config: ConfigFile = None,
-    primary: OldPrimary = None,
-    queue_size: OldQueueSize = None,
-    mirror_concurrency: OldMirrorConcurrency = None,
-    max_in_flight: Annotated[int | None, typer.Option("--max-in-flight", min=1, hidden=True,
-                                                      help="Old name of --max-pending.")] = None,
-) -> None:
+@opt.with_options(ENDPOINTS, LISTEN, opt.OWN, LISTEN_LIMITS)
+def collect(max_pending: MaxPending = None, max_in_flight: OldMaxPending = None, **flags: Any) -> None:
     """Receive requests Envoy/Istio mirror here (answered 202 at once) and compare as `shadow serve` does.
 
     For each mirrored request: the --baseline replica answers it again, the candidate (and the
@@ -305,7 +225,7 @@ def collect(
     from servecmp.shadow.store import redact_target, redact_url
 
     err_console, endpoints, cfg = _prepare(
-        locals(), exposed="shadow collect: listening on {host}, not a loopback address: whoever can reach it can "
+        flags, exposed="shadow collect: listening on {host}, not a loopback address: whoever can reach it can "
                           "make servecmp send requests to the baseline and the candidate")
     pending = renamed("--max-in-flight", max_in_flight, "--max-pending", max_pending)
     receiver = build_receiver(cfg, endpoints, max_in_flight=64 if pending is None else pending)
@@ -317,24 +237,21 @@ def collect(
         + (" (hashes only)" if cfg.hash_only else "") + f"; metrics at /metrics; run {receiver.run_id}",
         highlight=False, markup=False,
     )
-    run_app(receiver, host=cfg.host, port=cfg.port, access_log=access_log, limits=Limits.of(cfg))
+    run_app(receiver, host=cfg.host, port=cfg.port, access_log=flags["access_log"], limits=Limits.of(cfg))
+
+
+NBoot = opt.option("--n-boot", int, "Bootstrap resamples for the intervals (default 2000).", min=100)
 
 
 @shadow_app.command("report")
+@opt.with_options(opt.OWN, opt.OUTPUT, NBoot, opt.ConfigFile)
 def report(
     db: Annotated[str | None, typer.Option(
         "--db", help="Shadow database written by `shadow serve`, `collect` or `replay`: an SQLite file "
         "or a postgresql:// URL.")] = None,
     old_db: Annotated[str | None, typer.Argument(metavar="DB", hidden=True, help="Old form of --db.")] = None,
-    as_json: Json = False,
-    show: Show = None,
     worst: Annotated[int | None, typer.Option("--worst", min=0, hidden=True, help="Old name of --show.")] = None,
-    n_boot: Annotated[int | None, typer.Option(
-        "--n-boot", min=100, help="Bootstrap resamples for the intervals (default 2000).")] = None,
-    gate: Gate = None,
-    summary_md: SummaryMd = None,
-    config: ConfigFile = None,
-    html: Html = None,
+    **flags: Any,
 ) -> None:
     """Summarise a shadow database: rates with 95% intervals, the noise floor, worst requests, per hour.
 
@@ -343,7 +260,7 @@ def report(
     """
     from rich.console import Console
 
-    from servecmp.finish import Output, check_outputs, finish
+    from servecmp.finish import check_outputs, finish
     from servecmp.shadow.kind import ADAPTER
     from servecmp.shadow.summary import DEFAULT_N_BOOT, DEFAULT_WORST
     from servecmp.verdicts import resolve_gates
@@ -355,14 +272,15 @@ def report(
         db = old_db
     if db is None:
         raise UserError("shadow report: give the database with --db (an SQLite file or a postgresql:// URL)")
-    shown = renamed("--worst", worst, "--show", show)
-    gates = resolve_gates("shadow", gate, config)
-    out = Output(as_json=as_json, show=DEFAULT_WORST if shown is None else shown, html=html,
-                 summary_md=summary_md, title=f"servecmp gates: shadow database {_db_name(db)}")
+    shown = renamed("--worst", worst, "--show", flags["show"])
+    gates = resolve_gates("shadow", flags["gate"], flags["config"])
+    out = opt.output(flags, show=DEFAULT_WORST if shown is None else shown,
+                     title=f"servecmp gates: shadow database {_db_name(db)}")
     check_outputs(out)
+    n_boot = flags["n_boot"]
     view = ADAPTER.load(db, show=out.show, n_boot=DEFAULT_N_BOOT if n_boot is None else n_boot)
     # With --json, stdout holds only the JSON; the verdict block goes to stderr.
-    code = finish("shadow", view, gates, out, Console(stderr=as_json))
+    code = finish("shadow", view, gates, out, Console(stderr=out.as_json))
     if code:
         raise SystemExit(code)  # not typer.Exit: main() runs click with standalone_mode=False, which swallows it
 
@@ -373,38 +291,25 @@ def _db_name(db: str) -> str:
     return redact_target(db) if is_postgres(db) else Path(db).name
 
 
+ReplayConcurrency = opt.option("--concurrency", int, "Requests in flight at most (default 8); the next waits for a "
+                               "free one.", min=1)
+OldReplayInFlight = opt.legacy("--max-in-flight", "--concurrency", int, min=1)
+
+
 @shadow_app.command("replay")
+@opt.with_options(ENDPOINTS, Db, opt.OWN, opt.Limit, ReplayConcurrency, OldReplayInFlight, OldPrimary, RECORD, SCORE,
+                  opt.ConfigFile)
 def replay_cmd(
     file: Annotated[str, typer.Argument(
         metavar="INPUT", help="OpenAI request JSONL, or a shadow database recorded with text: an SQLite file or a "
                               "postgresql:// URL.")],
-    baseline: BaselineOrPrimary = None,
-    candidate: Candidate = None,
-    secondary: Secondary = None,
-    baseline_model: BaselineModel = None,
-    candidate_model: CandidateModel = None,
-    secondary_model: SecondaryModel = None,
-    baseline_key_env: BaselineKeyEnv = None,
-    candidate_key_env: CandidateKeyEnv = None,
-    secondary_key_env: SecondaryKeyEnv = None,
-    db: Db = None,
     send_rps: Annotated[
         float,
         typer.Option("--send-rps",
                      help="Requests started per second: the send rate (not a per-endpoint cap like --rps elsewhere)."),
     ] = 2.0,
     old_rps: Annotated[float | None, typer.Option("--rps", hidden=True, help="Renamed --send-rps.")] = None,
-    limit: Limit = None,
-    concurrency: Annotated[int | None, typer.Option(
-        "--concurrency", min=1, help="Requests in flight at most (default 8); the next waits for a free one.")] = None,
-    max_in_flight: Annotated[int | None, typer.Option("--max-in-flight", min=1, hidden=True,
-                                                      help="Old name of --concurrency.")] = None,
-    primary: OldPrimary = None,
-    hash_only: HashOnly = None,
-    max_db_mb: MaxDbMb = None,
-    teacher_forced: TeacherForced = None,
-    top_k: TopK = None,
-    config: ConfigFile = None,
+    **flags: Any,
 ) -> None:
     """Send recorded requests to the primary (baseline) and the candidate (and secondary); record the measures.
 
@@ -425,19 +330,14 @@ def replay_cmd(
     if send_rps <= 0:
         raise UserError("--send-rps must be positive")
     err_console = Console(stderr=True)
-    file_cfg = load_config(config)
-    endpoints = _endpoints(
-        file_cfg, baseline=renamed("--primary", primary, "--baseline", baseline), candidate=candidate,
-        secondary=secondary, baseline_model=baseline_model,
-        candidate_model=candidate_model, secondary_model=secondary_model, baseline_key_env=baseline_key_env,
-        candidate_key_env=candidate_key_env, secondary_key_env=secondary_key_env,
-    )
-    cfg = _shadow_settings(file_cfg, db=db, hash_only=hash_only, max_db_mb=max_db_mb,
-                           teacher_forced=teacher_forced, top_k=top_k)
-    requests = load_requests(file, limit)
+    file_cfg = load_config(flags["config"])
+    endpoints = _endpoints(file_cfg, **_endpoint_flags(flags))
+    cfg = _shadow_settings(file_cfg, **{k: flags[k] for k in ("db", "hash_only", "max_db_mb", "teacher_forced",
+                                                              "top_k")})
+    requests = load_requests(file, flags["limit"])
     err_console.print(f"shadow replay: {len(requests)} requests at {send_rps:g}/s → {redact_target(cfg.db)}",
                       highlight=False, markup=False)
-    in_flight = renamed("--max-in-flight", max_in_flight, "--concurrency", concurrency)
+    in_flight = renamed("--max-in-flight", flags["max_in_flight"], "--concurrency", flags["concurrency"])
     outcome = asyncio.run(replay(cfg, endpoints, requests, send_rps=send_rps,
                                  max_in_flight=8 if in_flight is None else in_flight))
     err_console.print(

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from servecmp import __version__
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
+from servecmp.options import TaskRunOptions
 from servecmp.runstore import MANIFEST, StoredRunRef, read_json, utcnow, write_json_atomic
 
 if TYPE_CHECKING:
@@ -44,41 +45,13 @@ DEFAULT_MAX_TOKENS = 256
 
 
 @dataclass
-class GenOptions:
+class GenOptions(TaskRunOptions):
     """The command-line flags of `servecmp gen`; None means "not given"."""
 
-    baseline: str | None = None
-    candidate: list[str] | None = None
-    baseline_model: str | None = None
-    candidate_model: list[str] | None = None
-    baseline_key_env: str | None = None
-    candidate_key_env: list[str] | None = None
-    candidate_name: list[str] | None = None
-    secondary: str | None = None
-    secondary_model: str | None = None
-    secondary_key_env: str | None = None
-    noise_floor: int | None = None
-    task: str | None = None
-    data_dir: str | None = None
-    source: str | None = None
-    fewshot: int | None = None
-    limit: int | None = None
-    sample: int | None = None
-    seed: int | None = None
-    api: str | None = None
     max_tokens: int | None = None
     samples: int | None = None
     temperature: float | None = None
-    top_k: int | None = None
     teacher_forcing: bool | None = None
-    concurrency: int | str | None = None
-    max_concurrency: int | None = None
-    rps: float | None = None
-    timeout: float | None = None
-    retries: int | None = None
-    runs_dir: Path | None = None
-    resume: Path | None = None
-    config: Path | None = None
     #: Consent to run model-written code (code tasks); asked of every invocation, resumes included.
     allow_code_execution: bool | None = None
     #: --baseline-run, --baseline-check, --baseline-only (servecmp.gen.stored).
@@ -210,11 +183,9 @@ def floor_sample(items: list[GenItem], n: int, seed: int) -> list[str]:
 
 def _candidate_endpoints(opts: GenOptions, cfg: Config, pacing: dict[str, Any]) -> list[GenEndpoint]:
     # MCQ's rules for candidates (flags by position, [[candidates]], [candidate]) and names.
-    from servecmp.mcq.settings import McqOptions, _candidates, name_candidates
+    from servecmp.mcq.settings import candidate_endpoints, name_candidates
 
-    mcq_opts = McqOptions(candidate=opts.candidate, candidate_model=opts.candidate_model,
-                          candidate_key_env=opts.candidate_key_env, candidate_name=opts.candidate_name)
-    named = _candidates(mcq_opts, cfg, pacing, auto_default=True)
+    named = candidate_endpoints(opts, cfg, pacing, auto_default=True)
     if len(named) > 1:
         name_candidates(named)
     out = []
@@ -249,8 +220,7 @@ def new_manifest(opts: GenOptions, cfg: Config) -> tuple[GenManifest, list[GenIt
     if samples > 1 and temperature == 0.0:
         raise UserError(f"--samples {samples} with temperature 0 would ask for {samples} copies of the greedy "
                         "answer: give --temperature T > 0")
-    pacing = {"max_concurrency": opts.concurrency, "requests_per_second": opts.rps, "timeout_s": opts.timeout,
-              "max_retries": opts.retries, "concurrency_cap": opts.max_concurrency}
+    pacing = opts.endpoint_pacing()
     seed = opts.seed if opts.seed is not None else g.seed
     sampling = samples > 1 or temperature > 0
     base = endpoint_from("baseline", cfg.baseline, opts.baseline, model=opts.baseline_model,
@@ -321,9 +291,7 @@ def resumed_manifest(opts: GenOptions) -> GenManifest:
             f"cannot resume {opts.resume} with {', '.join(conflicts)}: a resumed run takes every setting that "
             f"decides its results from its manifest (with --resume only {', '.join(ACCEPTED_ON_RESUME)} apply)")
     manifest = read_manifest(opts.resume)
-    given = {k: v for k, v in {"max_concurrency": opts.concurrency, "concurrency_cap": opts.max_concurrency,
-                               "requests_per_second": opts.rps, "timeout_s": opts.timeout,
-                               "max_retries": opts.retries}.items() if v is not None}
+    given = opts.given_pacing()
     if given:
         manifest = manifest.model_copy(update={"endpoints": [
             GenEndpoint.model_validate({**e.model_dump(), **given}) for e in manifest.endpoints]})

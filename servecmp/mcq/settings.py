@@ -7,7 +7,7 @@
                  fingerprint, prompt-format hash, times). kind "mcq", version 3 (2 and 1 read).
 
 Concurrency: "auto" unless --concurrency or the endpoint's servecmp.toml section sets a number
-(`_mcq_pacing`; MT-Bench, sharing `_candidates`, keeps `EndpointSpec`'s fixed 4); the manifest records
+(`_mcq_pacing`; MT-Bench, sharing `candidate_endpoints`, keeps `EndpointSpec`'s fixed 4); the manifest records
 "auto" as such, so a resumed run adapts again rather than replaying the level the original reached.
 
 Precedence for a new run: flag, then servecmp.toml (`[baseline]`, `[candidate]` or `[[candidates]]`,
@@ -47,6 +47,7 @@ from servecmp.capabilities import EndpointCapabilities
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
 from servecmp.gates import Gate, parse_gates
+from servecmp.options import EndpointOptions, TaskRunOptions
 from servecmp.records import ROLES, EndpointRole, RunManifest
 from servecmp.runstore import MANIFEST, StoredRunRef, read_json, refuse_on_resume, utcnow, write_json_atomic
 
@@ -118,42 +119,11 @@ class SequentialPlan(BaseModel):
 
 
 @dataclass
-class McqOptions:
-    """The command-line flags of `servecmp mcq`; None means "not given"."""
+class McqOptions(TaskRunOptions):
+    """The command-line flags of `servecmp mcq`; None means "not given". Concurrency not given is
+    "auto", unless the endpoint's servecmp.toml section sets a number."""
 
-    baseline: str | None = None
-    #: Repeatable: one URL per candidate (a single string is read as one).
-    candidate: list[str] | str | None = None
-    baseline_model: str | None = None
-    candidate_model: list[str] | str | None = None
-    baseline_key_env: str | None = None
-    candidate_key_env: list[str] | str | None = None
-    candidate_name: list[str] | str | None = None
-    secondary: str | None = None
-    secondary_model: str | None = None
-    secondary_key_env: str | None = None
-    noise_floor: int | None = None
-    task: str | None = None
-    data_dir: str | None = None
-    source: str | None = None
-    fewshot: int | None = None
     fewshot_file: str | None = None
-    limit: int | None = None
-    sample: int | None = None
-    seed: int | None = None
-    top_k: int | None = None
-    #: "auto", "completions" or "chat": the API letter items are asked through.
-    api: str | None = None
-    #: A number or "auto" (not given: "auto", unless the endpoint's servecmp.toml section sets one).
-    concurrency: int | str | None = None
-    #: The cap of "auto" (`--max-concurrency`).
-    max_concurrency: int | None = None
-    rps: float | None = None
-    timeout: float | None = None
-    retries: int | None = None
-    runs_dir: Path | None = None
-    resume: Path | None = None
-    config: Path | None = None
     #: --until-decided, --batch, --budget (servecmp.mcq.sequential).
     until_decided: bool | None = None
     batch: int | None = None
@@ -463,11 +433,11 @@ def _as_list(value: list[str] | str | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _candidates(opts: McqOptions, cfg: Config, pacing: dict[str, Any], *,
-                auto_default: bool = False) -> list[NamedEndpoint]:
+def candidate_endpoints(opts: EndpointOptions, cfg: Config, pacing: dict[str, Any], *,
+                        auto_default: bool = False) -> list[NamedEndpoint]:
     """--candidate flags (with --candidate-model/-key-env/-name by position), else servecmp.toml's
     `[[candidates]]`, else its `[candidate]`. `auto_default`: MCQ's concurrency default (`_mcq_pacing`);
-    MT-Bench, which shares this, keeps the fixed one."""
+    MT-Bench, which shares this, keeps the fixed one. Any kind's options with the endpoint flags will do."""
     urls = _as_list(opts.candidate)
     models, keys, names = (_as_list(opts.candidate_model), _as_list(opts.candidate_key_env),
                            _as_list(opts.candidate_name))
@@ -538,8 +508,7 @@ def new_settings(opts: McqOptions, cfg: Config) -> McqSettings:
         # Refused before any data is loaded or request sent (servecmp.capabilities.choose_api says the same).
         raise UserError("continuation tasks (arc, hellaswag, piqa, winogrande) score each choice's echoed prompt "
                         "logprobs, which /v1/chat/completions cannot return: use --api completions")
-    pacing = {"max_concurrency": opts.concurrency, "requests_per_second": opts.rps, "timeout_s": opts.timeout,
-              "max_retries": opts.retries, "concurrency_cap": opts.max_concurrency}
+    pacing = opts.endpoint_pacing()
     mc = cfg.mcq
     # --limit (the first N) given as a flag replaces the config's seeded sample: they are alternatives.
     sample = opts.sample if opts.sample is not None or opts.limit is not None else mc.sample
@@ -552,7 +521,7 @@ def new_settings(opts: McqOptions, cfg: Config) -> McqSettings:
     return McqSettings(
         baseline=endpoint_from("baseline", cfg.baseline, opts.baseline, model=opts.baseline_model,
                                api_key_env=opts.baseline_key_env, **_mcq_pacing(pacing, cfg.baseline)),
-        candidates=[] if opts.baseline_only else _candidates(opts, cfg, pacing, auto_default=True),
+        candidates=[] if opts.baseline_only else candidate_endpoints(opts, cfg, pacing, auto_default=True),
         secondary=secondary,
         noise_floor=opts.noise_floor if opts.noise_floor is not None else mc.noise_floor,
         task=opts.task or mc.task,
@@ -601,10 +570,7 @@ def resumed_settings(opts: McqOptions) -> tuple[McqSettings, McqManifest]:
     refuse_on_resume(run_dir, resume_conflicts(opts), ACCEPTED_ON_RESUME)
     manifest = read_manifest(run_dir)
     settings = manifest.settings(runs_dir=run_dir.parent)
-    pacing = {"max_concurrency": opts.concurrency, "concurrency_cap": opts.max_concurrency,
-              "requests_per_second": opts.rps,
-              "timeout_s": opts.timeout, "max_retries": opts.retries}
-    given = {k: v for k, v in pacing.items() if v is not None}
+    given = opts.given_pacing()
     if given:
         settings = settings.model_copy(update={
             "baseline": endpoint_from("baseline", settings.baseline, None, **given),

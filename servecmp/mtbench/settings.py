@@ -23,7 +23,7 @@ from servecmp.errors import UserError
 from servecmp.judges.cost import is_openai, is_paid_judge
 from servecmp.judges.parsing import FORCED_MAX_TOKENS
 from servecmp.judges.prompts import JudgePrompts, load_judge_prompts
-from servecmp.mcq.settings import McqOptions, NamedEndpoint, _candidates, name_candidates
+from servecmp.mcq.settings import NamedEndpoint, candidate_endpoints, name_candidates
 from servecmp.mtbench import questions as qmod
 from servecmp.mtbench.manifest import (
     DEMO_JUDGE,
@@ -37,6 +37,7 @@ from servecmp.mtbench.manifest import (
 )
 from servecmp.mtbench.questions import MtQuestion
 from servecmp.mtbench.rundir import MtRunPaths, answer_stems, file_stem
+from servecmp.options import EndpointOptions, PacingOptions, RunOptions
 from servecmp.runstore import refuse_on_resume, utcnow
 from servecmp.serving.modelpair import cache_root
 
@@ -58,39 +59,25 @@ __all__ = [
 ]
 
 
+# Bases listed last come first among a dataclass's fields (servecmp.options). MT-Bench has no
+# --max-concurrency (its concurrency is a fixed number unless "auto" is given): that field stays None.
 @dataclass
-class MtBenchOptions:
-    """The command-line flags; None means "not given"."""
+class MtBenchOptions(RunOptions, PacingOptions, EndpointOptions):
+    """The command-line flags; None means "not given". Pacing is the answering endpoints' (the
+    judge has its own, from [judge] and --judge-rps); concurrency not given: EndpointSpec's fixed default."""
 
     questions: Path | None = None
     references: Path | None = None
-    limit: int | None = None
     categories: list[str] | None = None
     max_tokens: int | None = None
-    baseline: str | None = None
-    baseline_model: str | None = None
-    baseline_key_env: str | None = None
-    #: Repeatable (matched by position with the model/key/name flags); a single string is one candidate.
-    candidate: list[str] | str | None = None
-    candidate_model: list[str] | str | None = None
-    candidate_key_env: list[str] | str | None = None
-    candidate_name: list[str] | str | None = None
-    #: Pacing of the two answering endpoints (the judge has its own, from [judge] and --judge-rps).
-    #: A number or "auto" (servecmp.concurrency); not given: EndpointSpec's fixed default.
-    concurrency: int | str | None = None
-    rps: float | None = None
-    timeout: float | None = None
-    retries: int | None = None
     judge_url: str | None = None
     judge_model: str | None = None
     judge_key_env: str | None = None
     judge_force_format: bool | None = None
     mode: str | None = None
-    resume: Path | None = None
     max_judge_calls: int | None = None
     judge_rps: float | None = None
     judge_cache: str | None = None
-    runs_dir: Path | None = None
     show: int | None = None
     yes: bool = False
 
@@ -168,15 +155,6 @@ def _mode(value: str) -> Mode:
     return cast(Mode, value)
 
 
-def _pacing(opts: MtBenchOptions) -> dict[str, float | int | str | None]:
-    return {
-        "max_concurrency": opts.concurrency,
-        "requests_per_second": opts.rps,
-        "timeout_s": opts.timeout,
-        "max_retries": opts.retries,
-    }
-
-
 def _shared_cache(flag: str | None, cfg: Config) -> Path | None:
     value = flag if flag is not None else cfg.judge.cache_dir
     if value is not None and value.lower() in ("off", "none", ""):
@@ -244,16 +222,12 @@ def new_settings(opts: MtBenchOptions, cfg: Config) -> MtBenchSettings:
     limit = opts.limit if opts.limit is not None else mc.limit
     questions = qmod.select(questions, categories=categories, limit=limit)
 
-    pacing = _pacing(opts)
+    pacing = opts.endpoint_pacing()
     baseline = endpoint_from(
         "baseline", cfg.baseline, opts.baseline, model=opts.baseline_model, api_key_env=opts.baseline_key_env,
         **pacing,
     )  # fmt: skip
-    candidates = _candidates(
-        McqOptions(candidate=opts.candidate, candidate_model=opts.candidate_model,
-                   candidate_key_env=opts.candidate_key_env, candidate_name=opts.candidate_name),
-        cfg, pacing,
-    )  # fmt: skip
+    candidates = candidate_endpoints(opts, cfg, pacing)
     judge, is_demo = _judge_spec(opts, cfg, baseline)
     force, judge_tokens = _judge_format(opts, cfg, is_demo)
     max_tokens = opts.max_tokens if opts.max_tokens is not None else mc.max_tokens
@@ -339,15 +313,11 @@ def manifest_for(settings: MtBenchSettings) -> MtBenchManifest:
         version=MANIFEST_VERSION if several else 2,
         endpoints=endpoints,
         judge=MtJudge(
-            url=DEMO_JUDGE if s.judge_is_baseline else j.base_url,
-            model=_resolved(j.model, "judge"),
-            api_key_env=j.api_key_env,
-            force_format=s.judge_force_format,
-            max_tokens=s.judge_max_tokens,
-            timeout_s=j.timeout_s,
-            max_concurrency=j.max_concurrency,
-            requests_per_second=j.requests_per_second,
-            max_retries=j.max_retries,
+            url=DEMO_JUDGE if s.judge_is_baseline else j.base_url, model=_resolved(j.model, "judge"),
+            force_format=s.judge_force_format, max_tokens=s.judge_max_tokens,
+            # The judge's key variable and pacing, as the run starts with them.
+            **j.model_dump(include={"api_key_env", "timeout_s", "max_concurrency", "requests_per_second",
+                                    "max_retries"}),
         ),
         prompt_format_hash=s.prompts.fingerprint,
         started_at=utcnow(),
@@ -375,7 +345,7 @@ def resumed_settings(
     if opts.max_judge_calls is not None and opts.max_judge_calls < 0:
         raise UserError("--max-judge-calls must be 0 or more")
 
-    pacing = _pacing(opts)
+    pacing = opts.endpoint_pacing()
     baseline = endpoint_from("baseline", manifest.endpoint("baseline").spec(), None, **pacing)
     candidates = [
         NamedEndpoint(**endpoint_from("candidate", e.spec(), None, **pacing).model_dump(),

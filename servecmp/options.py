@@ -1,0 +1,114 @@
+"""The flag groups several run kinds share, as typed options: one field list per concept.
+
+A run kind's options (`McqOptions`, `GenOptions`, `MtBenchOptions`) inherit the groups it offers
+and add its own fields. Every field is None when its flag was not given, so a kind can tell a flag
+from servecmp.toml's value and from its own default, and `--resume` can refuse the flags that would
+change a result.
+
+A lower layer: the command line (`servecmp._cli.common`) builds these from parsed flags
+(`FlagOptions.from_flags`); the settings modules of the kinds read them. Nothing here knows a
+feature package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Self
+
+
+@dataclass
+class FlagOptions:
+    """Options read from flags; None means "not given"."""
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, Any]) -> Self:
+        """The options among ``flags`` (a command's parsed flags, by parameter name) that this class
+        has; the others belong to the command. A repeatable flag given no time arrives as an empty
+        list: that is "not given" too."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: None if v == [] else v for k, v in flags.items() if k in names})
+
+    def given(self) -> list[str]:
+        """The flags given, as `--flag-name`, in field order (for a one-line refusal)."""
+        return [f"--{f.name.replace('_', '-')}" for f in fields(self) if getattr(self, f.name) not in (None, [])]
+
+
+@dataclass
+class EndpointOptions(FlagOptions):
+    """The baseline and the candidates (repeatable, matched by position; a single string is one)."""
+
+    baseline: str | None = None
+    candidate: list[str] | str | None = None
+    baseline_model: str | None = None
+    candidate_model: list[str] | str | None = None
+    baseline_key_env: str | None = None
+    candidate_key_env: list[str] | str | None = None
+    candidate_name: list[str] | str | None = None
+
+
+@dataclass
+class NoiseFloorOptions(FlagOptions):
+    """A second replica of the baseline, and the seeded sample every endpoint is asked again."""
+
+    secondary: str | None = None
+    secondary_model: str | None = None
+    secondary_key_env: str | None = None
+    noise_floor: int | None = None
+
+
+@dataclass
+class PacingOptions(FlagOptions):
+    """How servecmp paces its own requests to each endpoint."""
+
+    #: A number or "auto" (servecmp.concurrency).
+    concurrency: int | str | None = None
+    #: The cap of "auto" (`--max-concurrency`).
+    max_concurrency: int | None = None
+    rps: float | None = None
+    timeout: float | None = None
+    retries: int | None = None
+
+    def endpoint_pacing(self) -> dict[str, Any]:
+        """The pacing flags as `EndpointSpec` fields (None: not given, `endpoint_from` keeps the section's)."""
+        return {"max_concurrency": self.concurrency, "concurrency_cap": self.max_concurrency,
+                "requests_per_second": self.rps, "timeout_s": self.timeout, "max_retries": self.retries}
+
+    def given_pacing(self) -> dict[str, Any]:
+        """Only the pacing flags given: what a resumed run applies over its manifest's endpoints."""
+        return {k: v for k, v in self.endpoint_pacing().items() if v is not None}
+
+
+@dataclass
+class RunOptions(FlagOptions):
+    """Where the run goes, which run to resume, the config file, and how many items."""
+
+    runs_dir: Path | None = None
+    resume: Path | None = None
+    config: Path | None = None
+    #: The first N items/questions, in file order.
+    limit: int | None = None
+
+
+@dataclass
+class TaskOptions(FlagOptions):
+    """Which items a task-based run asks, and how (MCQ and generated answers alike)."""
+
+    task: str | None = None
+    data_dir: str | None = None
+    source: str | None = None
+    fewshot: int | None = None
+    #: A seeded random sample of N items (`--seed`).
+    sample: int | None = None
+    seed: int | None = None
+    #: "auto", "completions" or "chat": the API items are asked through.
+    api: str | None = None
+    top_k: int | None = None
+
+
+# Bases listed last come first among a dataclass's fields: the fields read endpoints, noise floor,
+# pacing, run, task, then a kind's own (the order a refusal names the given flags in).
+@dataclass
+class TaskRunOptions(TaskOptions, RunOptions, PacingOptions, NoiseFloorOptions, EndpointOptions):
+    """The flags a run over a task's items offers (MCQ, generated answers): every group above."""
