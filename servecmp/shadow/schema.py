@@ -175,6 +175,18 @@ def is_postgres(target: str | Path) -> bool:
     return isinstance(target, str) and target.split("://", 1)[0].lower() in PG_SCHEMES and "://" in target
 
 
+#: The first bytes of every SQLite database file (sqlite.org/fileformat.html, "The Database Header").
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def is_sqlite_file(path: Path) -> bool:
+    """An existing file that starts as an SQLite database does (not a JSONL file, say)."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+
+
 def redact_url(url: str) -> str:
     """An endpoint URL as labels, the database and logs show it: any ``user:password@`` replaced by
     ``***@`` (the URL is still used as given to connect)."""
