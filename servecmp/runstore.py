@@ -17,7 +17,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from servecmp.errors import UserError, first_error
 
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
@@ -138,6 +139,23 @@ def read_jsonl_objects(source: Path | Traversable) -> Iterator[tuple[int, dict[s
             yield from jsonl_objects(fh, source)
         except OSError as exc:  # e.g. a directory: open() succeeds, the first read fails
             raise UserError(f"cannot read {source}: {exc.strerror or exc}") from None
+
+
+def read_jsonl_rows(
+    source: Path | Traversable, parse: Callable[[int, dict[str, Any]], R], key: Callable[[R], Hashable], what: str
+) -> list[R]:
+    """Each line of a JSONL input as ``parse(line, object)``, no two with one ``key``; a repeat is
+    "PATH:LINE: duplicate WHAT 'k' (first on line N)"."""
+    rows: list[R] = []
+    first: dict[Hashable, int] = {}
+    for n, obj in read_jsonl_objects(source):
+        row = parse(n, obj)
+        k = key(row)
+        if k in first:
+            raise line_error(source, n, f"duplicate {what} {k!r} (first on line {first[k]})")
+        first[k] = n
+        rows.append(row)
+    return rows
 
 
 def validate_as(model: type[M], data: Any, path: Path, what: str) -> M:

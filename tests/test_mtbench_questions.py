@@ -90,7 +90,10 @@ def test_select_categories_then_limit() -> None:
         ("not json\n", r"q.jsonl:1: not valid JSON \(Expecting value at column 1\)"),
         ("[1, 2]\n", "q.jsonl:1: expected a JSON object, got list"),
         ("\n", "holds no questions"),
-        ('{"question_id": 1, "category": "x", "turns": ["a"]}\n' * 2, "q.jsonl:2: question_id 1 appears twice"),
+        (
+            '{"question_id": 1, "category": "x", "turns": ["a"]}\n' * 2,
+            r"q.jsonl:2: duplicate question_id 1 \(first on line 1\)$",
+        ),
     ],
 )
 def test_bad_question_files(tmp_path: Path, content: str, message: str) -> None:

@@ -17,12 +17,13 @@ from collections.abc import Sequence
 from importlib.abc import Traversable
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from servecmp.errors import UserError, first_error
 from servecmp.judges.prompts import NEED_REF_CATEGORIES
-from servecmp.runstore import line_error, read_jsonl_objects
+from servecmp.runstore import line_error, read_jsonl_objects, read_jsonl_rows
 
 CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 
@@ -76,17 +77,14 @@ def vendored(name: str) -> Traversable:
 
 def load_questions(source: Traversable | Path | None = None) -> list[MtQuestion]:
     src = source if source is not None else vendored("question.jsonl")
-    questions: list[MtQuestion] = []
-    seen: set[QuestionId] = set()
-    for n, obj in read_jsonl_objects(src):
+
+    def question(n: int, obj: dict[str, Any]) -> MtQuestion:
         try:
-            q = MtQuestion.model_validate(obj)
+            return MtQuestion.model_validate(obj)
         except ValidationError as exc:
             raise line_error(src, n, f"not an MT-Bench question ({first_error(exc)})") from exc
-        if q.question_id in seen:
-            raise line_error(src, n, f"question_id {q.question_id} appears twice")
-        seen.add(q.question_id)
-        questions.append(q)
+
+    questions = read_jsonl_rows(src, question, lambda q: q.question_id, "question_id")
     if not questions:
         raise UserError(f"{src} holds no questions")
     return questions

@@ -19,11 +19,12 @@ line naming PATH and the line number (UserError, exit 2).
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
-from servecmp.runstore import line_error, read_jsonl_objects
+from servecmp.runstore import line_error, read_jsonl_rows
 from servecmp.tasks.extract import parse_grader
 from servecmp.tasks.gen_task import GenItem
 
@@ -74,14 +75,8 @@ def _item(obj: dict[str, Any], index: int, path: Path, line: int) -> GenItem:
 
 
 def load_gen_jsonl(path: Path) -> list[GenItem]:
-    items: list[GenItem] = []
-    seen: set[str] = set()
-    for n, obj in read_jsonl_objects(path):
-        item = _item(obj, len(items), path, n)
-        if item.item_id in seen:
-            raise line_error(path, n, f"duplicate id {item.item_id!r}")
-        seen.add(item.item_id)
-        items.append(item)
+    index = itertools.count()  # an item's default id: its 0-based place among the items
+    items = read_jsonl_rows(path, lambda n, obj: _item(obj, next(index), path, n), lambda item: item.item_id, "id")
     if not items:
         raise UserError(f"task file {path} has no items")
     return items

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
-from servecmp.runstore import line_error, read_jsonl_objects
+from servecmp.runstore import line_error, read_jsonl_rows
 from servecmp.tasks.items import McqItem
 from servecmp.tasks.letter_format import (
     LETTER_FORMAT,
@@ -88,15 +88,7 @@ def _row(obj: dict[str, Any], path: Path, line: int) -> JsonlRow:
 
 def read_rows(path: Path) -> list[JsonlRow]:
     """Every row of a JSONL MCQ file, validated; blank lines are skipped."""
-    rows: list[JsonlRow] = []
-    seen: dict[str, int] = {}
-    for line, obj in read_jsonl_objects(path):
-        row = _row(obj, path, line)
-        if row.item_id in seen:
-            raise line_error(path, line, f"duplicate id {row.item_id!r} (first on line {seen[row.item_id]})")
-        seen[row.item_id] = line
-        rows.append(row)
-    return rows
+    return read_jsonl_rows(path, lambda line, obj: _row(obj, path, line), lambda row: row.item_id, "id")
 
 
 def load_jsonl(path: Path, *, task: str, fewshot: Path | None = None, n_shots: int | None = None) -> list[McqItem]:
