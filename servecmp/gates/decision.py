@@ -24,9 +24,7 @@ from servecmp.gates.rules import (
 )
 
 #: What `servecmp.gates` re-exports from this module (its public API).
-__all__ = [
-    "GateResult", "Verdict", "at_chance", "chance_note", "chance_sentence", "combine", "decide",
-]
+__all__ = ["GateResult", "Verdict", "at_chance", "chance_note", "chance_sentence", "combine", "decide"]
 
 
 class GateResult(BaseModel):

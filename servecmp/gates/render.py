@@ -13,9 +13,7 @@ from servecmp.gates.decision import GateResult, Verdict, combine
 from servecmp.gates.rules import MAX_ITEMS, format_value
 
 #: What `servecmp.gates` re-exports from this module (its public API).
-__all__ = [
-    "render_verdict", "verdict_markdown",
-]
+__all__ = ["render_verdict", "verdict_markdown"]
 
 # ---- rendering --------------------------------------------------------------------------------
 

@@ -26,9 +26,7 @@ from servecmp.metrics.stats import (
 )
 
 #: What `servecmp.metrics` re-exports from this module (its public API).
-__all__ = [
-    "SCHEMA", "SCHEMA_VERSION", "jsonable", "summarize_mcq",
-]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "jsonable", "summarize_mcq"]
 
 #: Identifies the layout of the dict `summarize_mcq` returns; bump both when a key changes meaning.
 #: Version 2 added `version` and the typed `run` section (`servecmp.mcq.summary.McqSummary`).
