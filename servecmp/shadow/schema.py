@@ -1,7 +1,8 @@
 """The shadow database's schema and interface, shared by both backends.
 
-`TABLES` (rendered per dialect by `render_schema`), the record type (`PairRecord`), the counters,
-target helpers (`is_postgres`, `redact_target`, `scrub`) and the backend interface `StoreConn`.
+`TABLES` (rendered per dialect by `render_schema`), the statements run on them (`statements`, per
+driver placeholder), the record type (`PairRecord`), the counters, target helpers (`is_postgres`,
+`is_sqlite_file`, `redact_target`, `scrub`) and the backend interface `StoreConn`.
 `servecmp.shadow.sqlite_store` and `servecmp.shadow.pg_store` implement `StoreConn`;
 `servecmp.shadow.store` opens one (`open_store`) and writes through it (`PairWriter`). Kept apart
 from store.py so the backends import only this module, never the module that imports them.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import threading
 import uuid
@@ -318,6 +320,53 @@ def pair_row(rec: PairRecord, hash_only: bool) -> tuple[Any, ...]:
         v = None if hash_only and c in TEXT_COLUMNS else getattr(rec, c)
         out.append(int(v) if isinstance(v, bool) else v)
     return tuple(out)
+
+
+def run_row(run: RunInfo, started_at: float) -> tuple[Any, ...]:
+    """The run as a row of ``runs`` (settings as sorted JSON)."""
+    return (run.run_id, started_at, run.mode, run.primary_url, run.candidate_url, run.secondary_url,
+            int(run.hash_only), run.sample_rate, json.dumps(run.settings, sort_keys=True))
+
+
+def counter_rows(run_id: str, counters: dict[str, int]) -> list[tuple[Any, ...]]:
+    """Parameters of `Statements.update_counter`, one a counter."""
+    return [(value, run_id, name) for name, value in counters.items()]
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The statements both backends run, in one driver's parameter style: sqlite3's ``?`` or
+    psycopg's ``%s`` (`statements`). Written once so the two databases cannot drift apart."""
+
+    insert_pair: str
+    update_counter: str
+    insert_run: str
+    insert_counter: str
+    insert_version: str
+    update_version: str
+    #: The report's reads (no parameters).
+    select_pairs: str = "SELECT * FROM pairs ORDER BY ts, id"
+    select_counters: str = "SELECT name, SUM(value) AS total FROM counters GROUP BY name"
+    select_runs: str = ("SELECT run_id, started_at, mode, primary_url, candidate_url, secondary_url, hash_only, "
+                        "sample_rate, settings FROM runs ORDER BY started_at")
+    #: `StoreConn.load_requests`: the candidate's row is the one every compared request has.
+    select_requests: str = "SELECT endpoint, request_json FROM pairs WHERE target = 'candidate' ORDER BY ts, id"
+
+
+def statements(p: str) -> Statements:
+    """`Statements` with ``p`` as the parameter placeholder."""
+
+    def marks(n: int) -> str:
+        return ", ".join([p] * n)
+
+    return Statements(
+        insert_pair=f"INSERT INTO pairs ({', '.join(PAIR_COLUMNS)}) VALUES ({marks(len(PAIR_COLUMNS))})",
+        update_counter=f"UPDATE counters SET value = {p} WHERE run_id = {p} AND name = {p}",
+        insert_run=f"INSERT INTO runs VALUES ({marks(len(TABLES['runs'][0]))})",
+        insert_counter=f"INSERT INTO counters (run_id, name, value) VALUES ({marks(2)}, 0) ON CONFLICT DO NOTHING",
+        insert_version=f"INSERT INTO meta (key, value) VALUES ('schema_version', {p}) ON CONFLICT DO NOTHING",
+        update_version=f"UPDATE meta SET value = {p} WHERE key = 'schema_version'",
+    )
 
 
 # ---- the interface -----------------------------------------------------------------------------
