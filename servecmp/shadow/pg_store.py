@@ -13,23 +13,18 @@ flight, not the rest of the run.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from servecmp.errors import MissingExtra, UserError
 from servecmp.shadow.schema import (
-    COUNTER_NAMES,
     SCHEMA_VERSION,
     Row,
-    RunInfo,
     StoreConn,
     StoreError,
-    counter_rows,
     missing_columns,
     redact_target,
     render_schema,
-    run_row,
     scrub,
     statements,
 )
@@ -55,6 +50,8 @@ def _psycopg() -> Any:
 
 
 class PgConn(StoreConn):
+    sql = SQL
+
     def __init__(self, url: str, conn: Any, psycopg: Any) -> None:
         self.url = url
         self.label = redact_target(url)
@@ -114,26 +111,13 @@ class PgConn(StoreConn):
         except pg.Error as exc:
             raise StoreError(scrub(exc, self.url)) from None
 
-    def register_run(self, run: RunInfo) -> None:
+    def _tx(self, statements: Sequence[tuple[str, Sequence[Any]]], many: Sequence[tuple[str, Sequence[Any]]]) -> None:
         def go(conn: Any) -> None:
-            conn.execute(SQL.insert_run, run_row(run, time.time()))
+            for sql, params in statements:
+                conn.execute(sql, params)
             with conn.cursor() as cur:
-                cur.executemany(SQL.insert_counter, [(run.run_id, n) for n in COUNTER_NAMES])
-
-        self._run(go)
-
-    def insert_batch(self, run_id: str, rows: Sequence[tuple[Any, ...]], counters: dict[str, int]) -> None:
-        def go(conn: Any) -> None:
-            with conn.cursor() as cur:
-                cur.executemany(SQL.insert_pair, rows)
-                cur.executemany(SQL.update_counter, counter_rows(run_id, counters))
-
-        self._run(go)
-
-    def write_counters(self, run_id: str, counters: dict[str, int]) -> None:
-        def go(conn: Any) -> None:
-            with conn.cursor() as cur:
-                cur.executemany(SQL.update_counter, counter_rows(run_id, counters))
+                for sql, seq in many:
+                    cur.executemany(sql, seq)
 
         self._run(go)
 
@@ -142,23 +126,12 @@ class PgConn(StoreConn):
         self._run(lambda conn: out.append(int(conn.execute(_SIZE).fetchone()[0])))
         return out[0]
 
-    def load(self) -> tuple[list[Row], dict[str, int], list[Row]]:
+    def _read(self, sql: str) -> list[Row]:
         from psycopg.rows import dict_row
 
         try:
             with self._conn.cursor(row_factory=dict_row) as cur:
-                rows = list(cur.execute(SQL.select_pairs))
-                counters = dict.fromkeys(COUNTER_NAMES, 0)
-                for r in cur.execute(SQL.select_counters):
-                    counters[r["name"]] = int(r["total"])
-                runs = list(cur.execute(SQL.select_runs))
-        except self._pg.Error as exc:
-            raise UserError(f"{self.label}: cannot read the shadow database ({scrub(exc, self.url)})") from None
-        return rows, counters, runs
-
-    def load_requests(self) -> list[tuple[str, str | None]]:
-        try:
-            return [(r[0], r[1]) for r in self._conn.execute(SQL.select_requests)]
+                return list(cur.execute(sql))
         except self._pg.Error as exc:
             raise UserError(f"{self.label}: cannot read the shadow database ({scrub(exc, self.url)})") from None
 

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -375,37 +376,57 @@ Row = dict[str, Any]
 
 
 class StoreConn(ABC):
-    """One open connection to a shadow database (created with its schema when writable)."""
+    """One open connection to a shadow database (created with its schema when writable).
+
+    What is written and read is defined here once, in the backend's `Statements`; a backend
+    provides the transaction (`_tx`), the reads (`_read`), its size and closing."""
 
     #: The database as messages name it (password redacted).
     label: str
+    #: The statements in the backend driver's placeholder style.
+    sql: Statements
 
     @abstractmethod
+    def _tx(self, statements: Sequence[tuple[str, Sequence[Any]]], many: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Each (sql, params) of ``statements``, then each (sql, rows) of ``many`` executed for every
+        row, in one transaction; StoreError (full=True when the database is at its cap) on failure."""
+
+    @abstractmethod
+    def _read(self, sql: str) -> list[Row]:
+        """Every row of a read-only statement, as column → value; UserError "LABEL: cannot read the
+        shadow database (why)" on failure."""
+
     def register_run(self, run: RunInfo) -> None:
         """Record the run and its counters at zero (one transaction)."""
+        self._tx([(self.sql.insert_run, run_row(run, time.time()))],
+                 [(self.sql.insert_counter, [(run.run_id, n) for n in COUNTER_NAMES])])
 
-    @abstractmethod
     def insert_batch(self, run_id: str, rows: Sequence[tuple[Any, ...]], counters: dict[str, int]) -> None:
         """Insert ``rows`` (`pair_row` tuples) and set the run's counters, in one transaction.
         StoreError(full=True) when the database is at its cap."""
+        self._tx([], [(self.sql.insert_pair, rows), (self.sql.update_counter, counter_rows(run_id, counters))])
 
-    @abstractmethod
-    def write_counters(self, run_id: str, counters: dict[str, int]) -> None: ...
+    def write_counters(self, run_id: str, counters: dict[str, int]) -> None:
+        self._tx([], [(self.sql.update_counter, counter_rows(run_id, counters))])
 
     @abstractmethod
     def size_bytes(self) -> int:
         """The size the cap is compared with."""
 
-    @abstractmethod
     def load(self) -> tuple[list[Row], dict[str, int], list[Row]]:
         """(pair rows, counters summed over runs, runs) for the report."""
+        rows = self._read(self.sql.select_pairs)
+        counters = dict.fromkeys(COUNTER_NAMES, 0)
+        for r in self._read(self.sql.select_counters):
+            counters[r["name"]] = int(r["total"])
+        return rows, counters, self._read(self.sql.select_runs)
 
-    @abstractmethod
     def load_requests(self) -> list[tuple[str, str | None]]:
         """(endpoint, request_json) of every recorded request, oldest first (``ts``, then ``id``):
         what `shadow replay` sends again. One row per request, its candidate pair (the secondary's
         pair repeats the same request); request_json is null in rows recorded with ``--hash-only``,
         left for the caller to tell a hash-only database from one with text."""
+        return [(r["endpoint"], r["request_json"]) for r in self._read(self.sql.select_requests)]
 
     @abstractmethod
     def close(self) -> None: ...

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
 from servecmp.shadow.schema import (
-    COUNTER_NAMES,
     SCHEMA_VERSION,
     Row,
-    RunInfo,
     StoreConn,
     StoreError,
-    counter_rows,
     missing_columns,
     render_schema,
-    run_row,
     statements,
 )
 
@@ -48,6 +43,8 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 
 
 class SqliteConn(StoreConn):
+    sql = SQL
+
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self.label = str(path)
@@ -97,37 +94,16 @@ class SqliteConn(StoreConn):
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
 
-    def register_run(self, run: RunInfo) -> None:
-        self._tx([(SQL.insert_run, run_row(run, time.time()))],
-                 [(SQL.insert_counter, [(run.run_id, n) for n in COUNTER_NAMES])])
-
-    def insert_batch(self, run_id: str, rows: Sequence[tuple[Any, ...]], counters: dict[str, int]) -> None:
-        self._tx([], [(SQL.insert_pair, rows), (SQL.update_counter, counter_rows(run_id, counters))])
-
-    def write_counters(self, run_id: str, counters: dict[str, int]) -> None:
-        self._tx([], [(SQL.update_counter, counter_rows(run_id, counters))])
-
     def size_bytes(self) -> int:
         try:
             return int(self._conn.execute("PRAGMA page_count").fetchone()[0]) * self._page_size
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
 
-    def load(self) -> tuple[list[Row], dict[str, int], list[Row]]:
+    def _read(self, sql: str) -> list[Row]:
         try:
             self._conn.row_factory = sqlite3.Row
-            rows = [dict(r) for r in self._conn.execute(SQL.select_pairs)]
-            counters = dict.fromkeys(COUNTER_NAMES, 0)
-            for name, value in self._conn.execute(SQL.select_counters):
-                counters[name] = int(value)
-            runs = [dict(r) for r in self._conn.execute(SQL.select_runs)]
-        except sqlite3.DatabaseError as exc:
-            raise UserError(f"{self.path}: cannot read the shadow database ({exc})") from exc
-        return rows, counters, runs
-
-    def load_requests(self) -> list[tuple[str, str | None]]:
-        try:
-            return [(r[0], r[1]) for r in self._conn.execute(SQL.select_requests)]
+            return [dict(r) for r in self._conn.execute(sql)]
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: cannot read the shadow database ({exc})") from exc
 
