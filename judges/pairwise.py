@@ -48,6 +48,8 @@ class PairTally:
     ties: int
     losses: int
     inconsistent: int
+    #: Pairs with no readable verdict in a game: left out of ``n`` and the rates.
+    excluded: int = 0
 
     @property
     def inconsistency_rate(self) -> float | None:
@@ -59,12 +61,16 @@ class PairTally:
         return (self.wins + 0.5 * self.ties) / self.n if self.n else None
 
 
-def tally(outcomes: Iterable[PairOutcome]) -> PairTally:
-    wins = ties = losses = inconsistent = n = 0
+def tally(outcomes: Iterable[PairOutcome | None]) -> PairTally:
+    """The counts over ``outcomes``; None stands for a pair without a readable verdict."""
+    wins = ties = losses = inconsistent = n = excluded = 0
     for o in outcomes:
+        if o is None:
+            excluded += 1
+            continue
         n += 1
         wins += o.winner == "model_2"
         losses += o.winner == "model_1"
         ties += o.winner == "tie"
         inconsistent += not o.consistent
-    return PairTally(n=n, wins=wins, ties=ties, losses=losses, inconsistent=inconsistent)
+    return PairTally(n=n, wins=wins, ties=ties, losses=losses, inconsistent=inconsistent, excluded=excluded)

@@ -9,7 +9,7 @@ judge: the prompt's system message, then the rendered user prompt.
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.abc import Traversable
@@ -19,7 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
-from servecmp.errors import UserError
+from servecmp.errors import UserError, first_error
+from servecmp.runstore import jsonl_objects, line_error
 
 JudgeKind = Literal["single", "pairwise"]
 
@@ -66,15 +67,17 @@ class JudgePrompts:
 
 def load_judge_prompts(source: Traversable | Path | None = None) -> JudgePrompts:
     src = source if source is not None else vendored_judge_prompts()
-    data = src.read_bytes()
+    try:
+        data = src.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{src} not found") from None
     by_name: dict[str, JudgePrompt] = {}
-    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    # Parsed from the bytes the fingerprint is taken of, not from a second read of the file.
+    for n, obj in jsonl_objects(io.BytesIO(data), src):
         try:
-            prompt = JudgePrompt.model_validate(json.loads(line))
-        except (json.JSONDecodeError, ValidationError) as exc:
-            raise UserError(f"{src}: line {n} is not a judge prompt ({exc})") from exc
+            prompt = JudgePrompt.model_validate(obj)
+        except ValidationError as exc:
+            raise line_error(src, n, f"not a judge prompt ({first_error(exc)})") from exc
         by_name[prompt.name] = prompt
     missing = sorted(set(_PROMPT_NAMES.values()) - set(by_name))
     if missing:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal
 
 from servecmp.endpoints import EndpointClient, EndpointError, is_unreachable
@@ -46,30 +46,21 @@ class JudgeStats:
     errors: int = 0
 
 
+@dataclass(eq=False)
 class JudgeRunner:
-    def __init__(
-        self,
-        client: EndpointClient,
-        cache: JudgeCache,
-        *,
-        max_tokens: int = 2048,
-        force_format: bool = False,
-        max_calls: int | None = None,
-        empty_retries: int = 2,
-        max_consecutive_errors: int = 8,
-        sleep: Callable[[float], Any] = asyncio.sleep,
-    ) -> None:
-        self.client = client
-        self.cache = cache
-        self.max_tokens = max_tokens
-        self.force_format = force_format
-        self.max_calls = max_calls
-        self.empty_retries = empty_retries
-        self.max_consecutive_errors = max_consecutive_errors
-        self.stats = JudgeStats()
-        self._sleep = sleep
-        self._consecutive_errors = 0
-        self._in_flight: dict[str, asyncio.Future[JudgeReply]] = {}
+    client: EndpointClient
+    cache: JudgeCache
+    _: KW_ONLY
+    max_tokens: int = 2048
+    force_format: bool = False
+    max_calls: int | None = None
+    empty_retries: int = 2
+    max_consecutive_errors: int = 8
+    #: How to wait between attempts (tests pass one that does not wait).
+    sleep: Callable[[float], Any] = asyncio.sleep
+    stats: JudgeStats = field(default_factory=JudgeStats, init=False)
+    _consecutive_errors: int = field(default=0, init=False, repr=False)
+    _in_flight: dict[str, asyncio.Future[JudgeReply]] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def model(self) -> str:
@@ -139,7 +130,7 @@ class JudgeRunner:
         problem = "no answer"
         for attempt in range(self.empty_retries + 1):
             if attempt:
-                await self._sleep(random.uniform(0, 0.5 * 2**attempt))
+                await self.sleep(random.uniform(0, 0.5 * 2**attempt))
             try:
                 resp, _ = await self.client.chat(
                     messages, max_tokens=self.max_tokens, temperature=0.0, extra_body=self._extra_body(kind)

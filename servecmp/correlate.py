@@ -20,7 +20,7 @@ baseline; a differing baseline model name is reported too.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -165,16 +165,12 @@ def read_run(run_dir: Path, kl: KlSource = "option") -> RunFacts:
         if kl == "topk" and facts.kl is None:
             raise UserError(f"{run_dir}: no top-k KL in this MCQ run (use --kl option)")
         return RunFacts(run_dir, "mcq", manifest.task, baseline, candidate, mcq=facts)
-    delta = _get(summary, "delta", "point")
-    return RunFacts(
-        run_dir,
-        "mtbench",
-        manifest.task,
-        baseline,
-        candidate,
-        delta_mtbench=delta,
-        mtbench_n=_get(summary, "delta", "n"),
-    )
+    return RunFacts(run_dir, "mtbench", manifest.task, baseline, candidate, **_mtbench_facts(summary))
+
+
+def _mtbench_facts(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What correlate reads of an MT-Bench summary (`servecmp.mtbench.report.MtBenchSummary`)."""
+    return {"delta_mtbench": _get(summary, "delta", "point"), "mtbench_n": _get(summary, "delta", "n")}
 
 
 def _endpoint(d: Mapping[str, Any]) -> Endpoint:
@@ -182,20 +178,24 @@ def _endpoint(d: Mapping[str, Any]) -> Endpoint:
     return Endpoint(model=str(d.get("model", "")), url=normalise_url(str(d.get("url", ""))))
 
 
-def _mtbench_comparison_runs(run_dir: Path, summary: Mapping[str, Any]) -> list[RunFacts]:
-    """One `RunFacts` per candidate of a multi-candidate MT-Bench run ("servecmp.mtbench_comparison/1")."""
+def _comparison_runs(
+    run_dir: Path,
+    summary: Mapping[str, Any],
+    kind: Literal["mcq", "mtbench"],
+    facts: Callable[[Mapping[str, Any]], dict[str, Any]],
+) -> list[RunFacts]:
+    """One `RunFacts` per candidate of a multi-candidate run: its summary.json holds the baseline and
+    ``candidates: [{name, endpoint, summary}]`` ("servecmp.mcq_comparison/1",
+    "servecmp.mtbench_comparison/1"); ``facts`` reads what a candidate's entry adds."""
     manifest = read_model(run_dir / MANIFEST, RunManifest)
-    base = summary.get("baseline") or {}
-    baseline = _endpoint(base)
-    out = []
-    for c in summary.get("candidates") or []:
-        ep = c.get("endpoint") or {}
-        s = c.get("summary") or {}
-        out.append(RunFacts(run_dir, "mtbench", manifest.task, baseline,
-                            _endpoint(ep),
-                            delta_mtbench=_get(s, "delta", "point"), mtbench_n=_get(s, "delta", "n")))
+    baseline = _endpoint(summary.get("baseline") or {})
+    out = [
+        RunFacts(run_dir, kind, manifest.task, baseline, _endpoint(c.get("endpoint") or {}), **facts(c))
+        for c in summary.get("candidates") or []
+    ]
     if not out:
-        raise UserError(f"{run_dir / SUMMARY}: an MT-Bench comparison without candidates")
+        what = "an MCQ" if kind == "mcq" else "an MT-Bench"
+        raise UserError(f"{run_dir / SUMMARY}: {what} comparison without candidates")
     return out
 
 
@@ -229,24 +229,17 @@ def read_runs(run_dir: Path, kl: KlSource = "option") -> list[RunFacts]:
         return _gen_runs(run_dir)
     summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).is_file() else None
     if isinstance(summary, dict) and str(summary.get("schema", "")).startswith("servecmp.mtbench_comparison/"):
-        return _mtbench_comparison_runs(run_dir, summary)
+        return _comparison_runs(run_dir, summary, "mtbench", lambda c: _mtbench_facts(c.get("summary") or {}))
     if not (isinstance(summary, dict) and str(summary.get("schema", "")).startswith("servecmp.mcq_comparison/")):
         return [read_run(run_dir, kl)]
-    manifest = read_model(run_dir / MANIFEST, RunManifest)
-    base = summary.get("baseline") or {}
-    baseline = _endpoint(base)
-    out = []
-    for c in summary.get("candidates") or []:
-        ep = c.get("endpoint") or {}
+
+    def mcq_facts(c: Mapping[str, Any]) -> dict[str, Any]:
         facts = mcq_facts_from_summary(c.get("summary") or {}, kl)
         if kl == "topk" and facts.kl is None:
             raise UserError(f"{run_dir}: no top-k KL for candidate {c.get('name')} (use --kl option)")
-        out.append(RunFacts(run_dir, "mcq", manifest.task, baseline,
-                            _endpoint(ep),
-                            mcq=facts))
-    if not out:
-        raise UserError(f"{run_dir / SUMMARY}: an MCQ comparison without candidates")
-    return out
+        return {"mcq": facts}
+
+    return _comparison_runs(run_dir, summary, "mcq", mcq_facts)
 
 
 def pair_runs(runs: Sequence[RunFacts]) -> tuple[list[CandidateRow], list[str]]:

@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 #: Every run kind, by the name its manifest (or database) carries.
 KINDS = ("mcq", "mtbench", "gen", "shadow")
-#: The first 16 bytes of every SQLite 3 database file (a shadow database).
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class RunKind(Protocol):
@@ -70,15 +68,14 @@ def adapter(kind: str) -> RunKind:
 def detect_kind(target: Path | str) -> str:
     """The kind of a stored run: a run directory's manifest kind, or "shadow" for an SQLite file or a
     postgresql:// URL. One-line UserError for anything else."""
-    from servecmp.shadow.store import is_postgres
+    from servecmp.shadow.store import is_postgres, is_sqlite_file
 
     if is_postgres(target):
         return "shadow"
     path = Path(target)
+    if is_sqlite_file(path):
+        return "shadow"
     if path.is_file():
-        with path.open("rb") as fh:
-            if fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
-                return "shadow"
         raise UserError(f"{path} is neither a run directory nor a shadow database")
     if not path.is_dir():
         raise UserError(f"{path} not found")

@@ -1,8 +1,14 @@
-"""A run directory on disk: manifest, append-only JSONL records, summary.
+"""A run directory on disk: manifest, append-only JSONL records, summary; and the JSON reading
+every input file shares.
 
 Records are appended one line at a time and flushed + fsynced in small batches, so a Ctrl-C or a
 kill -9 loses at most the line being written; a torn last line is detected on load and cut off on
 resume, never parsed as data. Nothing here knows what a record means beyond its JSON.
+
+Inputs a user gives as JSON lines (task files, MT-Bench questions, lm-eval sample logs, replay
+files, judge prompts) are read by `read_jsonl_objects`, so each says what is wrong in one format:
+``PATH:LINE: problem`` (`line_error`), and a file is missing, unreadable or not UTF-8 in the same
+words whatever it holds.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -21,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from servecmp.errors import UserError, first_error
 
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
@@ -113,6 +121,73 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path} not found") from exc
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+def line_error(source: Path | Traversable | str, line: int, problem: str) -> UserError:
+    """The one format of a bad line in an input file: ``PATH:LINE: problem`` (as compilers write it)."""
+    return UserError(f"{source}:{line}: {problem}")
+
+
+def parse_json_object(text: str | bytes, where: str) -> dict[str, Any]:
+    """One JSON object; otherwise UserError "WHERE: not valid JSON (why at column C)" or "WHERE:
+    expected a JSON object, got list"."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def jsonl_objects(fh: IO[bytes], source: Path | Traversable | str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of ``fh``, read lazily (a caller that stops
+    early reads no further). Lines end at b"\n" only, as JSON Lines defines them: U+2028 and the
+    other breaks `str.splitlines` knows may stand inside a JSON string."""
+    offset = 0
+    for n, raw in enumerate(fh, 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{source} is not UTF-8 text ({exc.reason} at byte {offset + exc.start})") from None
+        offset += len(raw)
+        if text.strip():
+            # Without its line end, so that an error at the end of the line is on this line's columns.
+            yield n, parse_json_object(text.rstrip("\r\n"), f"{source}:{n}")
+
+
+def read_jsonl_objects(source: Path | Traversable) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`jsonl_objects` of a file; UserError "PATH not found" or "cannot read PATH: why" when it
+    cannot be opened. What a line must hold beyond being an object is the caller's to check
+    (with `line_error`), and so is an empty file."""
+    try:
+        fh = source.open("rb")
+    except FileNotFoundError:
+        raise UserError(f"{source} not found") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {source}: {exc.strerror or exc}") from None
+    with fh:
+        try:
+            yield from jsonl_objects(fh, source)
+        except OSError as exc:  # e.g. a directory: open() succeeds, the first read fails
+            raise UserError(f"cannot read {source}: {exc.strerror or exc}") from None
+
+
+def read_jsonl_rows(
+    source: Path | Traversable, parse: Callable[[int, dict[str, Any]], R], key: Callable[[R], Hashable], what: str
+) -> list[R]:
+    """Each line of a JSONL input as ``parse(line, object)``, no two with one ``key``; a repeat is
+    "PATH:LINE: duplicate WHAT 'k' (first on line N)"."""
+    rows: list[R] = []
+    first: dict[Hashable, int] = {}
+    for n, obj in read_jsonl_objects(source):
+        row = parse(n, obj)
+        k = key(row)
+        if k in first:
+            raise line_error(source, n, f"duplicate {what} {k!r} (first on line {first[k]})")
+        first[k] = n
+        rows.append(row)
+    return rows
 
 
 def validate_as(model: type[M], data: Any, path: Path, what: str) -> M:

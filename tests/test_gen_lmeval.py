@@ -48,4 +48,5 @@ def test_from_lm_eval_refuses_endpoint_flags(tmp_path: Path) -> None:
                           "--limit do not apply to it")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"doc_id": 0}\n')
-    assert_one_line_error(servecmp("gen", "--from-lm-eval", str(bad), str(c)), "line 1 is not an lm-eval gsm8k sample")
+    assert_one_line_error(servecmp("gen", "--from-lm-eval", str(bad), str(c)),
+                          "bad.jsonl:1: not an lm-eval gsm8k sample")

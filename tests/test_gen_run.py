@@ -258,10 +258,10 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     assert_one_line_error(servecmp("gen", "--baseline", url, "--candidate", url, "--task", "nope"),
                           "unknown gen task 'nope'")
     assert_one_line_error(servecmp("gen", "--baseline", url, "--candidate", url, "--task", f"jsonl:{bad}"),
-                          "line 2: grader 'regex:(': the regular expression does not compile")
+                          "bad.jsonl:2: grader 'regex:(': the regular expression does not compile")
     bad.write_text('{"prompt": "x", "reference": "1"}\nnot json\n')
     assert_one_line_error(servecmp("gen", "--baseline", url, "--candidate", url, "--task", f"jsonl:{bad}"),
-                          "line 2: not valid JSON")
+                          "bad.jsonl:2: not valid JSON (Expecting value at column 1)")
     assert_one_line_error(servecmp("gen", "--baseline", url, "--candidate", url, "--samples", "4"),
                           "give --temperature T > 0")
 

@@ -93,12 +93,15 @@ def test_jsonl_task_rows(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("line", "problem"), [
-    ('{"prompt": "x"}', "line 1: needs a reference"),
-    ('{"prompt": "x", "messages": [], "reference": "1"}', "line 1: needs exactly one of prompt or messages"),
-    ('{"prompt": "x", "reference": "1", "grader": "fuzzy"}', "line 1: unknown grader 'fuzzy'"),
-    ('{"prompt": "x", "reference": "12", "grader": "choice"}', "line 1: grader 'choice': reference '12'"),
-    ('{"prompt": "x", "reference": "1", "color": "red"}', "line 1: unknown key 'color'"),
-    ('[1, 2]', "line 1: not a JSON object"),
+    ('{"prompt": "x"}', "t.jsonl:1: needs a reference"),
+    ('{"prompt": "x", "messages": [], "reference": "1"}', "t.jsonl:1: needs exactly one of prompt or messages"),
+    ('{"prompt": "x", "reference": "1", "grader": "fuzzy"}', "t.jsonl:1: unknown grader 'fuzzy'"),
+    ('{"prompt": "x", "reference": "12", "grader": "choice"}', "t.jsonl:1: grader 'choice': reference '12'"),
+    ('{"prompt": "x", "reference": "1", "color": "red"}', "t.jsonl:1: unknown key 'color'"),
+    ('[1, 2]', "t.jsonl:1: expected a JSON object, got list"),
+    # The first item's id is 7; the second's default is its place among the items, "1", then "7" again.
+    ('{"id": 7, "prompt": "x", "reference": "1"}\n{"prompt": "y", "reference": "2"}\n{"id": "7", "prompt": "z", '
+     '"reference": "3"}', "t.jsonl:3: duplicate id '7' (first on line 1)"),
 ])
 def test_jsonl_task_bad_lines(tmp_path: Path, line: str, problem: str) -> None:
     p = tmp_path / "t.jsonl"

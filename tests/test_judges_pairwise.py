@@ -81,3 +81,9 @@ def test_a_pair_with_an_unreadable_game_is_left_out() -> None:
     assert pair_outcome(record) is None
     failed = pair_record(job, JudgeReply(text=None, error="HTTP 500"), JudgeReply(text="[[B]]"), "judge")
     assert (failed.g1_status, failed.g2_winner, failed.error) == ("error", "model_1", "HTTP 500")
+
+
+def test_pairs_without_a_verdict_are_counted_apart() -> None:
+    t = tally([None, *(o for _, _, o in NINE), None])
+    assert (t.n, t.wins, t.ties, t.losses, t.inconsistent, t.excluded) == (9, 1, 7, 1, 6, 2)
+    assert t.win_rate_adjusted == pytest.approx((1 + 0.5 * 7) / 9)

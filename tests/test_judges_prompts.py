@@ -82,5 +82,5 @@ def test_incomplete_prompt_file_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="missing judge prompts pair-math-v1"):
         load_judge_prompts(bad)
     bad.write_text("not json\n")
-    with pytest.raises(UserError, match="line 1 is not a judge prompt"):
+    with pytest.raises(UserError, match=r"p.jsonl:1: not valid JSON \(Expecting value at column 1\)"):
         load_judge_prompts(bad)

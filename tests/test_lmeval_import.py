@@ -132,8 +132,8 @@ def mutated(field: str, value: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ('{"doc_id": 1,', r"not valid JSON \(Expecting property name enclosed in double quotes\)"),
-        ("[1]", r"expected a JSON object"),
+        ('{"doc_id": 1,', r"not valid JSON \(Expecting property name enclosed in double quotes at column 14\)"),
+        ("[1]", r"expected a JSON object, got list"),
         (
             mutated("filtered_resps", None),
             r"missing `filtered_resps`; is this an lm-eval samples_\*.jsonl log\?",

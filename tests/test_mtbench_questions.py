@@ -83,14 +83,17 @@ def test_select_categories_then_limit() -> None:
     [
         (
             '{"question_id": 1, "category": "x"}\n',
-            r"line 1 is not an MT-Bench question \(turns: Field required\)",
+            r"q.jsonl:1: not an MT-Bench question \(turns: Field required\)",
         ),
-        ('{"question_id": 1, "category": "x", "turns": []}\n', "line 1 is not an MT-Bench question"),
+        ('{"question_id": 1, "category": "x", "turns": []}\n', "q.jsonl:1: not an MT-Bench question"),
         ('{"question_id": 1, "category": "x", "turns": ["a", "b", "c"]}\n', "1 or 2 turns"),
-        ("not json\n", "line 1 is not JSON"),
-        ("[1, 2]\n", "line 1 is not a JSON object"),
+        ("not json\n", r"q.jsonl:1: not valid JSON \(Expecting value at column 1\)"),
+        ("[1, 2]\n", "q.jsonl:1: expected a JSON object, got list"),
         ("\n", "holds no questions"),
-        ('{"question_id": 1, "category": "x", "turns": ["a"]}\n' * 2, "question_id 1 appears twice"),
+        (
+            '{"question_id": 1, "category": "x", "turns": ["a"]}\n' * 2,
+            r"q.jsonl:2: duplicate question_id 1 \(first on line 1\)$",
+        ),
     ],
 )
 def test_bad_question_files(tmp_path: Path, content: str, message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +42,7 @@ def test_parse_request_line_forms() -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("{not json", "f:7: not JSON"),
+        ("{not json", r"f:7: not valid JSON \(Expecting property name enclosed in double quotes at column 2\)"),
         ("[1, 2]", "f:7: expected a JSON object"),
         ('{"model": "m"}', "needs messages"),
         ('{"url": "/v1/embeddings", "body": {"prompt": "x"}}', "is not /v1/chat/completions"),
@@ -121,3 +122,11 @@ def test_replay_with_primary_down(tmp_path: Path, endpoints: tuple[ServerThread,
     down = ShadowEndpoints.of(f"http://127.0.0.1:{free_port()}", c.url)
     outcome = asyncio.run(replay(cfg, down, load_requests(_jsonl(tmp_path / "q.jsonl", 2)), send_rps=100))
     assert (outcome.sent, outcome.compared, outcome.primary_failed) == (2, 0, 2)
+
+
+def test_load_requests_reads_no_further_than_its_limit(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"prompt": "a"}\n\n{"prompt": "b"}\nnot json\n')
+    assert [r.body for r in load_requests(path, limit=2)] == [b'{"prompt": "a"}', b'{"prompt": "b"}']
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}:4: not valid JSON \(Expecting value at column 1\)$"):
+        load_requests(path)

@@ -114,42 +114,19 @@ chance (25.0% for 4 options): flips there mostly measure noise among guesses"). 
 as a note to carry it into the verdict's renderings.
 """
 
-from servecmp.gates.decision import (
-    GateResult,
-    Verdict,
-    at_chance,
-    chance_note,
-    chance_sentence,
-    combine,
-    decide,
-)
-from servecmp.gates.estimates import MetricEstimate, gate_status, items_to_decide, wilson_bounds
-from servecmp.gates.render import render_verdict, verdict_markdown
-from servecmp.gates.rules import (
-    CONFIDENCE,
-    KINDS,
-    MAX_ITEMS,
-    METRICS,
-    Gate,
-    GateConfig,
-    GateStatus,
-    Kind,
-    Method,
-    MetricInfo,
-    Op,
-    OverallStatus,
-    Unit,
-    format_threshold,
-    format_value,
-    gates_for,
-    gates_from_table,
-    metric_names,
-    parse_gate,
-    parse_gates,
-)
+# The public names are listed once, in each module's __all__ (as asyncio's package does), so that
+# a name added to a module's API is re-exported here without a second list to keep in step.
+from servecmp.gates import decision as _decision
+from servecmp.gates import estimates as _estimates
+from servecmp.gates import render as _render
+from servecmp.gates import rules as _rules
+from servecmp.gates.decision import *  # noqa: F403
+from servecmp.gates.estimates import *  # noqa: F403
+from servecmp.gates.render import *  # noqa: F403
+from servecmp.gates.rules import *  # noqa: F403
 
-__all__ = ["CONFIDENCE", "KINDS", "MAX_ITEMS", "METRICS", "Gate", "GateConfig", "GateResult", "GateStatus", "Kind",
-           "Method", "MetricEstimate", "MetricInfo", "Op", "OverallStatus", "Unit", "Verdict", "at_chance",
-           "chance_note", "chance_sentence", "combine", "decide", "format_threshold", "format_value", "gate_status",
-           "gates_for", "gates_from_table", "items_to_decide", "metric_names", "parse_gate", "parse_gates",
-           "render_verdict", "verdict_markdown", "wilson_bounds"]
+__all__: list[str] = []
+__all__ += _decision.__all__
+__all__ += _estimates.__all__
+__all__ += _render.__all__
+__all__ += _rules.__all__

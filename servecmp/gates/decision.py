@@ -23,6 +23,9 @@ from servecmp.gates.rules import (
     format_value,
 )
 
+#: What `servecmp.gates` re-exports from this module (its public API).
+__all__ = ["GateResult", "Verdict", "at_chance", "chance_note", "chance_sentence", "combine", "decide"]
+
 
 class GateResult(BaseModel):
     """One gate's outcome. ``estimate``/``low``/``high`` are in the metric's unit (fractions, not %)."""

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from servecmp.gates.rules import _Z, MAX_ITEMS, Method
 
+#: What `servecmp.gates` re-exports from this module (its public API).
+__all__ = ["MetricEstimate", "gate_status", "items_to_decide", "wilson_bounds"]
+
 # ---- estimates and the decision ---------------------------------------------------------------
 
 

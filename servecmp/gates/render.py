@@ -12,6 +12,9 @@ from servecmp.errors import EXIT_GATE_FAILED, EXIT_OK
 from servecmp.gates.decision import GateResult, Verdict, combine
 from servecmp.gates.rules import MAX_ITEMS, format_value
 
+#: What `servecmp.gates` re-exports from this module (its public API).
+__all__ = ["render_verdict", "verdict_markdown"]
+
 # ---- rendering --------------------------------------------------------------------------------
 
 

@@ -12,6 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from servecmp.errors import UserError
 
+#: What `servecmp.gates` re-exports from this module (its public API).
+__all__ = [
+    "CONFIDENCE", "KINDS", "MAX_ITEMS", "METRICS", "Gate", "GateConfig", "GateStatus", "Kind", "Method", "MetricInfo",
+    "Op", "OverallStatus", "Unit", "format_threshold", "format_value", "gates_for", "gates_from_table",
+    "metric_names", "parse_gate", "parse_gates",
+]
+
 Kind = Literal["mcq", "mtbench", "shadow", "gen"]
 Op = Literal["<=", ">="]
 Unit = Literal["fraction", "nats", "points", "ratio"]

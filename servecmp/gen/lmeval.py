@@ -12,7 +12,6 @@ Lengths and first divergences are counted in characters: the logs hold no token 
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from servecmp.errors import UserError
 from servecmp.gen.records import GenRecord
 from servecmp.gen.settings import BASELINE, GenEndpoint, GenManifest, GenOptions
+from servecmp.runstore import line_error, read_jsonl_objects
 from servecmp.tasks.extract import LMEVAL_FALLBACK, flexible_answer, lmeval_exact_match, strict_answer
 from servecmp.tasks.gen_task import GSM8K_GRADER, GenItem, fingerprint
 from servecmp.tasks.gsm8k import STOP, gold_of
@@ -41,15 +41,8 @@ def read_samples(path: Path) -> dict[int, dict[str, Any]]:
     """doc_id → {"doc", "text", "filtered": {filter: answer}}; UserError on a file that is not a
     gsm8k samples log."""
     docs: dict[int, dict[str, Any]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, obj in read_jsonl_objects(path):
         try:
-            obj = json.loads(line)
             doc_id = int(obj["doc_id"])
             text = str(obj["resps"][0][0])
             flt = str(obj["filter"])
@@ -58,8 +51,8 @@ def read_samples(path: Path) -> dict[int, dict[str, Any]]:
             if not isinstance(doc.get("question"), str) or not isinstance(doc.get("answer"), str):
                 raise TypeError("doc")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise UserError(f"{path}: line {n} is not an lm-eval gsm8k sample (needs doc_id, doc.question, "
-                            "doc.answer, resps, filtered_resps, filter)") from None
+            raise line_error(path, n, "not an lm-eval gsm8k sample (needs doc_id, doc.question, doc.answer, "
+                             "resps, filtered_resps, filter)") from None
         entry = docs.setdefault(doc_id, {"doc": doc, "text": text, "filtered": {}})
         if entry["text"] != text:
             raise UserError(f"{path}: doc {doc_id} has different generations under different filters")

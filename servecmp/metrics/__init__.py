@@ -73,139 +73,22 @@ the records came from: run_dir, task, source, n_items_planned, complete, endpoin
 requests_per_item, item_errors); it is what summary.json and ``--json`` hold.
 """
 
-from servecmp.metrics.kl import (
-    CellDivergences,
-    CompletedTopk,
-    Divergences,
-    TopkKl,
-    TopkKlItem,
-    TopkTight,
-    TopkTightItem,
-    cell_divergences,
-    complete_topk,
-    divergences,
-    exact_divergences,
-    exact_kl,
-    merge_topk,
-    topk_kl,
-    topk_kl_item,
-    topk_kl_tight,
-    topk_kl_tight_item,
-)
-from servecmp.metrics.kl_report import (
-    KlReport,
-    MeanError,
-    TopTokenProbs,
-    kl_report,
-    llama_cpp_text,
-    mean_and_error,
-    top_token,
-    top_token_probs,
-)
-from servecmp.metrics.mcq import (
-    DEFAULT_MARGIN_EDGES,
-    NO_ANSWER,
-    Flips,
-    GroupRow,
-    MarginBucket,
-    MarginByCorrectness,
-    OptionKl,
-    answer_changes,
-    change_by_margin,
-    changed_answers,
-    chosen_options,
-    correct,
-    flips,
-    group_breakdown,
-    length_normalised_choices,
-    margin_by_correctness,
-    option_kl,
-    option_log_probs,
-    top_margin,
-)
-from servecmp.metrics.stats import (
-    Correlation,
-    Distribution,
-    Estimate,
-    PairedMeans,
-    Proportion,
-    WilcoxonResult,
-    bootstrap_mean_ci,
-    correlation,
-    describe,
-    joint_bootstrap_means,
-    mann_whitney_p,
-    mcnemar_exact,
-    paired_bootstrap_diff_ci,
-    paired_bootstrap_means,
-    wilcoxon_paired,
-    wilson_ci,
-)
-from servecmp.metrics.summary import SCHEMA, SCHEMA_VERSION, jsonable, summarize_mcq
+# The public names are listed once, in each module's __all__ (as asyncio's package does), so that
+# a function added to a module's API is re-exported here without a second list to keep in step.
+from servecmp.metrics import kl as _kl
+from servecmp.metrics import kl_report as _kl_report
+from servecmp.metrics import mcq as _mcq
+from servecmp.metrics import stats as _stats
+from servecmp.metrics import summary as _summary
+from servecmp.metrics.kl import *  # noqa: F403
+from servecmp.metrics.kl_report import *  # noqa: F403
+from servecmp.metrics.mcq import *  # noqa: F403
+from servecmp.metrics.stats import *  # noqa: F403
+from servecmp.metrics.summary import *  # noqa: F403
 
-__all__ = [
-    "CellDivergences",
-    "CompletedTopk",
-    "DEFAULT_MARGIN_EDGES",
-    "Divergences",
-    "KlReport",
-    "MeanError",
-    "TopTokenProbs",
-    "TopkTight",
-    "TopkTightItem",
-    "cell_divergences",
-    "complete_topk",
-    "divergences",
-    "exact_divergences",
-    "kl_report",
-    "llama_cpp_text",
-    "mean_and_error",
-    "top_token",
-    "top_token_probs",
-    "topk_kl_tight",
-    "topk_kl_tight_item",
-    "NO_ANSWER",
-    "SCHEMA",
-    "SCHEMA_VERSION",
-    "Correlation",
-    "Distribution",
-    "Estimate",
-    "Flips",
-    "GroupRow",
-    "MarginBucket",
-    "MarginByCorrectness",
-    "OptionKl",
-    "PairedMeans",
-    "Proportion",
-    "TopkKl",
-    "TopkKlItem",
-    "WilcoxonResult",
-    "answer_changes",
-    "bootstrap_mean_ci",
-    "change_by_margin",
-    "changed_answers",
-    "chosen_options",
-    "correct",
-    "correlation",
-    "describe",
-    "exact_kl",
-    "flips",
-    "group_breakdown",
-    "jsonable",
-    "joint_bootstrap_means",
-    "length_normalised_choices",
-    "mann_whitney_p",
-    "margin_by_correctness",
-    "mcnemar_exact",
-    "merge_topk",
-    "option_kl",
-    "option_log_probs",
-    "paired_bootstrap_diff_ci",
-    "paired_bootstrap_means",
-    "summarize_mcq",
-    "top_margin",
-    "topk_kl",
-    "topk_kl_item",
-    "wilcoxon_paired",
-    "wilson_ci",
-]
+__all__: list[str] = []
+__all__ += _kl.__all__
+__all__ += _kl_report.__all__
+__all__ += _mcq.__all__
+__all__ += _stats.__all__
+__all__ += _summary.__all__

@@ -61,6 +61,13 @@ from scipy.special import log_softmax
 
 from servecmp.metrics.stats import FloatArray
 
+#: What `servecmp.metrics` re-exports from this module (its public API).
+__all__ = [
+    "CellDivergences", "CompletedTopk", "Divergences", "TopkKl", "TopkKlItem", "TopkTight", "TopkTightItem",
+    "cell_divergences", "complete_topk", "divergences", "exact_divergences", "exact_kl", "merge_topk", "topk_kl",
+    "topk_kl_item", "topk_kl_tight", "topk_kl_tight_item",
+]
+
 #: Stand-in for a candidate probability that is exactly zero where the baseline's is positive.
 RESIDUAL_FLOOR = 1e-12
 

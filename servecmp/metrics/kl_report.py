@@ -51,6 +51,12 @@ import numpy.typing as npt
 from servecmp.metrics.kl import complete_topk
 from servecmp.metrics.stats import FloatArray
 
+#: What `servecmp.metrics` re-exports from this module (its public API).
+__all__ = [
+    "KlReport", "MeanError", "TopTokenProbs", "kl_report", "llama_cpp_text", "mean_and_error", "top_token",
+    "top_token_probs",
+]
+
 #: KLD percentiles llama.cpp prints, as (key, fraction, label), top to bottom.
 KLD_PERCENTILES: tuple[tuple[str, float, str], ...] = (
     ("max", 1.0, "Maximum KLD"),

@@ -31,6 +31,13 @@ from servecmp.metrics.stats import (
     wilson_ci,
 )
 
+#: What `servecmp.metrics` re-exports from this module (its public API).
+__all__ = [
+    "DEFAULT_MARGIN_EDGES", "NO_ANSWER", "Flips", "GroupRow", "MarginBucket", "MarginByCorrectness", "OptionKl",
+    "answer_changes", "change_by_margin", "changed_answers", "chosen_options", "correct", "flips", "group_breakdown",
+    "length_normalised_choices", "margin_by_correctness", "option_kl", "option_log_probs", "top_margin",
+]
+
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 

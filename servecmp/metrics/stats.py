@@ -26,6 +26,13 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
+#: What `servecmp.metrics` re-exports from this module (its public API).
+__all__ = [
+    "Correlation", "Distribution", "Estimate", "PairedMeans", "Proportion", "WilcoxonResult", "bootstrap_mean_ci",
+    "correlation", "describe", "joint_bootstrap_means", "mann_whitney_p", "mcnemar_exact", "paired_bootstrap_diff_ci",
+    "paired_bootstrap_means", "wilcoxon_paired", "wilson_ci",
+]
+
 FloatArray = npt.NDArray[np.float64]
 
 #: Default number of bootstrap resamples.

@@ -25,6 +25,9 @@ from servecmp.metrics.stats import (
     joint_bootstrap_means,
 )
 
+#: What `servecmp.metrics` re-exports from this module (its public API).
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "jsonable", "summarize_mcq"]
+
 #: Identifies the layout of the dict `summarize_mcq` returns; bump both when a key changes meaning.
 #: Version 2 added `version` and the typed `run` section (`servecmp.mcq.summary.McqSummary`).
 #: Version 3 added KL(candidate ‖ baseline) and Jensen-Shannon (``option_kl_cb``, ``option_js``, and in

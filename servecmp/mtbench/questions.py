@@ -13,16 +13,17 @@ else the question's own `reference` field. A reference file wins over the `refer
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from importlib.abc import Traversable
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from servecmp.errors import UserError, first_error
 from servecmp.judges.prompts import NEED_REF_CATEGORIES
+from servecmp.runstore import line_error, read_jsonl_objects, read_jsonl_rows
 
 CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 
@@ -74,38 +75,16 @@ def vendored(name: str) -> Traversable:
     return files("servecmp.prompts") / "mt_bench" / name
 
 
-def _lines(source: Traversable | Path) -> list[tuple[int, dict[str, object]]]:
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise UserError(f"{source} not found") from exc
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{source}: line {n} is not JSON ({exc.msg})") from exc
-        if not isinstance(obj, dict):
-            raise UserError(f"{source}: line {n} is not a JSON object")
-        out.append((n, obj))
-    return out
-
-
 def load_questions(source: Traversable | Path | None = None) -> list[MtQuestion]:
     src = source if source is not None else vendored("question.jsonl")
-    questions: list[MtQuestion] = []
-    seen: set[QuestionId] = set()
-    for n, obj in _lines(src):
+
+    def question(n: int, obj: dict[str, Any]) -> MtQuestion:
         try:
-            q = MtQuestion.model_validate(obj)
+            return MtQuestion.model_validate(obj)
         except ValidationError as exc:
-            raise UserError(f"{src}: line {n} is not an MT-Bench question ({first_error(exc)})") from exc
-        if q.question_id in seen:
-            raise UserError(f"{src}: question_id {q.question_id} appears twice")
-        seen.add(q.question_id)
-        questions.append(q)
+            raise line_error(src, n, f"not an MT-Bench question ({first_error(exc)})") from exc
+
+    questions = read_jsonl_rows(src, question, lambda q: q.question_id, "question_id")
     if not questions:
         raise UserError(f"{src} holds no questions")
     return questions
@@ -114,16 +93,14 @@ def load_questions(source: Traversable | Path | None = None) -> list[MtQuestion]
 def load_reference_answers(source: Traversable | Path) -> dict[QuestionId, list[str]]:
     """Reference answers in FastChat's answer-file layout: question_id → turns of choice 0."""
     refs: dict[QuestionId, list[str]] = {}
-    for n, obj in _lines(source):
+    for n, obj in read_jsonl_objects(source):
         try:
             qid = obj["question_id"]
-            turns = obj["choices"][0]["turns"]  # type: ignore[index]
+            turns = obj["choices"][0]["turns"]
         except (KeyError, IndexError, TypeError) as exc:
-            raise UserError(
-                f"{source}: line {n} is not a FastChat answer line (question_id, choices)"
-            ) from exc
+            raise line_error(source, n, "not a FastChat answer line (question_id, choices)") from exc
         if not isinstance(qid, int | str) or not isinstance(turns, list):
-            raise UserError(f"{source}: line {n} has a malformed question_id or turns")
+            raise line_error(source, n, "malformed question_id or turns")
         refs[qid] = [str(t) for t in turns]
     return refs
 

@@ -58,7 +58,10 @@ class Wilcoxon(BaseModel):
 
 
 class PairwiseSummary(BaseModel):
-    """Counted for the candidate against the baseline."""
+    """Counted for the candidate against the baseline: a `servecmp.judges.pairwise.PairTally`'s counts
+    and rates as stored (read from its attributes, so the two cannot drift apart)."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     n: int
     wins: int
@@ -185,18 +188,7 @@ def pair_outcome(p: PairJudgment) -> PairOutcome | None:
 
 
 def pairwise_summary(pairs: Sequence[PairJudgment]) -> PairwiseSummary:
-    outcomes = [pair_outcome(p) for p in pairs]
-    t = tally(o for o in outcomes if o is not None)
-    return PairwiseSummary(
-        n=t.n,
-        wins=t.wins,
-        ties=t.ties,
-        losses=t.losses,
-        inconsistent=t.inconsistent,
-        inconsistency_rate=t.inconsistency_rate,
-        win_rate_adjusted=t.win_rate_adjusted,
-        excluded=sum(o is None for o in outcomes),
-    )
+    return PairwiseSummary.model_validate(tally(pair_outcome(p) for p in pairs))
 
 
 def _single_counts(expected: int, judgments: Sequence[SingleJudgment]) -> JudgmentCounts:
@@ -400,12 +392,10 @@ def build_comparison(
     first = results[0].summary
     rows = [_row(c) for c in results]
     rows.sort(key=lambda r: (r.delta.point is None, -(r.delta.point or 0.0)))  # stable: ties keep run order
+    # The judge, mode and question count are the run's: every candidate's summary holds the same.
+    head = first.model_dump(include={"judge_model", "judge_url", "judge_is_baseline", "mode", "n_questions"})
     return MtBenchComparison(
-        judge_model=first.judge_model,
-        judge_url=first.judge_url,
-        judge_is_baseline=first.judge_is_baseline,
-        mode=first.mode,
-        n_questions=first.n_questions,
+        **head,
         complete=all(c.summary.complete for c in results),
         baseline=baseline,
         candidates=results,

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from servecmp.shadow.measures import ratio, text_divergence
@@ -76,23 +76,16 @@ def decode_body(data: bytes, encoding: str | None, limit: int) -> bytes:
     raise PayloadError("bad compression")
 
 
+@dataclass(eq=False)
 class Comparer:
     """Calls the other endpoints with a mirrored request and measures their divergence."""
 
-    def __init__(
-        self,
-        targets: dict[str, Upstream],
-        teacher: TeacherForcer | None,
-        *,
-        run_id: str,
-        timeout_s: float = 60.0,
-        max_capture_bytes: int = 8 * 1024 * 1024,
-    ) -> None:
-        self.targets = targets
-        self.teacher = teacher
-        self.run_id = run_id
-        self.timeout_s = timeout_s
-        self.max_capture_bytes = max_capture_bytes
+    targets: dict[str, Upstream]
+    teacher: TeacherForcer | None
+    _: KW_ONLY
+    run_id: str
+    timeout_s: float = 60.0
+    max_capture_bytes: int = 8 * 1024 * 1024
 
     async def call(self, up: Upstream, job: MirrorJob, request: dict[str, Any] | None) -> TargetResult:
         content = job.body

@@ -13,24 +13,20 @@ flight, not the rest of the run.
 from __future__ import annotations
 
 import contextlib
-import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from servecmp.errors import MissingExtra, UserError
 from servecmp.shadow.schema import (
-    COUNTER_NAMES,
-    PAIR_COLUMNS,
     SCHEMA_VERSION,
     Row,
-    RunInfo,
     StoreConn,
     StoreError,
     missing_columns,
     redact_target,
     render_schema,
     scrub,
+    statements,
 )
 
 TYPES = {"text": "TEXT", "int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA",
@@ -38,10 +34,7 @@ TYPES = {"text": "TEXT", "int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "B
 SCHEMA = render_schema(TYPES)
 #: Any constant: the key of the advisory lock that serialises schema creation across replicas.
 SCHEMA_LOCK = 0x5E2F_C0DE
-_INSERT = f"INSERT INTO pairs ({', '.join(PAIR_COLUMNS)}) VALUES ({', '.join('%s' for _ in PAIR_COLUMNS)})"
-_UPDATE_COUNTER = "UPDATE counters SET value = %s WHERE run_id = %s AND name = %s"
-#: `StoreConn.load_requests`: the candidate's row is the one every compared request has.
-_REQUESTS = "SELECT endpoint, request_json FROM pairs WHERE target = 'candidate' ORDER BY ts, id"
+SQL = statements("%s")
 _SIZE = ("SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
          "WHERE c.relname IN ('pairs', 'runs', 'counters', 'meta') AND c.relkind = 'r' "
          "AND c.relnamespace = to_regnamespace(current_schema())")
@@ -57,6 +50,8 @@ def _psycopg() -> Any:
 
 
 class PgConn(StoreConn):
+    sql = SQL
+
     def __init__(self, url: str, conn: Any, psycopg: Any) -> None:
         self.url = url
         self.label = redact_target(url)
@@ -85,8 +80,7 @@ class PgConn(StoreConn):
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                     for statement in SCHEMA:
                         conn.execute(statement)
-                    conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', %s) ON CONFLICT DO NOTHING",
-                                 (str(SCHEMA_VERSION),))
+                    conn.execute(SQL.insert_version, (str(SCHEMA_VERSION),))
                     # An older database gains this layout's columns (under the same lock).
                     existing = [r[0] for r in conn.execute(
                         "SELECT column_name FROM information_schema.columns WHERE table_name = 'pairs' "
@@ -95,7 +89,7 @@ class PgConn(StoreConn):
                     for name, kind in missing:
                         conn.execute(f"ALTER TABLE pairs ADD COLUMN IF NOT EXISTS {name} {TYPES[kind]}")
                     if missing:
-                        conn.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                        conn.execute(SQL.update_version, (str(SCHEMA_VERSION),))
         except psycopg.errors.UndefinedTable:
             conn.close()
             raise UserError(f"{label} is not a servecmp shadow database (no pairs table)") from None
@@ -117,31 +111,13 @@ class PgConn(StoreConn):
         except pg.Error as exc:
             raise StoreError(scrub(exc, self.url)) from None
 
-    def register_run(self, run: RunInfo) -> None:
+    def _tx(self, statements: Sequence[tuple[str, Sequence[Any]]], many: Sequence[tuple[str, Sequence[Any]]]) -> None:
         def go(conn: Any) -> None:
-            conn.execute(
-                "INSERT INTO runs VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (run.run_id, time.time(), run.mode, run.primary_url, run.candidate_url, run.secondary_url,
-                 int(run.hash_only), run.sample_rate, json.dumps(run.settings, sort_keys=True)),
-            )
+            for sql, params in statements:
+                conn.execute(sql, params)
             with conn.cursor() as cur:
-                cur.executemany("INSERT INTO counters (run_id, name, value) VALUES (%s, %s, 0) "
-                                "ON CONFLICT DO NOTHING", [(run.run_id, n) for n in COUNTER_NAMES])
-
-        self._run(go)
-
-    def insert_batch(self, run_id: str, rows: Sequence[tuple[Any, ...]], counters: dict[str, int]) -> None:
-        def go(conn: Any) -> None:
-            with conn.cursor() as cur:
-                cur.executemany(_INSERT, rows)
-                cur.executemany(_UPDATE_COUNTER, [(v, run_id, k) for k, v in counters.items()])
-
-        self._run(go)
-
-    def write_counters(self, run_id: str, counters: dict[str, int]) -> None:
-        def go(conn: Any) -> None:
-            with conn.cursor() as cur:
-                cur.executemany(_UPDATE_COUNTER, [(v, run_id, k) for k, v in counters.items()])
+                for sql, seq in many:
+                    cur.executemany(sql, seq)
 
         self._run(go)
 
@@ -150,26 +126,12 @@ class PgConn(StoreConn):
         self._run(lambda conn: out.append(int(conn.execute(_SIZE).fetchone()[0])))
         return out[0]
 
-    def load(self) -> tuple[list[Row], dict[str, int], list[Row]]:
+    def _read(self, sql: str) -> list[Row]:
         from psycopg.rows import dict_row
 
         try:
             with self._conn.cursor(row_factory=dict_row) as cur:
-                rows = list(cur.execute("SELECT * FROM pairs ORDER BY ts, id"))
-                counters = dict.fromkeys(COUNTER_NAMES, 0)
-                for r in cur.execute("SELECT name, SUM(value) AS total FROM counters GROUP BY name"):
-                    counters[r["name"]] = int(r["total"])
-                runs = list(cur.execute(
-                    "SELECT run_id, started_at, mode, primary_url, candidate_url, secondary_url, hash_only, "
-                    "sample_rate, settings FROM runs ORDER BY started_at"
-                ))
-        except self._pg.Error as exc:
-            raise UserError(f"{self.label}: cannot read the shadow database ({scrub(exc, self.url)})") from None
-        return rows, counters, runs
-
-    def load_requests(self) -> list[tuple[str, str | None]]:
-        try:
-            return [(r[0], r[1]) for r in self._conn.execute(_REQUESTS)]
+                return list(cur.execute(sql))
         except self._pg.Error as exc:
             raise UserError(f"{self.label}: cannot read the shadow database ({scrub(exc, self.url)})") from None
 

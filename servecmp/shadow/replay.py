@@ -14,6 +14,7 @@ sampling rate does not apply (every request is compared). With a baseline model 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -23,14 +24,13 @@ from typing import Any
 
 from servecmp.config import ShadowConfig
 from servecmp.errors import UserError
+from servecmp.runstore import parse_json_object, read_jsonl_objects
 from servecmp.shadow.mirror import MirrorJob
 from servecmp.shadow.payloads import PATH_KINDS
-from servecmp.shadow.store import Counters, is_postgres, open_store
+from servecmp.shadow.store import Counters, is_postgres, is_sqlite_file, open_store
 from servecmp.shadow.upstream import UPSTREAM_ERRORS, Upstream
 from servecmp.shadow.wiring import ComparisonParts, ShadowEndpoints, build_comparison, start_run
 from servecmp.shadow.workers import compare_and_store
-
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,11 @@ def _path_of(url: str | None, body: dict[str, Any], where: str) -> str:
 
 
 def parse_request_line(line: str, where: str) -> ReplayRequest:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where}: not JSON ({exc.msg})") from exc
-    if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a JSON object (a request body)")
+    return request_of(parse_json_object(line, where), where)
+
+
+def request_of(obj: dict[str, Any], where: str) -> ReplayRequest:
+    """A replay file's line: a request body, or {"url", "body"}."""
     url = None
     if isinstance(obj.get("body"), dict):
         url = obj.get("url")
@@ -93,16 +92,12 @@ def load_requests(source: str | Path, limit: int | None = None) -> list[ReplayRe
     path = Path(source)
     if not path.is_file():
         raise UserError(f"replay file {path} not found")
-    with path.open("rb") as fh:
-        if fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
-            return _from_store(path, limit)
+    if is_sqlite_file(path):
+        return _from_store(path, limit)
     out: list[ReplayRequest] = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if limit is not None and len(out) >= limit:
-                break
-            if line.strip():
-                out.append(parse_request_line(line, f"{path}:{n}"))
+    # islice stops reading at the limit: a bad line after it is not this replay's concern.
+    for n, obj in itertools.islice(read_jsonl_objects(path), limit):
+        out.append(request_of(obj, f"{path}:{n}"))
     if not out:
         raise UserError(f"{path} holds no requests")
     return out

@@ -1,7 +1,8 @@
 """The shadow database's schema and interface, shared by both backends.
 
-`TABLES` (rendered per dialect by `render_schema`), the record type (`PairRecord`), the counters,
-target helpers (`is_postgres`, `redact_target`, `scrub`) and the backend interface `StoreConn`.
+`TABLES` (rendered per dialect by `render_schema`), the statements run on them (`statements`, per
+driver placeholder), the record type (`PairRecord`), the counters, target helpers (`is_postgres`,
+`is_sqlite_file`, `redact_target`, `scrub`) and the backend interface `StoreConn`.
 `servecmp.shadow.sqlite_store` and `servecmp.shadow.pg_store` implement `StoreConn`;
 `servecmp.shadow.store` opens one (`open_store`) and writes through it (`PairWriter`). Kept apart
 from store.py so the backends import only this module, never the module that imports them.
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -175,6 +178,18 @@ def is_postgres(target: str | Path) -> bool:
     return isinstance(target, str) and target.split("://", 1)[0].lower() in PG_SCHEMES and "://" in target
 
 
+#: The first bytes of every SQLite database file (sqlite.org/fileformat.html, "The Database Header").
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def is_sqlite_file(path: Path) -> bool:
+    """An existing file that starts as an SQLite database does (not a JSONL file, say)."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+
+
 def redact_url(url: str) -> str:
     """An endpoint URL as labels, the database and logs show it: any ``user:password@`` replaced by
     ``***@`` (the URL is still used as given to connect)."""
@@ -308,43 +323,110 @@ def pair_row(rec: PairRecord, hash_only: bool) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def run_row(run: RunInfo, started_at: float) -> tuple[Any, ...]:
+    """The run as a row of ``runs`` (settings as sorted JSON)."""
+    return (run.run_id, started_at, run.mode, run.primary_url, run.candidate_url, run.secondary_url,
+            int(run.hash_only), run.sample_rate, json.dumps(run.settings, sort_keys=True))
+
+
+def counter_rows(run_id: str, counters: dict[str, int]) -> list[tuple[Any, ...]]:
+    """Parameters of `Statements.update_counter`, one a counter."""
+    return [(value, run_id, name) for name, value in counters.items()]
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The statements both backends run, in one driver's parameter style: sqlite3's ``?`` or
+    psycopg's ``%s`` (`statements`). Written once so the two databases cannot drift apart."""
+
+    insert_pair: str
+    update_counter: str
+    insert_run: str
+    insert_counter: str
+    insert_version: str
+    update_version: str
+    #: The report's reads (no parameters).
+    select_pairs: str = "SELECT * FROM pairs ORDER BY ts, id"
+    select_counters: str = "SELECT name, SUM(value) AS total FROM counters GROUP BY name"
+    select_runs: str = ("SELECT run_id, started_at, mode, primary_url, candidate_url, secondary_url, hash_only, "
+                        "sample_rate, settings FROM runs ORDER BY started_at")
+    #: `StoreConn.load_requests`: the candidate's row is the one every compared request has.
+    select_requests: str = "SELECT endpoint, request_json FROM pairs WHERE target = 'candidate' ORDER BY ts, id"
+
+
+def statements(p: str) -> Statements:
+    """`Statements` with ``p`` as the parameter placeholder."""
+
+    def marks(n: int) -> str:
+        return ", ".join([p] * n)
+
+    return Statements(
+        insert_pair=f"INSERT INTO pairs ({', '.join(PAIR_COLUMNS)}) VALUES ({marks(len(PAIR_COLUMNS))})",
+        update_counter=f"UPDATE counters SET value = {p} WHERE run_id = {p} AND name = {p}",
+        insert_run=f"INSERT INTO runs VALUES ({marks(len(TABLES['runs'][0]))})",
+        insert_counter=f"INSERT INTO counters (run_id, name, value) VALUES ({marks(2)}, 0) ON CONFLICT DO NOTHING",
+        insert_version=f"INSERT INTO meta (key, value) VALUES ('schema_version', {p}) ON CONFLICT DO NOTHING",
+        update_version=f"UPDATE meta SET value = {p} WHERE key = 'schema_version'",
+    )
+
+
 # ---- the interface -----------------------------------------------------------------------------
 
 Row = dict[str, Any]
 
 
 class StoreConn(ABC):
-    """One open connection to a shadow database (created with its schema when writable)."""
+    """One open connection to a shadow database (created with its schema when writable).
+
+    What is written and read is defined here once, in the backend's `Statements`; a backend
+    provides the transaction (`_tx`), the reads (`_read`), its size and closing."""
 
     #: The database as messages name it (password redacted).
     label: str
+    #: The statements in the backend driver's placeholder style.
+    sql: Statements
 
     @abstractmethod
+    def _tx(self, statements: Sequence[tuple[str, Sequence[Any]]], many: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Each (sql, params) of ``statements``, then each (sql, rows) of ``many`` executed for every
+        row, in one transaction; StoreError (full=True when the database is at its cap) on failure."""
+
+    @abstractmethod
+    def _read(self, sql: str) -> list[Row]:
+        """Every row of a read-only statement, as column → value; UserError "LABEL: cannot read the
+        shadow database (why)" on failure."""
+
     def register_run(self, run: RunInfo) -> None:
         """Record the run and its counters at zero (one transaction)."""
+        self._tx([(self.sql.insert_run, run_row(run, time.time()))],
+                 [(self.sql.insert_counter, [(run.run_id, n) for n in COUNTER_NAMES])])
 
-    @abstractmethod
     def insert_batch(self, run_id: str, rows: Sequence[tuple[Any, ...]], counters: dict[str, int]) -> None:
         """Insert ``rows`` (`pair_row` tuples) and set the run's counters, in one transaction.
         StoreError(full=True) when the database is at its cap."""
+        self._tx([], [(self.sql.insert_pair, rows), (self.sql.update_counter, counter_rows(run_id, counters))])
 
-    @abstractmethod
-    def write_counters(self, run_id: str, counters: dict[str, int]) -> None: ...
+    def write_counters(self, run_id: str, counters: dict[str, int]) -> None:
+        self._tx([], [(self.sql.update_counter, counter_rows(run_id, counters))])
 
     @abstractmethod
     def size_bytes(self) -> int:
         """The size the cap is compared with."""
 
-    @abstractmethod
     def load(self) -> tuple[list[Row], dict[str, int], list[Row]]:
         """(pair rows, counters summed over runs, runs) for the report."""
+        rows = self._read(self.sql.select_pairs)
+        counters = dict.fromkeys(COUNTER_NAMES, 0)
+        for r in self._read(self.sql.select_counters):
+            counters[r["name"]] = int(r["total"])
+        return rows, counters, self._read(self.sql.select_runs)
 
-    @abstractmethod
     def load_requests(self) -> list[tuple[str, str | None]]:
         """(endpoint, request_json) of every recorded request, oldest first (``ts``, then ``id``):
         what `shadow replay` sends again. One row per request, its candidate pair (the secondary's
         pair repeats the same request); request_json is null in rows recorded with ``--hash-only``,
         left for the caller to tell a hash-only database from one with text."""
+        return [(r["endpoint"], r["request_json"]) for r in self._read(self.sql.select_requests)]
 
     @abstractmethod
     def close(self) -> None: ...

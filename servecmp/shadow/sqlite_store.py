@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
 from servecmp.shadow.schema import (
-    COUNTER_NAMES,
-    PAIR_COLUMNS,
     SCHEMA_VERSION,
     Row,
-    RunInfo,
     StoreConn,
     StoreError,
     missing_columns,
     render_schema,
+    statements,
 )
 
 TYPES = {"text": "TEXT", "int": "INTEGER", "real": "REAL", "blob": "BLOB", "id": "INTEGER PRIMARY KEY"}
 SCHEMA = ";\n".join(render_schema(TYPES)) + ";"
-_INSERT = f"INSERT INTO pairs ({', '.join(PAIR_COLUMNS)}) VALUES ({', '.join('?' for _ in PAIR_COLUMNS)})"
-_UPDATE_COUNTER = "UPDATE counters SET value = ? WHERE run_id = ? AND name = ?"
-#: `StoreConn.load_requests`: the candidate's row is the one every compared request has.
-_REQUESTS = "SELECT endpoint, request_json FROM pairs WHERE target = 'candidate' ORDER BY ts, id"
+SQL = statements("?")
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -42,7 +35,7 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
         for name, kind in missing:
             conn.execute(f"ALTER TABLE pairs ADD COLUMN {name} {TYPES[kind]}")
         if missing:
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            conn.execute(SQL.update_version, (str(SCHEMA_VERSION),))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -50,6 +43,8 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 
 
 class SqliteConn(StoreConn):
+    sql = SQL
+
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self.label = str(path)
@@ -75,8 +70,7 @@ class SqliteConn(StoreConn):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
-            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
-                         (str(SCHEMA_VERSION),))
+            conn.execute(SQL.insert_version, (str(SCHEMA_VERSION),))
             _add_missing_columns(conn)
             out = cls(path, conn)
             if max_db_mb:
@@ -100,48 +94,16 @@ class SqliteConn(StoreConn):
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
 
-    def register_run(self, run: RunInfo) -> None:
-        self._tx(
-            [("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-              (run.run_id, time.time(), run.mode, run.primary_url, run.candidate_url, run.secondary_url,
-               int(run.hash_only), run.sample_rate, json.dumps(run.settings, sort_keys=True)))],
-            [("INSERT INTO counters (run_id, name, value) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
-              [(run.run_id, n) for n in COUNTER_NAMES])],
-        )
-
-    def insert_batch(self, run_id: str, rows: Sequence[tuple[Any, ...]], counters: dict[str, int]) -> None:
-        self._tx([], [(_INSERT, rows), (_UPDATE_COUNTER, [(v, run_id, k) for k, v in counters.items()])])
-
-    def write_counters(self, run_id: str, counters: dict[str, int]) -> None:
-        self._tx([], [(_UPDATE_COUNTER, [(v, run_id, k) for k, v in counters.items()])])
-
     def size_bytes(self) -> int:
         try:
             return int(self._conn.execute("PRAGMA page_count").fetchone()[0]) * self._page_size
         except sqlite3.Error as exc:
             raise StoreError(str(exc)) from exc
 
-    def load(self) -> tuple[list[Row], dict[str, int], list[Row]]:
+    def _read(self, sql: str) -> list[Row]:
         try:
             self._conn.row_factory = sqlite3.Row
-            rows = [dict(r) for r in self._conn.execute("SELECT * FROM pairs ORDER BY ts, id")]
-            counters = dict.fromkeys(COUNTER_NAMES, 0)
-            for name, value in self._conn.execute("SELECT name, SUM(value) FROM counters GROUP BY name"):
-                counters[name] = int(value)
-            runs = [
-                dict(r)
-                for r in self._conn.execute(
-                    "SELECT run_id, started_at, mode, primary_url, candidate_url, secondary_url, hash_only, "
-                    "sample_rate, settings FROM runs ORDER BY started_at"
-                )
-            ]
-        except sqlite3.DatabaseError as exc:
-            raise UserError(f"{self.path}: cannot read the shadow database ({exc})") from exc
-        return rows, counters, runs
-
-    def load_requests(self) -> list[tuple[str, str | None]]:
-        try:
-            return [(r[0], r[1]) for r in self._conn.execute(_REQUESTS)]
+            return [dict(r) for r in self._conn.execute(sql)]
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: cannot read the shadow database ({exc})") from exc
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from servecmp.metrics.kl import merge_topk
@@ -114,28 +114,20 @@ def response_topk(answer: Answer, decoded_chosen: Sequence[str]) -> list[dict[st
     return out
 
 
+@dataclass(eq=False)
 class TeacherForcer:
     """Scores the primary's answers under other endpoints via vLLM's ``prompt_logprobs``."""
 
-    def __init__(
-        self,
-        renderer: Upstream,
-        primary: Upstream,
-        *,
-        top_k: int = 20,
-        max_answer_tokens: int = 256,
-        timeout_s: float = 60.0,
-        score_primary: bool = True,
-    ) -> None:
-        self.renderer = renderer
-        self.primary = primary
-        self.top_k = top_k
-        self.max_answer_tokens = max_answer_tokens
-        self.timeout_s = timeout_s
-        #: Whether the primary may be asked for prompt_logprobs when its response has no top-k.
-        self.score_primary = score_primary
-        #: Turned off for good when the renderer has no /tokenize (not vLLM).
-        self.available = True
+    renderer: Upstream
+    primary: Upstream
+    _: KW_ONLY
+    top_k: int = 20
+    max_answer_tokens: int = 256
+    timeout_s: float = 60.0
+    #: Whether the primary may be asked for prompt_logprobs when its response has no top-k.
+    score_primary: bool = True
+    #: Turned off for good when the renderer has no /tokenize (not vLLM).
+    available: bool = field(default=True, init=False)
 
     async def _tokenize(self, payload: dict[str, Any]) -> list[int]:
         model = await self.renderer.resolve_model()

@@ -19,11 +19,12 @@ line naming PATH and the line number (UserError, exit 2).
 
 from __future__ import annotations
 
-import json
+import itertools
 from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
+from servecmp.runstore import line_error, read_jsonl_rows
 from servecmp.tasks.extract import parse_grader
 from servecmp.tasks.gen_task import GenItem
 
@@ -31,75 +32,51 @@ DEFAULT_GRADER = "number"
 _KEYS = {"id", "prompt", "messages", "reference", "answer", "grader", "stop"}
 
 
-def _fail(path: Path, line: int, problem: str) -> UserError:
-    return UserError(f"{path}: line {line}: {problem}")
-
-
 def _messages(value: Any, path: Path, line: int) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise _fail(path, line, "messages must be a non-empty list of {role, content} objects")
+        raise line_error(path, line, "messages must be a non-empty list of {role, content} objects")
     out = []
     for m in value:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise _fail(path, line, "messages must be a non-empty list of {role, content} objects")
+            raise line_error(path, line, "messages must be a non-empty list of {role, content} objects")
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
 
-def _item(obj: Any, index: int, path: Path, line: int) -> GenItem:
-    if not isinstance(obj, dict):
-        raise _fail(path, line, "not a JSON object")
+def _item(obj: dict[str, Any], index: int, path: Path, line: int) -> GenItem:
     unknown = sorted(set(obj) - _KEYS)
     if unknown:
-        raise _fail(path, line, f"unknown key {unknown[0]!r} (keys: {', '.join(sorted(_KEYS))})")
+        raise line_error(path, line, f"unknown key {unknown[0]!r} (keys: {', '.join(sorted(_KEYS))})")
     prompt = obj.get("prompt")
     if ("prompt" in obj) == ("messages" in obj):
-        raise _fail(path, line, "needs exactly one of prompt or messages")
+        raise line_error(path, line, "needs exactly one of prompt or messages")
     if "prompt" in obj and (not isinstance(prompt, str) or not prompt):
-        raise _fail(path, line, "prompt must be a non-empty string")
+        raise line_error(path, line, "prompt must be a non-empty string")
     messages = _messages(obj["messages"], path, line) if "messages" in obj else [
         {"role": "user", "content": str(prompt)}]
     ref = obj.get("reference", obj.get("answer"))
     if isinstance(ref, bool) or not isinstance(ref, str | int | float):
-        raise _fail(path, line, "needs a reference (a string or a number)")
+        raise line_error(path, line, "needs a reference (a string or a number)")
     spec = obj.get("grader", DEFAULT_GRADER)
     try:
         grader = parse_grader(spec)
         grader.check_reference(str(ref))
     except UserError as exc:
-        raise _fail(path, line, str(exc)) from None
+        raise line_error(path, line, str(exc)) from None
     stop = obj.get("stop", [])
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise _fail(path, line, "stop must be a list of non-empty strings")
+        raise line_error(path, line, "stop must be a list of non-empty strings")
     item_id = obj.get("id", str(index))
     if not isinstance(item_id, str | int) or isinstance(item_id, bool) or str(item_id) == "":
-        raise _fail(path, line, "id must be a non-empty string or a number")
+        raise line_error(path, line, "id must be a non-empty string or a number")
     return GenItem(item_id=str(item_id), question=prompt if isinstance(prompt, str) else messages[-1]["content"],
                    gold=str(ref), prompt=prompt if isinstance(prompt, str) else None, messages=messages,
                    stop=stop, grader=grader.spec)
 
 
 def load_gen_jsonl(path: Path) -> list[GenItem]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"task file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read task file {path}: {exc}") from None
-    items: list[GenItem] = []
-    seen: set[str] = set()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise _fail(path, n, f"not valid JSON ({exc.msg})") from None
-        item = _item(obj, len(items), path, n)
-        if item.item_id in seen:
-            raise _fail(path, n, f"duplicate id {item.item_id!r}")
-        seen.add(item.item_id)
-        items.append(item)
+    index = itertools.count()  # an item's default id: its 0-based place among the items
+    items = read_jsonl_rows(path, lambda n, obj: _item(obj, next(index), path, n), lambda item: item.item_id, "id")
     if not items:
         raise UserError(f"task file {path} has no items")
     return items

@@ -22,11 +22,11 @@ without a data_dir loads openai/gsm8k (config main) from the hub.
 from __future__ import annotations
 
 import importlib.resources
-import json
 from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
+from servecmp.runstore import line_error, read_jsonl_objects
 from servecmp.tasks.gen_task import GSM8K_GRADER, GenItem, GenTask
 
 HUB_DATASET = "openai/gsm8k"
@@ -48,20 +48,9 @@ def solution_of(answer: str) -> str:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: line {n} is not JSON ({exc.msg})") from exc
-        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not isinstance(
-                obj.get("answer"), str):
-            raise UserError(f"{path}: line {n} is not a GSM8K row (needs string fields question and answer)")
+    for n, obj in read_jsonl_objects(path):
+        if not isinstance(obj.get("question"), str) or not isinstance(obj.get("answer"), str):
+            raise line_error(path, n, "not a GSM8K row (needs string fields question and answer)")
         rows.append(obj)
     return rows
 

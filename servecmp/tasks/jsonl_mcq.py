@@ -12,12 +12,12 @@ Items without an `id` are numbered by their line number in the file ("L<line>").
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from servecmp.errors import UserError
+from servecmp.runstore import line_error, read_jsonl_rows
 from servecmp.tasks.items import McqItem
 from servecmp.tasks.letter_format import (
     LETTER_FORMAT,
@@ -44,44 +44,38 @@ class JsonlRow:
     question: LetterQuestion
 
 
-def _fail(path: Path, line: int, problem: str) -> UserError:
-    return UserError(f"{path}:{line}: {problem}")
-
-
 def _gold(value: Any, n_choices: int, path: Path, line: int) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         if 0 <= value < n_choices:
             return value
-        raise _fail(path, line, f"`answer` {value} is out of range for {n_choices} choices (0-based index)")
+        raise line_error(path, line, f"`answer` {value} is out of range for {n_choices} choices (0-based index)")
     if isinstance(value, str):
         gold = parse_letter(value, n_choices)
         if gold is not None:
             return gold
-        raise _fail(
+        raise line_error(
             path, line, f"`answer` {value!r} is not one of the letters {LETTERS[0]}..{LETTERS[n_choices - 1]}"
         )
-    raise _fail(path, line, f"`answer` must be an index or a letter, got {type(value).__name__}")
+    raise line_error(path, line, f"`answer` must be an index or a letter, got {type(value).__name__}")
 
 
-def _row(obj: Any, path: Path, line: int) -> JsonlRow:
-    if not isinstance(obj, dict):
-        raise _fail(path, line, f"expected a JSON object, got {type(obj).__name__}")
+def _row(obj: dict[str, Any], path: Path, line: int) -> JsonlRow:
     for key in ("question", "choices", "answer"):
         if key not in obj:
-            raise _fail(path, line, f"missing `{key}`")
+            raise line_error(path, line, f"missing `{key}`")
     question, choices = obj["question"], obj["choices"]
     if not isinstance(question, str) or not question.strip():
-        raise _fail(path, line, "`question` must be a non-empty string")
+        raise line_error(path, line, "`question` must be a non-empty string")
     if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
-        raise _fail(path, line, "`choices` must be a list of strings")
+        raise line_error(path, line, "`choices` must be a list of strings")
     if not 2 <= len(choices) <= MAX_CHOICES:
-        raise _fail(path, line, f"`choices` must hold 2 to {MAX_CHOICES} strings, got {len(choices)}")
+        raise line_error(path, line, f"`choices` must hold 2 to {MAX_CHOICES} strings, got {len(choices)}")
     subject = obj.get("subject")
     if subject is not None and (not isinstance(subject, str) or not subject.strip()):
-        raise _fail(path, line, "`subject` must be a non-empty string when present")
+        raise line_error(path, line, "`subject` must be a non-empty string when present")
     raw_id = obj.get("id")
     if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or raw_id == ""):
-        raise _fail(path, line, "`id` must be a non-empty string or an integer when present")
+        raise line_error(path, line, "`id` must be a non-empty string or an integer when present")
     return JsonlRow(
         line=line,
         item_id=f"L{line}" if raw_id is None else str(raw_id),
@@ -94,29 +88,7 @@ def _row(obj: Any, path: Path, line: int) -> JsonlRow:
 
 def read_rows(path: Path) -> list[JsonlRow]:
     """Every row of a JSONL MCQ file, validated; blank lines are skipped."""
-    if not path.is_file():
-        raise UserError(f"{path} not found")
-    rows: list[JsonlRow] = []
-    seen: dict[str, int] = {}
-    try:
-        with path.open(encoding="utf-8") as fh:
-            for line, text in enumerate(fh, 1):
-                if not text.strip():
-                    continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise _fail(path, line, f"not valid JSON ({exc.msg} at column {exc.colno})") from exc
-                row = _row(obj, path, line)
-                if row.item_id in seen:
-                    raise _fail(
-                        path, line, f"duplicate id {row.item_id!r} (first on line {seen[row.item_id]})"
-                    )
-                seen[row.item_id] = line
-                rows.append(row)
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    return rows
+    return read_jsonl_rows(path, lambda line, obj: _row(obj, path, line), lambda row: row.item_id, "id")
 
 
 def load_jsonl(path: Path, *, task: str, fewshot: Path | None = None, n_shots: int | None = None) -> list[McqItem]:

@@ -15,7 +15,6 @@ Only multiple-choice (loglikelihood) logs can be imported.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 from servecmp.errors import UserError
 from servecmp.records import EndpointRole, McqRecord
+from servecmp.runstore import read_jsonl_objects
 from servecmp.tasks.continuation_tasks import TARGET_DELIMITER, choice_lengths
 from servecmp.tasks.mmlu_subjects import category_of
 
@@ -95,9 +95,7 @@ def _loglikelihood(resp: Any, where: str) -> float:
     return number
 
 
-def parse_doc(obj: Any, where: str) -> LoggedDoc:
-    if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a JSON object")
+def parse_doc(obj: dict[str, Any], where: str) -> LoggedDoc:
     for key in ("doc_id", "doc", "target", "arguments", "filtered_resps"):
         if key not in obj:
             raise UserError(f"{where}: missing `{key}`; is this an lm-eval samples_*.jsonl log?")
@@ -179,25 +177,15 @@ def to_record(entry: LoggedDoc, role: EndpointRole, task: str, where: str) -> Mc
 
 def read_samples(path: Path) -> dict[int, tuple[LoggedDoc, str]]:
     """doc_id → (parsed doc, "file:line") for every line of a samples log."""
-    if not path.is_file():
-        raise UserError(f"{path} not found")
     docs: dict[int, tuple[LoggedDoc, str]] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where}: not valid JSON ({exc.msg})") from exc
-            entry = parse_doc(obj, where)
-            if entry.doc_id in docs:
-                raise UserError(
-                    f"{where}: doc_id {entry.doc_id} already on {docs[entry.doc_id][1]} "
-                    "(one filter per file is supported)"
-                )
-            docs[entry.doc_id] = (entry, where)
+    for line_no, obj in read_jsonl_objects(path):
+        where = f"{path}:{line_no}"
+        entry = parse_doc(obj, where)
+        if entry.doc_id in docs:
+            raise UserError(
+                f"{where}: doc_id {entry.doc_id} already on {docs[entry.doc_id][1]} (one filter per file is supported)"
+            )
+        docs[entry.doc_id] = (entry, where)
     if not docs:
         raise UserError(f"{path} holds no samples")
     return docs
