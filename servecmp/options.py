@@ -112,3 +112,38 @@ class TaskOptions(FlagOptions):
 @dataclass
 class TaskRunOptions(TaskOptions, RunOptions, PacingOptions, NoiseFloorOptions, EndpointOptions):
     """The flags a run over a task's items offers (MCQ, generated answers): every group above."""
+
+
+@dataclass
+class StoredBaselineOptions(FlagOptions):
+    """--baseline-run, --baseline-check, --baseline-only: a stored baseline instead of asking one."""
+
+    baseline_run: Path | None = None
+    baseline_check: int | None = None
+    baseline_only: bool | None = None
+
+
+@dataclass
+class StoredRunOptions(StoredBaselineOptions, TaskRunOptions):
+    """A run over a task's items that can join a stored baseline (MCQ, generated answers)."""
+
+    def check_stored_flags(self, **not_with_profile: bool) -> bool:
+        """UserError (one line) for stored-baseline flags that do not go together; whether a live
+        baseline is given (to re-check a stored one). ``not_with_profile``: a kind's own flags that
+        a --baseline-only profile refuses, by flag name, e.g. ``{"--until-decided": True}``."""
+        from servecmp.errors import UserError
+
+        live = self.baseline is not None
+        if self.baseline_only and (self.candidate or self.baseline_run is not None or any(not_with_profile.values())):
+            drop = ["--candidate", "--baseline-run", *not_with_profile]
+            raise UserError(f"--baseline-only asks the baseline alone: drop {', '.join(drop[:-1])} and {drop[-1]}")
+        if self.baseline_run is None:
+            if self.baseline_check is not None:
+                raise UserError("--baseline-check re-checks a stored baseline: it needs --baseline-run RUN_DIR")
+            return live
+        if self.baseline_check is not None and not live:
+            raise UserError("--baseline-check needs the live baseline to ask: give --baseline URL as well")
+        if self.secondary is not None or self.noise_floor:
+            raise UserError("--baseline-run joins stored baseline records: a noise floor (--secondary, "
+                            "--noise-floor) needs the live baseline in a joint run")
+        return live

@@ -72,19 +72,9 @@ def sequential_plan(opts: McqOptions, gates: Sequence[GateRule], secondary: bool
 def stored_opts(opts: McqOptions) -> tuple[McqOptions, bool]:
     """The flags of a new run with --baseline-run / --baseline-only (UserError, one line, for flags
     that do not go together), and whether a live baseline is given to re-check."""
-    live = opts.baseline is not None
-    if opts.baseline_only and (opts.candidate or opts.baseline_run is not None or opts.until_decided):
-        raise UserError("--baseline-only asks the baseline alone: drop --candidate, --baseline-run and "
-                        "--until-decided")
+    live = opts.check_stored_flags(**{"--until-decided": bool(opts.until_decided)})
     if opts.baseline_run is None:
-        if opts.baseline_check is not None:
-            raise UserError("--baseline-check re-checks a stored baseline: it needs --baseline-run RUN_DIR")
         return opts, live
-    if opts.baseline_check is not None and not live:
-        raise UserError("--baseline-check needs the live baseline to ask: give --baseline URL as well")
-    if opts.secondary is not None or opts.noise_floor:
-        raise UserError("--baseline-run joins stored baseline records: a noise floor (--secondary, --noise-floor) "
-                        "needs the live baseline in a joint run")
     from dataclasses import replace
 
     from servecmp.mcq.stored import read_stored, stored_options

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from servecmp import __version__
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
-from servecmp.options import TaskRunOptions
+from servecmp.options import StoredRunOptions
 from servecmp.runstore import MANIFEST, StoredRunRef, read_json, utcnow, write_json_atomic
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ DEFAULT_MAX_TOKENS = 256
 
 
 @dataclass
-class GenOptions(TaskRunOptions):
+class GenOptions(StoredRunOptions):
     """The command-line flags of `servecmp gen`; None means "not given"."""
 
     max_tokens: int | None = None
@@ -54,10 +54,6 @@ class GenOptions(TaskRunOptions):
     teacher_forcing: bool | None = None
     #: Consent to run model-written code (code tasks); asked of every invocation, resumes included.
     allow_code_execution: bool | None = None
-    #: --baseline-run, --baseline-check, --baseline-only (servecmp.gen.stored).
-    baseline_run: Path | None = None
-    baseline_check: int | None = None
-    baseline_only: bool | None = None
 
 
 class GenEndpoint(EndpointSpec):

@@ -98,18 +98,9 @@ def stored_options(opts: GenOptions, stored: GenManifest) -> GenOptions:
 def plan(opts: GenOptions) -> tuple[GenOptions, StoredPlan | None]:
     """The flags of a new run with --baseline-run / --baseline-only (UserError, one line, for flags
     that do not go together) and the stored baseline it joins, if any."""
-    live = opts.baseline is not None
-    if opts.baseline_only and (opts.candidate or opts.baseline_run is not None):
-        raise UserError("--baseline-only asks the baseline alone: drop --candidate and --baseline-run")
+    live = opts.check_stored_flags()
     if opts.baseline_run is None:
-        if opts.baseline_check is not None:
-            raise UserError("--baseline-check re-checks a stored baseline: it needs --baseline-run RUN_DIR")
         return opts, None
-    if opts.baseline_check is not None and not live:
-        raise UserError("--baseline-check needs the live baseline to ask: give --baseline URL as well")
-    if opts.secondary is not None or opts.noise_floor:
-        raise UserError("--baseline-run joins stored baseline records: a noise floor (--secondary, --noise-floor) "
-                        "needs the live baseline in a joint run")
     run_dir = opts.baseline_run
     stored = read_stored(run_dir)
     if live and not stored.greedy:

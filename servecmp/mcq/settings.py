@@ -47,7 +47,7 @@ from servecmp.capabilities import EndpointCapabilities
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
 from servecmp.gates import Gate, parse_gates
-from servecmp.options import EndpointOptions, TaskRunOptions
+from servecmp.options import EndpointOptions, StoredRunOptions
 from servecmp.records import ROLES, EndpointRole, RunManifest
 from servecmp.runstore import MANIFEST, StoredRunRef, read_json, refuse_on_resume, utcnow, write_json_atomic
 
@@ -119,7 +119,7 @@ class SequentialPlan(BaseModel):
 
 
 @dataclass
-class McqOptions(TaskRunOptions):
+class McqOptions(StoredRunOptions):
     """The command-line flags of `servecmp mcq`; None means "not given". Concurrency not given is
     "auto", unless the endpoint's servecmp.toml section sets a number."""
 
@@ -128,10 +128,6 @@ class McqOptions(TaskRunOptions):
     until_decided: bool | None = None
     batch: int | None = None
     budget: int | None = None
-    #: --baseline-run, --baseline-check, --baseline-only (servecmp.mcq.stored).
-    baseline_run: Path | None = None
-    baseline_check: int | None = None
-    baseline_only: bool | None = None
 
 
 class NamedEndpoint(EndpointSpec):
