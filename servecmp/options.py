@@ -17,6 +17,27 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Self
 
+#: Every flag that decides a run's results, by option field, in the order a refusal names them. A
+#: resumed run takes these from its manifest, so `--resume` refuses any of them given, whatever its
+#: value (`FlagOptions.fixed_on_resume`); the flags a kind has are the fields its options have. One
+#: table for every kind: a concept has one flag.
+RESULT_FLAGS: dict[str, str] = {
+    "questions": "--questions", "references": "--references", "categories": "--categories",
+    "max_tokens": "--max-tokens",
+    "baseline": "--baseline", "baseline_model": "--baseline-model", "baseline_key_env": "--baseline-key-env",
+    "candidate": "--candidate", "candidate_model": "--candidate-model", "candidate_key_env": "--candidate-key-env",
+    "candidate_name": "--candidate-name", "secondary": "--secondary", "secondary_model": "--secondary-model",
+    "secondary_key_env": "--secondary-key-env", "noise_floor": "--noise-floor", "task": "--task",
+    "data_dir": "--data-dir", "source": "--source", "fewshot": "--fewshot", "fewshot_file": "--fewshot-file",
+    "limit": "--limit", "sample": "--sample", "seed": "--seed", "top_k": "--top-k", "api": "--api",
+    "samples": "--samples", "temperature": "--temperature",
+    "teacher_forcing": "--teacher-forcing/--no-teacher-forcing",
+    "judge_url": "--judge-url", "judge_model": "--judge-model", "judge_key_env": "--judge-key-env",
+    "judge_force_format": "--judge-force-format", "runs_dir": "--runs-dir", "config": "-c/--config",
+    "until_decided": "--until-decided", "batch": "--batch", "budget": "--budget",
+    "baseline_run": "--baseline-run", "baseline_check": "--baseline-check", "baseline_only": "--baseline-only",
+}  # fmt: skip
+
 
 @dataclass
 class FlagOptions:
@@ -29,6 +50,12 @@ class FlagOptions:
         list: that is "not given" too."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: None if v == [] else v for k, v in flags.items() if k in names})
+
+    def fixed_on_resume(self, *, accepted: tuple[str, ...] = ()) -> list[str]:
+        """The given flags `--resume` refuses (`RESULT_FLAGS` this class has, less the fields in
+        ``accepted``: a kind that reads one of them on resume), in the table's order."""
+        names = {f.name for f in fields(self)} - set(accepted)
+        return [flag for name, flag in RESULT_FLAGS.items() if name in names and getattr(self, name) not in (None, [])]
 
     def given(self) -> list[str]:
         """The flags given, as `--flag-name`, in field order (for a one-line refusal)."""

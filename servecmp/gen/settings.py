@@ -16,7 +16,7 @@ refuses flags that would set one; pacing flags apply to this invocation; present
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,7 +26,7 @@ from servecmp import __version__
 from servecmp.endpoints import EndpointSpec, endpoint_from
 from servecmp.errors import UserError, first_error
 from servecmp.options import StoredRunOptions
-from servecmp.runstore import MANIFEST, StoredRunRef, read_json, utcnow, write_json_atomic
+from servecmp.runstore import MANIFEST, StoredRunRef, read_json, refuse_on_resume, utcnow, write_json_atomic
 
 if TYPE_CHECKING:
     from servecmp.config import Config
@@ -261,31 +261,13 @@ def new_manifest(opts: GenOptions, cfg: Config) -> tuple[GenManifest, list[GenIt
     return manifest, items
 
 
-FIXED_ON_RESUME: dict[str, str] = {
-    "baseline": "--baseline", "baseline_model": "--baseline-model", "baseline_key_env": "--baseline-key-env",
-    "candidate": "--candidate", "candidate_model": "--candidate-model", "candidate_key_env": "--candidate-key-env",
-    "candidate_name": "--candidate-name", "secondary": "--secondary", "secondary_model": "--secondary-model",
-    "secondary_key_env": "--secondary-key-env", "noise_floor": "--noise-floor", "task": "--task",
-    "data_dir": "--data-dir", "source": "--source", "fewshot": "--fewshot", "limit": "--limit",
-    "sample": "--sample", "seed": "--seed", "api": "--api", "max_tokens": "--max-tokens", "samples": "--samples",
-    "temperature": "--temperature", "top_k": "--top-k", "teacher_forcing": "--teacher-forcing/--no-teacher-forcing",
-    "runs_dir": "--runs-dir", "config": "-c/--config", "baseline_run": "--baseline-run",
-    "baseline_check": "--baseline-check", "baseline_only": "--baseline-only",
-}  # fmt: skip
-assert set(FIXED_ON_RESUME) | {"concurrency", "max_concurrency", "rps", "timeout", "retries", "resume",
-                               "allow_code_execution"} == {
-    f.name for f in fields(GenOptions)}
 
 
 def resumed_manifest(opts: GenOptions) -> GenManifest:
     """The manifest of the run in `opts.resume`, with the pacing flags given now applied to every
     endpoint (for this invocation; the manifest on disk keeps its own)."""
     assert opts.resume is not None
-    conflicts = [flag for name, flag in FIXED_ON_RESUME.items() if getattr(opts, name) not in (None, [])]
-    if conflicts:
-        raise UserError(
-            f"cannot resume {opts.resume} with {', '.join(conflicts)}: a resumed run takes every setting that "
-            f"decides its results from its manifest (with --resume only {', '.join(ACCEPTED_ON_RESUME)} apply)")
+    refuse_on_resume(opts.resume, opts.fixed_on_resume(), ACCEPTED_ON_RESUME)
     manifest = read_manifest(opts.resume)
     given = opts.given_pacing()
     if given:

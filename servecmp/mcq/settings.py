@@ -536,23 +536,11 @@ def new_settings(opts: McqOptions, cfg: Config) -> McqSettings:
 
 # --- a resumed run --------------------------------------------------------------------------------
 
-#: Options --resume refuses when given at all (each decides the run's results), with their flags.
-FIXED_ON_RESUME: dict[str, str] = {
-    "baseline": "--baseline", "baseline_model": "--baseline-model", "baseline_key_env": "--baseline-key-env",
-    "candidate": "--candidate", "candidate_model": "--candidate-model", "candidate_key_env": "--candidate-key-env",
-    "candidate_name": "--candidate-name", "secondary": "--secondary", "secondary_model": "--secondary-model",
-    "secondary_key_env": "--secondary-key-env", "noise_floor": "--noise-floor", "task": "--task",
-    "data_dir": "--data-dir", "source": "--source", "fewshot": "--fewshot", "fewshot_file": "--fewshot-file",
-    "limit": "--limit", "sample": "--sample", "seed": "--seed", "top_k": "--top-k", "api": "--api",
-    "runs_dir": "--runs-dir",
-    "config": "-c/--config", "until_decided": "--until-decided", "batch": "--batch", "budget": "--budget",
-    "baseline_run": "--baseline-run", "baseline_check": "--baseline-check", "baseline_only": "--baseline-only",
-}  # fmt: skip
 
 
 def resume_conflicts(opts: McqOptions) -> list[str]:
     """The given flags --resume refuses (any value: the manifest decides), in a fixed order."""
-    return [flag for name, flag in FIXED_ON_RESUME.items() if getattr(opts, name) not in (None, [])]
+    return opts.fixed_on_resume()
 
 
 def resumed_settings(opts: McqOptions) -> tuple[McqSettings, McqManifest]:

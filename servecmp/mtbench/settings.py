@@ -6,7 +6,7 @@ JudgeConfig/MtBenchConfig and EndpointSpec.
 A resumed run takes everything it compares from its manifest (`servecmp.mtbench.manifest`): the
 questions, both endpoints in full (URL, model, key variable, timeout, concurrency, rate, retries),
 the judge, the answer settings and the mode. Flags that would change the comparison are refused by
-name (`FIXED_ON_RESUME`); the ones in `ACCEPTED_ON_RESUME` apply to this invocation only: they pace
+name (`servecmp.options.RESULT_FLAGS`); the ones in `ACCEPTED_ON_RESUME` apply to this invocation only: they pace
 the work, bound it, or present the result.
 """
 
@@ -46,7 +46,6 @@ MODES: tuple[Mode, ...] = ("single", "pairwise", "both")
 __all__ = [
     "ACCEPTED_ON_RESUME",
     "DEMO_JUDGE",
-    "FIXED_ON_RESUME",
     "MODES",
     "TASK",
     "Mode",
@@ -82,17 +81,6 @@ class MtBenchOptions(RunOptions, PacingOptions, EndpointOptions):
     yes: bool = False
 
 
-#: Options --resume refuses, with their flags: each would change what the run compares (and a new
-#: --runs-dir would have no effect: the run stays where it is).
-FIXED_ON_RESUME: dict[str, str] = {
-    "questions": "--questions", "references": "--references", "limit": "--limit",
-    "categories": "--categories", "max_tokens": "--max-tokens",
-    "baseline": "--baseline", "baseline_model": "--baseline-model", "baseline_key_env": "--baseline-key-env",
-    "candidate": "--candidate", "candidate_model": "--candidate-model",
-    "candidate_key_env": "--candidate-key-env", "candidate_name": "--candidate-name",
-    "judge_url": "--judge-url", "judge_model": "--judge-model", "judge_key_env": "--judge-key-env",
-    "judge_force_format": "--judge-force-format", "runs_dir": "--runs-dir",
-}  # fmt: skip
 
 #: Flags --resume accepts, for this invocation: --mode (judge the same answers another way), the
 #: pacing of the endpoints and of the judge, how many judge calls to make now, and presentation.
@@ -325,7 +313,8 @@ def manifest_for(settings: MtBenchSettings) -> MtBenchManifest:
 
 
 def refuse_fixed_flags(opts: MtBenchOptions, paths: MtRunPaths) -> None:
-    given = [flag for name, flag in FIXED_ON_RESUME.items() if getattr(opts, name) not in (None, [])]
+    # -c/--config is read on resume too, for what the manifest does not hold (see ACCEPTED_ON_RESUME).
+    given = opts.fixed_on_resume(accepted=("config",))
     refuse_on_resume(paths.root, given, ACCEPTED_ON_RESUME)
 
 
