@@ -50,17 +50,24 @@ class RunManifest(BaseModel):
     extra: dict[str, str] = Field(default_factory=dict)
 
 
-class McqRecord(BaseModel):
+class ItemRecord(BaseModel):
+    """The key of every per-item record a run appends (MCQ answers, generated answers, teacher
+    forcing): one item, one endpoint. Readers keep an (item, endpoint)'s last record."""
+
+    item_id: str
+    #: The endpoint's name in the run: "baseline", "candidate" (the one candidate of a two-endpoint
+    #: run), a candidate's name in a multi-candidate run, "secondary" (a replica of the baseline) or
+    #: a kind's own (generated answers: "baseline@floor").
+    endpoint: str
+
+
+class McqRecord(ItemRecord):
     """What one endpoint answered for one item: everything the metrics need, nothing they don't."""
 
     # An option that cannot be scored at all is -inf; JSON has no such number, so write it as
     # -Infinity (Python's json reads it back) rather than null, which would lose the meaning.
     model_config = ConfigDict(ser_json_inf_nan="constants")
 
-    item_id: str
-    #: The endpoint's name in the run: "baseline", "candidate" (the one candidate of a two-endpoint
-    #: run), a candidate's name in a multi-candidate run, or "secondary" (a replica of the baseline).
-    endpoint: str
     task: str
     subject: str | None = None
     category: str | None = None

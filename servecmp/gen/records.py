@@ -19,18 +19,17 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from servecmp.records import ItemRecord
+
 RECORDS = "records.jsonl"
 ITEMS = "items.jsonl"
 TEACHER_FORCING = "teacher_forcing.jsonl"
 BASELINE_FORCING = "baseline_forcing.jsonl"
 
 
-class GenRecord(BaseModel):
+class GenRecord(ItemRecord):
     model_config = ConfigDict(extra="ignore")
 
-    item_id: str
-    #: The endpoint's name in the run: "baseline", a candidate's name, "secondary" or "baseline@floor".
-    endpoint: str
     #: 0-based index of the sample (0 for a greedy run).
     sample: int = Field(ge=0)
     text: str
@@ -46,13 +45,11 @@ class GenRecord(BaseModel):
     latency_s: float | None = None
 
 
-class TfRecord(BaseModel):
+class TfRecord(ItemRecord):
     """The candidate (``endpoint``) teacher-forced along the baseline's answer to ``item_id``."""
 
     model_config = ConfigDict(extra="ignore")
 
-    item_id: str
-    endpoint: str
     #: Answer positions scored (the baseline's answer tokens, at most the run's max tokens).
     n_positions: int = 0
     #: Per-position KL(baseline ‖ endpoint), nats: the tight top-k estimate (servecmp.metrics.kl).
