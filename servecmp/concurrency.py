@@ -45,10 +45,12 @@ window's close, from its samples alone.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     import asyncio
@@ -537,3 +539,18 @@ async def _metrics_of(clients: dict[str, Any]) -> dict[str, dict[str, float] | N
     # server root. Not servecmp.endpoints.root_url: endpoints imports this module (no cycle).
     found = await asyncio.gather(*(fetch_metrics(clients[n].spec.base_url[: -len("/v1")]) for n in names))
     return dict(zip(names, found, strict=True))
+
+
+T = TypeVar("T")
+
+
+async def gather_or_cancel(tasks: Sequence[asyncio.Future[T]]) -> list[T]:
+    """The results of all `tasks`; if one fails (or the wait is cancelled), the others are
+    cancelled and awaited before the exception propagates, so none is left running."""
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from servecmp.concurrency import gather_or_cancel
 from servecmp.endpoints import EndpointClient, EndpointError, HttpStatusError, api_key_from_env, root_url
 from servecmp.errors import RunFailed, RunInterrupted, UserError
 from servecmp.gen.records import BASELINE_FORCING, RECORDS, TEACHER_FORCING, BaselineForcing, GenRecord, TfRecord
@@ -280,12 +281,6 @@ async def _generate(manifest: GenManifest, items: Sequence[GenItem], clients: Ma
                 stats.requests[e.name] = client.stats.requests
 
         await gather_or_cancel([asyncio.ensure_future(one_endpoint(e)) for e in _asked(manifest)])
-
-
-async def gather_or_cancel(tasks: Sequence[asyncio.Future[Any]]) -> list[Any]:
-    from servecmp.mtbench.answers import gather_or_cancel as _g
-
-    return await _g(tasks)
 
 
 # ---- teacher forcing --------------------------------------------------------------------------

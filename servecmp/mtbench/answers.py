@@ -12,27 +12,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
+from servecmp.concurrency import gather_or_cancel
 from servecmp.endpoints import EndpointClient
 from servecmp.mtbench.questions import MtQuestion
 from servecmp.mtbench.records import AnswerChoice, AnswerMeta, AnswerRecord
 from servecmp.records import EndpointRole
 from servecmp.runstore import JsonlAppender
-
-T = TypeVar("T")
-
-
-async def gather_or_cancel(tasks: Sequence[asyncio.Future[T]]) -> list[T]:
-    """The results of all `tasks`; if one fails (or the wait is cancelled), the others are
-    cancelled and awaited before the exception propagates, so none is left running."""
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 async def answer_question(

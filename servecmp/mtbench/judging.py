@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from servecmp.concurrency import gather_or_cancel
 from servecmp.judges.pairwise import Game, Winner, winner_of
 from servecmp.judges.parsing import parse_rating, parse_verdict
 from servecmp.judges.prompts import JudgePrompt, JudgePrompts, Message, render_pair, render_single
 from servecmp.judges.runner import JudgeBudgetExhausted, JudgeKind, JudgeReply, JudgeRunner
-from servecmp.mtbench.answers import gather_or_cancel
 from servecmp.mtbench.questions import MtQuestion, QuestionId
 from servecmp.mtbench.records import AnswerRecord, GameStatus, JudgmentStatus, PairJudgment, SingleJudgment
 from servecmp.records import ROLES, EndpointRole

@@ -23,13 +23,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
+from servecmp.concurrency import gather_or_cancel
 from servecmp.endpoints import EndpointClient, EndpointError, api_key_from_env
 from servecmp.errors import RunFailed, RunInterrupted, UserError
 from servecmp.judges.cache import CACHE_FILE, JudgeCache
 from servecmp.judges.cost import CostEstimate, confirm_cost, count_prompt_tokens, refuse_if_unconfirmable
 from servecmp.judges.runner import JudgeRunner, JudgeUnavailable
 from servecmp.mtbench import questions as qmod
-from servecmp.mtbench.answers import gather_or_cancel, generate_answers
+from servecmp.mtbench.answers import generate_answers
 from servecmp.mtbench.judging import PairJob, SingleJob, plan_pairs, plan_single, requests_of, run_jobs
 from servecmp.mtbench.manifest import MtBenchManifest, read_manifest
 from servecmp.mtbench.questions import QuestionId, write_questions
