@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.stub_openai import LETTERS, StubServer, StubState, free_port, next_token_logprobs
+from tests.test_serve_cli import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,16 +116,13 @@ def test_interrupted_run_resumes_without_redoing_items(tmp_path: Path, sig: sign
     data = tmp_path / "items.jsonl"
     write_items(data, 16)
     runs = tmp_path / "runs"
-    # 0.3 s an answer: the 26 records still due after the 6th take >= 3.9 s at one request in flight per
-    # endpoint, time for the signal to land first even on a loaded machine (at 0.15 s a CI run once
-    # finished all 32 before its SIGINT took effect).
-    b, burl = _start_stub_process("base", 0.3)
-    c, curl = _start_stub_process("cand", 0.3)
+    b, burl = _start_stub_process("base", 0.15)
+    c, curl = _start_stub_process("cand", 0.15)
     try:
         run = subprocess.Popen([sys.executable, "-m", "servecmp", "mcq", "--baseline", burl, "--candidate", curl,
                                 "--task", f"jsonl:{data}", "--runs-dir", str(runs), "--concurrency", "1",
                                 "--top-k", "5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=default_sigint)
         deadline = time.time() + 60
         while time.time() < deadline:
             if runs.exists() and any(runs.iterdir()):
