@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Self
 
+from servecmp.errors import UserError
+
 #: Every flag that decides a run's results, by option field, in the order a refusal names them. A
 #: resumed run takes these from its manifest, so `--resume` refuses any of them given, whatever its
 #: value (`FlagOptions.fixed_on_resume`); the flags a kind has are the fields its options have. One
@@ -158,8 +160,6 @@ class StoredRunOptions(StoredBaselineOptions, TaskRunOptions):
         """UserError (one line) for stored-baseline flags that do not go together; whether a live
         baseline is given (to re-check a stored one). ``not_with_profile``: a kind's own flags that
         a --baseline-only profile refuses, by flag name, e.g. ``{"--until-decided": True}``."""
-        from servecmp.errors import UserError
-
         live = self.baseline is not None
         if self.baseline_only and (self.candidate or self.baseline_run is not None or any(not_with_profile.values())):
             drop = ["--candidate", "--baseline-run", *not_with_profile]
